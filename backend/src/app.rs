@@ -1,0 +1,183 @@
+//! The node: wires the store, the bus, the hub and the HTTP front together, and runs them until
+//! the shutdown signal.
+
+use crate::bus::{Bus, BusEvents, IngestShard, Names};
+use crate::config::Config;
+use crate::http;
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+use crate::persister;
+use crate::store::Store;
+use chat_protocol::bus::Delivery;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long the node waits for its connections and persisters to finish when stopping.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight HTTP requests get when the node stops.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a request handler or background task of this node may need.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub bus: Bus,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Cancelled when the node starts shutting down; every connection watches it.
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+    persisters: TaskTracker,
+    migrated: AtomicBool,
+    next_conn: AtomicU64,
+}
+
+impl App {
+    pub fn new(config: Config) -> Arc<App> {
+        let metrics = Metrics::new();
+        let store = Store::new(config.database_url.expose(), config.db_pool_size);
+        let names = Names {
+            prefix: config.amqp_prefix.clone(),
+            node_id: config.node_id.clone(),
+            shards: config.ingest_shards.max(1),
+        };
+        let bus = Bus::new(config.amqp_url.expose(), names);
+        let hub = Hub::new(config.node_id.clone(), metrics.clone());
+        Arc::new(App {
+            config,
+            store,
+            bus,
+            hub,
+            metrics,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            persisters: TaskTracker::new(),
+            migrated: AtomicBool::new(false),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True once migrations are applied and RabbitMQ is connected; PostgreSQL is checked apart.
+    pub fn is_started(&self) -> bool {
+        self.migrated.load(Ordering::Acquire) && self.bus.is_ready()
+    }
+
+    /// Applies migrations, retrying while PostgreSQL is unreachable.
+    async fn migrate(&self) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.store.migrate().await {
+                Ok(()) => {
+                    self.migrated.store(true, Ordering::Release);
+                    return true;
+                }
+                Err(error) => tracing::warn!(%error, "migrations not applied yet; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+impl BusEvents for App {
+    fn deliver(&self, delivery: Delivery) {
+        self.hub.deliver(delivery);
+    }
+
+    fn shard_started(&self, shard: IngestShard) {
+        self.persisters.spawn(persister::run_shard(
+            shard,
+            self.store.clone(),
+            self.metrics.clone(),
+            self.config.persist_batch,
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// Runs a node on `listener` until `shutdown` resolves, then drains: WebSockets are closed with
+/// "going away", persisters finish their batch, and the RabbitMQ connection is closed.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = App::new(config);
+    let address = listener.local_addr()?;
+    tracing::info!(node = %app.node_id(), %address, "chat node listening");
+
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            app.shutdown.cancel();
+        });
+    }
+
+    let server = {
+        let stop = app.shutdown.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = warp::serve(http::routes(app.clone()))
+            .serve_incoming_with_graceful_shutdown(incoming, async move { stop.cancelled().await });
+        tokio::spawn(server)
+    };
+
+    let bus_task = if app.migrate().await {
+        let events: Arc<dyn BusEvents> = app.clone();
+        Some(tokio::spawn(app.bus.clone().run(events)))
+    } else {
+        None
+    };
+
+    app.shutdown.cancelled().await;
+    // In-flight requests get a moment; an idle keep-alive connection must not hold the node up.
+    let server_abort = server.abort_handle();
+    match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, server).await {
+        Ok(Err(error)) => tracing::error!(%error, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+        Err(_) => {
+            tracing::debug!("HTTP connections still open; closing them");
+            server_abort.abort();
+        }
+    }
+    tracing::debug!("HTTP server stopped");
+    app.sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, app.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not close in time");
+    }
+    tracing::debug!("connections closed");
+    app.persisters.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, app.persisters.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some persisters did not finish in time");
+    }
+    tracing::debug!("persisters stopped");
+    app.bus.close();
+    if let Some(task) = bus_task {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

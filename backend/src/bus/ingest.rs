@@ -1,0 +1,128 @@
+//! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
+
+use super::{check_confirmation, persistent_json, transient_json, BusError, Names};
+use chat_protocol::bus::{Delivery, IngestMessage};
+use futures::{FutureExt, StreamExt};
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Consumer};
+
+/// One message taken from an ingest queue, decoded when possible.
+pub struct IngestItem {
+    pub tag: u64,
+    pub redelivered: bool,
+    pub message: Result<IngestMessage, String>,
+    raw: Vec<u8>,
+}
+
+/// The consumer of one ingest queue. RabbitMQ delivers to one consumer per shard at a time
+/// (single active consumer), so whoever holds an active `IngestShard` owns its rooms.
+pub struct IngestShard {
+    pub shard: u16,
+    channel: Channel,
+    consumer: Consumer,
+    names: Names,
+}
+
+impl IngestShard {
+    pub(super) fn new(shard: u16, channel: Channel, consumer: Consumer, names: Names) -> Self {
+        IngestShard {
+            shard,
+            channel,
+            consumer,
+            names,
+        }
+    }
+
+    /// Waits for the next message, then takes every message already waiting, up to `max`.
+    /// `None` means the consumer is gone (connection lost or node closing).
+    pub async fn next_batch(&mut self, max: usize) -> Option<Vec<IngestItem>> {
+        let first = self.consumer.next().await?.ok()?;
+        let mut batch = vec![decode(first)];
+        while batch.len() < max {
+            match self.consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(decode(delivery)),
+                _ => break,
+            }
+        }
+        Some(batch)
+    }
+
+    /// Publishes deliveries and waits for every confirm.
+    pub async fn publish_deliveries(&self, deliveries: &[Delivery]) -> Result<(), BusError> {
+        let mut confirms = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let routing_key = match delivery {
+                Delivery::Room { room_id, .. } => Names::room_key(*room_id),
+                Delivery::Duplicates { receipts } => match receipts.first() {
+                    Some(receipt) => Names::node_key(&receipt.origin.node_id),
+                    None => continue,
+                },
+            };
+            let payload = serde_json::to_vec(delivery).unwrap_or_default();
+            confirms.push(
+                self.channel
+                    .basic_publish(
+                        &self.names.delivery_exchange(),
+                        &routing_key,
+                        BasicPublishOptions::default(),
+                        &payload,
+                        transient_json(),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            check_confirmation(confirm.await?)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a message that can never be stored to the dead-letter queue, with the reason in
+    /// its `x-chat-reason` header, then acknowledges it here.
+    pub async fn dead_letter(&self, item: &IngestItem, reason: &str) -> Result<(), BusError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-chat-reason".into(),
+            AMQPValue::LongString(reason.to_owned().into()),
+        );
+        headers.insert(
+            "x-chat-shard".into(),
+            AMQPValue::LongString(self.names.ingest_queue(self.shard).into()),
+        );
+        let confirm = self
+            .channel
+            .basic_publish(
+                &self.names.dead_letter_exchange(),
+                "",
+                BasicPublishOptions::default(),
+                &item.raw,
+                persistent_json().with_headers(headers),
+            )
+            .await?;
+        check_confirmation(confirm.await?)?;
+        self.channel
+            .basic_ack(item.tag, BasicAckOptions { multiple: false })
+            .await?;
+        Ok(())
+    }
+
+    /// Acknowledges every message up to and including `tag`.
+    pub async fn ack_through(&self, tag: u64) -> Result<(), BusError> {
+        self.channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await?;
+        Ok(())
+    }
+}
+
+fn decode(delivery: lapin::message::Delivery) -> IngestItem {
+    let message = serde_json::from_slice::<IngestMessage>(&delivery.data)
+        .map_err(|e| format!("undecodable ingest payload: {e}"));
+    IngestItem {
+        tag: delivery.delivery_tag,
+        redelivered: delivery.redelivered,
+        message,
+        raw: delivery.data,
+    }
+}

@@ -1,0 +1,376 @@
+//! The bus: the only module that speaks AMQP.
+//!
+//! lapin does not reconnect by itself, so [`Bus::run`] is a supervisor: it connects, declares the
+//! topology, binds the node queue to every room with local members, starts the node consumer and
+//! one ingest consumer per shard, then waits for the connection to fail and starts over with
+//! backoff. While it is down, [`Bus::is_ready`] is false and sends are refused as `unavailable`.
+
+mod ingest;
+pub mod topology;
+
+pub use ingest::{IngestItem, IngestShard};
+pub use topology::Names;
+
+use chat_protocol::bus::{Delivery, IngestMessage};
+use chat_protocol::RoomId;
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueBindOptions,
+};
+use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How long a send waits for RabbitMQ's confirm before it is refused.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unacknowledged ingest messages a persister may hold: the upper bound of a batch.
+const INGEST_PREFETCH: u16 = 2_000;
+
+/// Errors from the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("RabbitMQ is not connected")]
+    NotConnected,
+    #[error("RabbitMQ refused the message")]
+    Nacked,
+    #[error("RabbitMQ did not confirm in time")]
+    ConfirmTimeout,
+    #[error("no queue took the message")]
+    Unroutable,
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// What the bus hands to the rest of the node.
+pub trait BusEvents: Send + Sync + 'static {
+    /// A delivery from this node's queue, in the order the queue holds them.
+    fn deliver(&self, delivery: Delivery);
+    /// An ingest shard's consumer is registered; this node may become its active persister.
+    fn shard_started(&self, shard: IngestShard);
+}
+
+/// A handle to the node's RabbitMQ connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    names: Names,
+    session: RwLock<Option<Session>>,
+    /// Rooms the node queue must be bound to; re-applied after every reconnect.
+    rooms: Mutex<HashSet<RoomId>>,
+    ready: AtomicBool,
+    closing: CancellationToken,
+    connections: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+struct Session {
+    connection: Arc<Connection>,
+    publish: Channel,
+    control: Channel,
+}
+
+/// A publish waiting for RabbitMQ's confirm.
+pub struct PendingConfirm(PublisherConfirm);
+
+impl PendingConfirm {
+    /// Resolves once RabbitMQ has the message on disk (or refused it).
+    pub async fn confirmed(self) -> Result<(), BusError> {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.0).await {
+            Err(_) => Err(BusError::ConfirmTimeout),
+            Ok(Err(e)) => Err(BusError::Amqp(e)),
+            Ok(Ok(confirmation)) => check_confirmation(confirmation),
+        }
+    }
+}
+
+fn check_confirmation(confirmation: Confirmation) -> Result<(), BusError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BusError::Unroutable),
+        Confirmation::Nack(_) => Err(BusError::Nacked),
+        // Every publishing channel is put in confirm mode; this would be a bug.
+        Confirmation::NotRequested => Err(BusError::Nacked),
+    }
+}
+
+impl Bus {
+    pub fn new(url: &str, names: Names) -> Bus {
+        Bus {
+            inner: Arc::new(Inner {
+                url: url.to_owned(),
+                names,
+                session: RwLock::new(None),
+                rooms: Mutex::new(HashSet::new()),
+                ready: AtomicBool::new(false),
+                closing: CancellationToken::new(),
+                connections: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// True while connected with the topology declared and every consumer running.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Connections made so far, the first included.
+    pub fn connection_count(&self) -> u64 {
+        self.inner.connections.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the node connected until [`Bus::close`] is called.
+    pub async fn run(self, events: Arc<dyn BusEvents>) {
+        let mut failures: u32 = 0;
+        while !self.inner.closing.is_cancelled() {
+            match self.connect(&events).await {
+                Ok(lost) => {
+                    failures = 0;
+                    self.inner.connections.fetch_add(1, Ordering::Relaxed);
+                    self.inner.ready.store(true, Ordering::Release);
+                    tracing::info!(node = %self.inner.names.node_id, "connected to RabbitMQ");
+                    tokio::select! {
+                        _ = lost.notified() => {
+                            tracing::warn!("connection to RabbitMQ lost; reconnecting");
+                        }
+                        _ = self.inner.closing.cancelled() => {}
+                    }
+                    self.inner.ready.store(false, Ordering::Release);
+                    let session = self.take_session();
+                    if let Some(session) = session {
+                        let _ = session.connection.close(200, "node stopping").await;
+                    }
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(error = %e, failures, "could not connect to RabbitMQ");
+                    if let Some(session) = self.take_session() {
+                        let _ = session.connection.close(200, "setup failed").await;
+                    }
+                }
+            }
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)))
+                .min(Duration::from_secs(5));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.inner.closing.cancelled() => {}
+            }
+        }
+    }
+
+    /// Stops reconnecting and closes the connection.
+    pub fn close(&self) {
+        self.inner.closing.cancel();
+    }
+
+    fn take_session(&self) -> Option<Session> {
+        self.inner
+            .session
+            .write()
+            .map(|mut guard| guard.take())
+            .unwrap_or(None)
+    }
+
+    fn session(&self) -> Option<Session> {
+        self.inner
+            .session
+            .read()
+            .ok()
+            .and_then(|guard| guard.clone())
+    }
+
+    async fn connect(&self, events: &Arc<dyn BusEvents>) -> Result<Arc<Notify>, BusError> {
+        let names = &self.inner.names;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("chat-node {}", names.node_id).into())
+            .with_executor(tokio_executor_trait::Tokio::current())
+            .with_reactor(tokio_reactor_trait::Tokio);
+        let connection = Arc::new(Connection::connect(&self.inner.url, properties).await?);
+        let lost = Arc::new(Notify::new());
+        {
+            let lost = lost.clone();
+            connection.on_error(move |error| {
+                tracing::warn!(%error, "RabbitMQ connection error");
+                lost.notify_one();
+            });
+        }
+        let control = connection.create_channel().await?;
+        let publish = connection.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Installed before anything can fail below, so a failed set-up closes this connection.
+        if let Ok(mut guard) = self.inner.session.write() {
+            *guard = Some(Session {
+                connection: connection.clone(),
+                publish,
+                control: control.clone(),
+            });
+        }
+
+        topology::declare_shared(&control, names).await?;
+        topology::declare_node_queue(&control, names).await?;
+        let rooms: Vec<RoomId> = self
+            .inner
+            .rooms
+            .lock()
+            .map(|rooms| rooms.iter().copied().collect())
+            .unwrap_or_default();
+        for room in rooms {
+            bind(&control, names, room).await?;
+        }
+
+        let node_channel = connection.create_channel().await?;
+        let mut node_consumer = node_channel
+            .basic_consume(
+                &names.node_queue(),
+                &format!("node-{}", names.node_id),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        {
+            let events = events.clone();
+            let lost = lost.clone();
+            tokio::spawn(async move {
+                while let Some(delivery) = node_consumer.next().await {
+                    let delivery = match delivery {
+                        Ok(delivery) => delivery,
+                        Err(error) => {
+                            tracing::warn!(%error, "node queue consumer failed");
+                            break;
+                        }
+                    };
+                    match serde_json::from_slice::<Delivery>(&delivery.data) {
+                        Ok(payload) => events.deliver(payload),
+                        Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
+                    }
+                }
+                lost.notify_one();
+            });
+        }
+
+        for shard in 0..names.shards {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(INGEST_PREFETCH, BasicQosOptions::default())
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    &names.ingest_queue(shard),
+                    &format!("persister-{}-{shard}", names.node_id),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            events.shard_started(IngestShard::new(shard, channel, consumer, names.clone()));
+        }
+        Ok(lost)
+    }
+
+    /// Publishes an accepted send to its room's ingest shard. The returned confirm resolves
+    /// once RabbitMQ has made it durable. Publishes from one task keep their order.
+    pub async fn publish_ingest(
+        &self,
+        message: &IngestMessage,
+    ) -> Result<PendingConfirm, BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        if !self.is_ready() {
+            return Err(BusError::NotConnected);
+        }
+        let names = &self.inner.names;
+        let payload = serde_json::to_vec(message).unwrap_or_default();
+        let mut headers = FieldTable::default();
+        headers.insert("room_id".into(), AMQPValue::LongLongInt(message.room_id.0));
+        let confirm = session
+            .publish
+            .basic_publish(
+                &names.ingest_exchange(),
+                &Names::shard_key(names.shard_of(message.room_id)),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &payload,
+                persistent_json().with_headers(headers),
+            )
+            .await?;
+        Ok(PendingConfirm(confirm))
+    }
+
+    /// Binds the node queue to a room. Remembered, so a reconnect binds it again.
+    pub async fn bind_room(&self, room: RoomId) -> Result<(), BusError> {
+        if let Ok(mut rooms) = self.inner.rooms.lock() {
+            rooms.insert(room);
+        }
+        // Taken after the room is recorded: either this binds on the current connection, or the
+        // next reconnect sees the room and binds it.
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        bind(&session.control, &self.inner.names, room).await?;
+        Ok(())
+    }
+
+    /// Unbinds the node queue from a room.
+    pub async fn unbind_room(&self, room: RoomId) -> Result<(), BusError> {
+        if let Ok(mut rooms) = self.inner.rooms.lock() {
+            rooms.remove(&room);
+        }
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        let names = &self.inner.names;
+        session
+            .control
+            .queue_unbind(
+                &names.node_queue(),
+                &names.delivery_exchange(),
+                &Names::room_key(room),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+async fn bind(channel: &Channel, names: &Names, room: RoomId) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            &names.node_queue(),
+            &names.delivery_exchange(),
+            &Names::room_key(room),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+fn persistent_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+}
+
+fn transient_json() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(1)
+        .with_content_type("application/json".into())
+}

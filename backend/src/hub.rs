@@ -1,0 +1,244 @@
+//! The hub: this node's WebSocket connections and the rooms they have joined.
+//!
+//! Deliveries from the node queue fan out here: each frame is serialized once and queued to
+//! every local member's outbox without waiting. A member whose outbox is full is too slow to
+//! keep up; it is disconnected rather than allowed to hold memory or stall the room.
+
+use chat_protocol::bus::{Delivery, DuplicateReceipt, StoredMessage};
+use chat_protocol::{RoomId, Seq, ServerFrame};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// A connection's id, unique within this node's lifetime.
+pub type ConnId = u64;
+
+/// A serialized frame, shared by every connection it goes to.
+pub type Frame = Arc<str>;
+
+/// Frames waiting to be written to one connection. Bounded: see the module comment.
+pub const OUTBOX_CAPACITY: usize = 4_096;
+
+/// The sending side of a connection, as the hub sees it.
+#[derive(Clone)]
+pub struct Outbox {
+    frames: mpsc::Sender<Frame>,
+    /// Cancelled to disconnect a connection that cannot keep up.
+    kick: CancellationToken,
+}
+
+impl Outbox {
+    pub fn new(frames: mpsc::Sender<Frame>, kick: CancellationToken) -> Self {
+        Outbox { frames, kick }
+    }
+
+    /// Queues a frame; false if the connection is gone or was too slow and is being closed.
+    pub fn push(&self, frame: Frame) -> bool {
+        match self.frames.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+struct LocalRoom {
+    members: HashSet<ConnId>,
+    /// Highest sequence number delivered here: a redelivered message is not shown twice.
+    delivered: AtomicI64,
+}
+
+/// Local connections and room membership.
+pub struct Hub {
+    node_id: String,
+    metrics: Metrics,
+    connections: RwLock<HashMap<ConnId, Outbox>>,
+    rooms: RwLock<HashMap<RoomId, LocalRoom>>,
+    /// Serialises the bind/unbind decisions of one room (first member binds, last unbinds).
+    membership_locks: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Hub {
+    pub fn new(node_id: String, metrics: Metrics) -> Hub {
+        Hub {
+            node_id,
+            metrics,
+            connections: RwLock::new(HashMap::new()),
+            rooms: RwLock::new(HashMap::new()),
+            membership_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn register(&self, conn: ConnId, outbox: Outbox) {
+        if let Ok(mut connections) = self.connections.write() {
+            connections.insert(conn, outbox);
+        }
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        if let Ok(mut connections) = self.connections.write() {
+            connections.remove(&conn);
+        }
+    }
+
+    /// The lock to hold while deciding whether a room must be bound or unbound.
+    pub fn membership_lock(&self, room: RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        match self.membership_locks.lock() {
+            Ok(mut locks) => locks.entry(room).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Number of local connections in the room.
+    pub fn local_members(&self, room: RoomId) -> usize {
+        self.rooms
+            .read()
+            .ok()
+            .and_then(|rooms| rooms.get(&room).map(|r| r.members.len()))
+            .unwrap_or(0)
+    }
+
+    /// Adds a member and queues `frame` to it atomically with respect to deliveries, so the
+    /// member sees `frame` before any of the room's messages.
+    pub fn join(&self, room: RoomId, conn: ConnId, frame: Frame) {
+        let Ok(mut rooms) = self.rooms.write() else {
+            return;
+        };
+        rooms
+            .entry(room)
+            .or_insert_with(|| LocalRoom {
+                members: HashSet::new(),
+                delivered: AtomicI64::new(0),
+            })
+            .members
+            .insert(conn);
+        self.push_to(conn, frame);
+    }
+
+    /// Removes a member; returns how many local members remain.
+    pub fn leave(&self, room: RoomId, conn: ConnId) -> usize {
+        let Ok(mut rooms) = self.rooms.write() else {
+            return 0;
+        };
+        let Some(local) = rooms.get_mut(&room) else {
+            return 0;
+        };
+        local.members.remove(&conn);
+        let remaining = local.members.len();
+        if remaining == 0 {
+            rooms.remove(&room);
+        }
+        remaining
+    }
+
+    /// Queues a frame to one local connection.
+    pub fn push_to(&self, conn: ConnId, frame: Frame) -> bool {
+        self.connections
+            .read()
+            .ok()
+            .and_then(|connections| connections.get(&conn).map(|outbox| outbox.push(frame)))
+            .unwrap_or(false)
+    }
+
+    /// Hands a delivery from the node queue to the local connections it concerns.
+    pub fn deliver(&self, delivery: Delivery) {
+        match delivery {
+            Delivery::Room { room_id, messages } => self.deliver_room(room_id, messages),
+            Delivery::Duplicates { receipts } => {
+                for receipt in receipts {
+                    self.answer_duplicate(&receipt);
+                }
+            }
+        }
+    }
+
+    fn deliver_room(&self, room_id: RoomId, messages: Vec<StoredMessage>) {
+        let Ok(rooms) = self.rooms.read() else {
+            return;
+        };
+        let Some(local) = rooms.get(&room_id) else {
+            return;
+        };
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        for stored in messages {
+            let message = stored.message;
+            let seq = message.seq;
+            if local.delivered.fetch_max(seq.0, Ordering::AcqRel) >= seq.0 {
+                continue;
+            }
+            if stored.origin.node_id == self.node_id {
+                if let Some(outbox) = connections.get(&stored.origin.conn_id) {
+                    outbox.push(frame(&ServerFrame::Stored {
+                        room_id,
+                        client_msg_id: message.client_msg_id.clone(),
+                        seq,
+                        duplicate: false,
+                    }));
+                }
+            }
+            let shared = frame(&ServerFrame::Message(message));
+            let mut delivered = 0;
+            for member in &local.members {
+                if let Some(outbox) = connections.get(member) {
+                    if outbox.push(shared.clone()) {
+                        delivered += 1;
+                    } else {
+                        self.metrics.frames_dropped_slow_client.inc();
+                    }
+                }
+            }
+            self.metrics.messages_delivered.inc_by(delivered);
+        }
+    }
+
+    fn answer_duplicate(&self, receipt: &DuplicateReceipt) {
+        if receipt.origin.node_id != self.node_id {
+            return;
+        }
+        self.push_to(
+            receipt.origin.conn_id,
+            frame(&ServerFrame::Stored {
+                room_id: receipt.room_id,
+                client_msg_id: receipt.client_msg_id.clone(),
+                seq: receipt.seq,
+                duplicate: true,
+            }),
+        );
+    }
+
+    /// Rooms with at least one local member.
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .read()
+            .map(|rooms| rooms.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The highest sequence number delivered locally in a room.
+    pub fn delivered_seq(&self, room: RoomId) -> Seq {
+        Seq(self
+            .rooms
+            .read()
+            .ok()
+            .and_then(|rooms| {
+                rooms
+                    .get(&room)
+                    .map(|r| r.delivered.load(Ordering::Acquire))
+            })
+            .unwrap_or(0))
+    }
+}
+
+/// Serializes a frame once for sharing.
+pub fn frame(frame: &ServerFrame) -> Frame {
+    Arc::from(frame.to_json())
+}

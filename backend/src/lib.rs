@@ -1,0 +1,26 @@
+//! The chat node.
+//!
+//! A message's path through this crate:
+//! - [`session`] reads a `send` frame from a WebSocket and hands it to the [`bus`], which
+//!   publishes it to the room's ingest shard and waits for RabbitMQ's confirm (`accepted`);
+//! - [`persister`] (on whichever node is the shard's active consumer) stores it with the
+//!   [`store`] under the room's next sequence number and publishes it for delivery;
+//! - the [`bus`] hands each delivery from this node's queue to the [`hub`], which queues it to
+//!   every local member's connection.
+//!
+//! [`app`] wires them together; [`http`] serves the endpoints; [`config`], [`telemetry`] and
+//! [`metrics`] are the operator's side.
+
+pub mod app;
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod persister;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{run, App};
+pub use config::Config;

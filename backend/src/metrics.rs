@@ -1,0 +1,156 @@
+//! Prometheus metrics for every stage of the pipeline, served as text on `/metrics`.
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// The node's metrics. Each node has its own registry so several nodes can live in one test process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub messages_accepted: IntCounter,
+    pub messages_refused: IntCounter,
+    pub messages_persisted: IntCounter,
+    pub messages_duplicate: IntCounter,
+    pub messages_dead_lettered: IntCounter,
+    pub messages_delivered: IntCounter,
+    pub frames_dropped_slow_client: IntCounter,
+    pub client_errors: IntCounterVec,
+    pub persist_batch_size: Histogram,
+    pub persist_seconds: Histogram,
+    pub accept_seconds: Histogram,
+    pub store_retries: IntCounter,
+    pub bus_reconnects: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("chat".into()), None).unwrap_or_default();
+        let counter = |name: &str, help: &str| register(&registry, IntCounter::new(name, help));
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            register(
+                &registry,
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
+            )
+        };
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+        ];
+        Metrics {
+            connections: register(
+                &registry,
+                IntGauge::new("connections", "Open WebSocket connections."),
+            ),
+            client_errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "client_errors_total",
+                        "Error frames sent to clients, by code.",
+                    ),
+                    &["code"],
+                ),
+            ),
+            messages_accepted: counter(
+                "messages_accepted_total",
+                "Sends confirmed by RabbitMQ and answered `accepted`.",
+            ),
+            messages_refused: counter(
+                "messages_refused_total",
+                "Sends answered with `unavailable` because RabbitMQ did not confirm them.",
+            ),
+            messages_persisted: counter(
+                "messages_persisted_total",
+                "Messages stored in PostgreSQL by this node's persisters.",
+            ),
+            messages_duplicate: counter(
+                "messages_duplicate_total",
+                "Resends recognised by their client message id and not stored again.",
+            ),
+            messages_dead_lettered: counter(
+                "messages_dead_lettered_total",
+                "Ingest messages that could never be stored and went to the dead-letter queue.",
+            ),
+            messages_delivered: counter(
+                "messages_delivered_total",
+                "Message frames queued to local WebSockets.",
+            ),
+            frames_dropped_slow_client: counter(
+                "slow_client_disconnects_total",
+                "Connections closed because they did not read their frames fast enough.",
+            ),
+            persist_batch_size: histogram(
+                "persist_batch_size",
+                "Messages per persister transaction.",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+            ),
+            persist_seconds: histogram(
+                "persist_seconds",
+                "Time to store one batch in PostgreSQL.",
+                latency_buckets.clone(),
+            ),
+            accept_seconds: histogram(
+                "accept_seconds",
+                "Time from a send frame to its publisher confirm.",
+                latency_buckets,
+            ),
+            store_retries: counter(
+                "store_retries_total",
+                "Persister batches retried because PostgreSQL failed.",
+            ),
+            bus_reconnects: counter(
+                "bus_reconnects_total",
+                "Connections to RabbitMQ established after the first.",
+            ),
+            registry,
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Registers a metric. Construction only fails on an invalid name or a name registered twice,
+/// and every name here is a distinct literal, so failing is a programming error.
+#[allow(clippy::expect_used)]
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric names are valid literals");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are distinct");
+    metric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics() {
+        let metrics = Metrics::new();
+        metrics.messages_accepted.inc();
+        metrics.client_errors.with_label_values(&["bad_json"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("chat_messages_accepted_total 1"));
+        assert!(text.contains("chat_client_errors_total{code=\"bad_json\"} 1"));
+    }
+}

@@ -1,0 +1,165 @@
+//! The persister: stores an ingest shard's messages in PostgreSQL and publishes them for delivery.
+//!
+//! One loop per shard. RabbitMQ lets one consumer per shard be active at a time, so the active
+//! loop owns its rooms' sequence counters. For each batch: store it in one transaction (retried
+//! with backoff while PostgreSQL is down, without acknowledging anything), dead-letter what can
+//! never be stored, publish the stored messages one AMQP message per room, wait for the confirms,
+//! and only then acknowledge the batch. A crash anywhere before the acknowledgement means the
+//! batch comes back; the client message ids make storing it again a no-op, and it is delivered.
+
+use crate::bus::{BusError, IngestItem, IngestShard};
+use crate::metrics::Metrics;
+use crate::store::{MessageOutcome, Store};
+use chat_protocol::bus::{Delivery, DuplicateReceipt, Origin, StoredMessage};
+use chat_protocol::{ChatMessage, RoomId};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Runs one shard's persister until its consumer ends or the node stops.
+pub async fn run_shard(
+    mut shard: IngestShard,
+    store: Store,
+    metrics: Metrics,
+    max_batch: usize,
+    stop: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            batch = shard.next_batch(max_batch.max(1)) => batch,
+            _ = stop.cancelled() => return,
+        };
+        let Some(batch) = batch else {
+            tracing::debug!(shard = shard.shard, "ingest consumer ended");
+            return;
+        };
+        if let Err(error) = process_batch(&shard, &store, &metrics, batch, &stop).await {
+            // The channel is gone: unacknowledged messages return to the queue, and the bus
+            // supervisor starts a new consumer after it reconnects.
+            tracing::warn!(shard = shard.shard, %error, "persister stopped");
+            return;
+        }
+    }
+}
+
+async fn process_batch(
+    shard: &IngestShard,
+    store: &Store,
+    metrics: &Metrics,
+    batch: Vec<IngestItem>,
+    stop: &CancellationToken,
+) -> Result<(), BusError> {
+    let Some(last_tag) = batch.last().map(|item| item.tag) else {
+        return Ok(());
+    };
+    let mut decodable = Vec::with_capacity(batch.len());
+    for item in &batch {
+        match &item.message {
+            Ok(message) => decodable.push((item, message.clone())),
+            Err(reason) => {
+                shard.dead_letter(item, reason).await?;
+                metrics.messages_dead_lettered.inc();
+                tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
+            }
+        }
+    }
+    if decodable.is_empty() {
+        return Ok(());
+    }
+
+    let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
+    let Some(outcomes) = store_with_retry(store, metrics, messages, stop).await else {
+        // Stopping while PostgreSQL is down: nothing is acknowledged, so it all comes back.
+        return Ok(());
+    };
+
+    let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
+    let mut receipts: BTreeMap<String, Vec<DuplicateReceipt>> = BTreeMap::new();
+    for ((item, ingest), outcome) in decodable.iter().zip(outcomes) {
+        match outcome {
+            MessageOutcome::Stored(message) => {
+                metrics.messages_persisted.inc();
+                push_room(&mut rooms, message, ingest.origin.clone());
+            }
+            // Stored by a batch whose delivery may never have been published: deliver again;
+            // nodes drop sequence numbers they have already shown.
+            MessageOutcome::Duplicate(message) if item.redelivered => {
+                push_room(&mut rooms, message, ingest.origin.clone());
+            }
+            MessageOutcome::Duplicate(original) => {
+                metrics.messages_duplicate.inc();
+                receipts
+                    .entry(ingest.origin.node_id.clone())
+                    .or_default()
+                    .push(DuplicateReceipt {
+                        room_id: original.room_id,
+                        client_msg_id: ingest.client_msg_id.clone(),
+                        seq: original.seq,
+                        origin: ingest.origin.clone(),
+                    });
+            }
+            MessageOutcome::Rejected(reason) => {
+                shard.dead_letter(item, &reason).await?;
+                metrics.messages_dead_lettered.inc();
+                tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
+            }
+        }
+    }
+
+    let mut deliveries: Vec<Delivery> = rooms
+        .into_iter()
+        .map(|(room_id, mut messages)| {
+            messages.sort_by_key(|stored| stored.message.seq);
+            Delivery::Room { room_id, messages }
+        })
+        .collect();
+    deliveries.extend(
+        receipts
+            .into_values()
+            .map(|receipts| Delivery::Duplicates { receipts }),
+    );
+    shard.publish_deliveries(&deliveries).await?;
+    shard.ack_through(last_tag).await
+}
+
+fn push_room(
+    rooms: &mut BTreeMap<RoomId, Vec<StoredMessage>>,
+    message: ChatMessage,
+    origin: Origin,
+) {
+    rooms
+        .entry(message.room_id)
+        .or_default()
+        .push(StoredMessage { message, origin });
+}
+
+/// Stores the batch, retrying with backoff while PostgreSQL fails. `None` if the node stops first.
+async fn store_with_retry(
+    store: &Store,
+    metrics: &Metrics,
+    messages: Vec<chat_protocol::bus::IngestMessage>,
+    stop: &CancellationToken,
+) -> Option<Vec<MessageOutcome>> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let started = Instant::now();
+        match store.persist_batch(messages.clone()).await {
+            Ok(outcomes) => {
+                metrics.persist_batch_size.observe(messages.len() as f64);
+                metrics
+                    .persist_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Some(outcomes);
+            }
+            Err(error) => {
+                metrics.store_retries.inc();
+                tracing::warn!(%error, batch = messages.len(), "storing a batch failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return None,
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,349 @@
+//! One WebSocket connection: reads client frames, answers them, and writes what the hub queues.
+//!
+//! The reader and the writer are separate tasks joined by the connection's bounded outbox, so
+//! a slow socket never blocks the node queue consumer, and replies keep their order relative to
+//! deliveries. The writer flushes once per burst of queued frames, not once per frame.
+
+use crate::app::App;
+use crate::bus::BusError;
+use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
+use chat_protocol::bus::{IngestMessage, Origin};
+use chat_protocol::{ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, ServerFrame, UserId};
+use futures::{SinkExt, StreamExt};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use warp::ws::{Message, WebSocket};
+
+/// Close code sent when the node shuts down (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code sent to a client that does not read its frames fast enough.
+pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// Frames written before a flush is forced, even if more are queued.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+struct Identity {
+    user_id: UserId,
+    name: String,
+}
+
+struct Session {
+    app: Arc<App>,
+    conn: ConnId,
+    identity: Option<Identity>,
+    rooms: HashSet<RoomId>,
+    replies: mpsc::Sender<Frame>,
+}
+
+/// Serves one upgraded WebSocket until either side closes it or the node stops.
+pub async fn serve(socket: WebSocket, app: Arc<App>) {
+    let conn = app.next_conn_id();
+    let (frames_tx, frames_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
+    let kick = app.shutdown.child_token();
+    app.hub
+        .register(conn, Outbox::new(frames_tx.clone(), kick.clone()));
+    app.metrics.connections.inc();
+
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_frames(
+        sink,
+        frames_rx,
+        kick.clone(),
+        app.shutdown.clone(),
+    ));
+
+    let mut session = Session {
+        app: app.clone(),
+        conn,
+        identity: None,
+        rooms: HashSet::new(),
+        replies: frames_tx,
+    };
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            _ = kick.cancelled() => break,
+        };
+        let message = match message {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                tracing::debug!(conn, %error, "WebSocket read failed");
+                break;
+            }
+            None => break,
+        };
+        if message.is_close() {
+            break;
+        }
+        if let Ok(text) = message.to_str() {
+            session.handle_text(text).await;
+        } else if message.is_binary() {
+            session.reply_error(&FrameError::new(
+                ErrorCode::BadJson,
+                "frames are JSON text, not binary",
+            ));
+        }
+        // Pings are answered by the WebSocket layer; pongs need nothing.
+    }
+
+    session.leave_all().await;
+    app.hub.unregister(conn);
+    app.metrics.connections.dec();
+    kick.cancel();
+    drop(session);
+    let _ = writer.await;
+}
+
+async fn write_frames(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut frames: mpsc::Receiver<Frame>,
+    kick: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = frames.recv() => frame,
+            _ = kick.cancelled() => None,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
+        if sink.feed(Message::text(&*frame)).await.is_err() {
+            return;
+        }
+        let mut written = 1;
+        while written < MAX_FRAMES_PER_FLUSH {
+            match frames.try_recv() {
+                Ok(frame) => {
+                    if sink.feed(Message::text(&*frame)).await.is_err() {
+                        return;
+                    }
+                    written += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+    let close = if shutdown.is_cancelled() {
+        Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
+    } else if kick.is_cancelled() {
+        Message::close_with(CLOSE_TOO_SLOW, "too slow to keep up")
+    } else {
+        Message::close()
+    };
+    let _ = sink.send(close).await;
+    let _ = sink.close().await;
+}
+
+impl Session {
+    fn reply(&self, frame: &ServerFrame) {
+        // The outbox is bounded; a connection that does not read its replies is closed by the
+        // hub's rule, so a failed try_send here needs no handling of its own.
+        let _ = self.replies.try_send(hub::frame(frame));
+    }
+
+    fn reply_error(&self, error: &FrameError) {
+        self.app
+            .metrics
+            .client_errors
+            .with_label_values(&[error.code.as_str()])
+            .inc();
+        self.reply(&error.to_frame());
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(error) => return self.reply_error(&error),
+        };
+        let result = match frame {
+            ClientFrame::Hello { name } => self.hello(name).await,
+            ClientFrame::Join { room } => self.join(room).await,
+            ClientFrame::Leave { room_id } => self.leave(room_id).await,
+            ClientFrame::Send {
+                room_id,
+                client_msg_id,
+                body,
+            } => self.send(room_id, client_msg_id, body).await,
+        };
+        if let Err(error) = result {
+            self.reply_error(&error);
+        }
+    }
+
+    async fn hello(&mut self, name: String) -> Result<(), FrameError> {
+        if self.identity.is_some() {
+            return Err(FrameError::new(
+                ErrorCode::AlreadyIdentified,
+                "hello was already sent on this connection",
+            ));
+        }
+        let user_id = self
+            .app
+            .store
+            .find_or_create_user(name.clone())
+            .await
+            .map_err(|error| internal("could not load the user", &error))?;
+        self.reply(&ServerFrame::Welcome {
+            node_id: self.app.node_id().to_owned(),
+            user_id,
+            name: name.clone(),
+        });
+        self.identity = Some(Identity { user_id, name });
+        Ok(())
+    }
+
+    async fn join(&mut self, room: String) -> Result<(), FrameError> {
+        self.require_identity()?;
+        let (room_id, last_seq) = self
+            .app
+            .store
+            .find_or_create_room(room.clone())
+            .await
+            .map_err(|error| internal("could not load the room", &error))?;
+        let joined = hub::frame(&ServerFrame::Joined {
+            room_id,
+            room,
+            last_seq,
+        });
+        if self.rooms.contains(&room_id) {
+            self.app.hub.push_to(self.conn, joined);
+            return Ok(());
+        }
+        let lock = self.app.hub.membership_lock(room_id);
+        let _guard = lock.lock().await;
+        if self.app.hub.local_members(room_id) == 0 {
+            match self.app.bus.bind_room(room_id).await {
+                // The room is remembered and bound again as soon as RabbitMQ is back.
+                Ok(()) | Err(BusError::NotConnected) => {}
+                Err(error) => {
+                    tracing::warn!(%error, %room_id, "binding the node queue failed");
+                    return Err(unavailable(None));
+                }
+            }
+        }
+        self.app.hub.join(room_id, self.conn, joined);
+        self.rooms.insert(room_id);
+        Ok(())
+    }
+
+    async fn leave(&mut self, room_id: RoomId) -> Result<(), FrameError> {
+        if !self.rooms.remove(&room_id) {
+            return Err(not_joined(room_id, None));
+        }
+        self.leave_room(room_id).await;
+        self.reply(&ServerFrame::Left { room_id });
+        Ok(())
+    }
+
+    async fn leave_room(&self, room_id: RoomId) {
+        let lock = self.app.hub.membership_lock(room_id);
+        let _guard = lock.lock().await;
+        if self.app.hub.leave(room_id, self.conn) == 0 {
+            if let Err(error) = self.app.bus.unbind_room(room_id).await {
+                tracing::debug!(%error, %room_id, "unbinding the node queue failed");
+            }
+        }
+    }
+
+    async fn leave_all(&mut self) {
+        for room_id in std::mem::take(&mut self.rooms) {
+            self.leave_room(room_id).await;
+        }
+    }
+
+    async fn send(
+        &mut self,
+        room_id: RoomId,
+        client_msg_id: ClientMsgId,
+        body: String,
+    ) -> Result<(), FrameError> {
+        let identity = self.require_identity()?;
+        if !self.rooms.contains(&room_id) {
+            return Err(not_joined(room_id, Some(client_msg_id)));
+        }
+        let started = Instant::now();
+        let message = IngestMessage {
+            room_id,
+            sender_id: identity.user_id,
+            sender_name: identity.name.clone(),
+            client_msg_id: client_msg_id.clone(),
+            body,
+            sent_at_ms: chrono::Utc::now().timestamp_millis(),
+            origin: Origin {
+                node_id: self.app.node_id().to_owned(),
+                conn_id: self.conn,
+            },
+        };
+        // Published here, in the reader, so one connection's sends reach the shard in order;
+        // the confirm is awaited elsewhere so the client may pipeline sends.
+        let pending = match self.app.bus.publish_ingest(&message).await {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::debug!(%error, "send refused");
+                self.app.metrics.messages_refused.inc();
+                return Err(unavailable(Some(client_msg_id)));
+            }
+        };
+        let app = self.app.clone();
+        let replies = self.replies.clone();
+        tokio::spawn(async move {
+            let frame = match pending.confirmed().await {
+                Ok(()) => {
+                    app.metrics.messages_accepted.inc();
+                    app.metrics
+                        .accept_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    ServerFrame::Accepted {
+                        room_id,
+                        client_msg_id,
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "send not confirmed");
+                    app.metrics.messages_refused.inc();
+                    app.metrics
+                        .client_errors
+                        .with_label_values(&[ErrorCode::Unavailable.as_str()])
+                        .inc();
+                    unavailable(Some(client_msg_id)).to_frame()
+                }
+            };
+            let _ = replies.try_send(hub::frame(&frame));
+        });
+        Ok(())
+    }
+
+    fn require_identity(&self) -> Result<&Identity, FrameError> {
+        self.identity.as_ref().ok_or_else(|| {
+            FrameError::new(ErrorCode::NotIdentified, "send hello with a name first")
+        })
+    }
+}
+
+fn not_joined(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError {
+    FrameError::new(
+        ErrorCode::NotJoined,
+        format!("this connection has not joined room {room_id}"),
+    )
+    .with_client_msg_id(client_msg_id)
+}
+
+fn unavailable(client_msg_id: Option<ClientMsgId>) -> FrameError {
+    FrameError::new(
+        ErrorCode::Unavailable,
+        "the message service is unavailable; retry with the same client_msg_id",
+    )
+    .with_client_msg_id(client_msg_id)
+}
+
+fn internal(context: &str, error: &dyn std::fmt::Display) -> FrameError {
+    tracing::error!(%error, "{context}");
+    FrameError::new(ErrorCode::Internal, "internal error; retry later")
+}

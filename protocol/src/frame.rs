@@ -1,0 +1,447 @@
+//! WebSocket frames. Every frame is a JSON object with a `type` field.
+
+use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
+use crate::limits;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A frame sent by a client to a chat node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Choose a display name. Must be the first frame.
+    Hello { name: String },
+    /// Join a room by name, creating it if it does not exist.
+    Join { room: String },
+    /// Stop receiving a room's messages on this connection.
+    Leave { room_id: RoomId },
+    /// Send a message to a joined room.
+    Send {
+        room_id: RoomId,
+        client_msg_id: ClientMsgId,
+        body: String,
+    },
+}
+
+/// The `type` values a client may send.
+pub const CLIENT_FRAME_TYPES: &[&str] = &["hello", "join", "leave", "send"];
+
+/// A stored chat message as every member sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room_id: RoomId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub sender_name: String,
+    pub client_msg_id: ClientMsgId,
+    pub body: String,
+    /// Milliseconds since the Unix epoch, as stored.
+    pub sent_at_ms: i64,
+}
+
+/// A frame sent by a chat node to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// The answer to `hello`.
+    Welcome {
+        node_id: String,
+        user_id: UserId,
+        name: String,
+    },
+    /// The answer to `join`: the connection now receives the room's new messages.
+    Joined {
+        room_id: RoomId,
+        room: String,
+        /// The sequence number of the room's newest stored message (0 when empty).
+        last_seq: Seq,
+    },
+    /// The answer to `leave`.
+    Left { room_id: RoomId },
+    /// The message is durable: it will be stored and delivered even if this node dies now.
+    Accepted {
+        room_id: RoomId,
+        client_msg_id: ClientMsgId,
+    },
+    /// The message is stored with this sequence number. `duplicate` is true when an earlier
+    /// send with the same client message id had already stored it.
+    Stored {
+        room_id: RoomId,
+        client_msg_id: ClientMsgId,
+        seq: Seq,
+        duplicate: bool,
+    },
+    /// A new message in a joined room.
+    Message(ChatMessage),
+    /// Something the client sent could not be handled. The connection stays usable.
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<ClientMsgId>,
+    },
+}
+
+/// Stable error codes. Clients match on these, never on the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object.
+    BadJson,
+    /// The frame's `type` is missing or not one this server knows.
+    UnknownType,
+    /// The frame has the right type but a missing or malformed field.
+    BadFrame,
+    /// The frame is larger than the limit.
+    FrameTooLarge,
+    /// The message body is longer than the limit.
+    BodyTooLong,
+    /// The message body is empty or only whitespace.
+    BodyEmpty,
+    /// The display name is empty, too long or has control characters.
+    InvalidName,
+    /// The room name is empty, too long or has control characters.
+    InvalidRoomName,
+    /// The client message id is empty or too long.
+    InvalidClientMsgId,
+    /// `hello` has not been sent yet, or was sent twice.
+    NotIdentified,
+    AlreadyIdentified,
+    /// The connection has not joined that room.
+    NotJoined,
+    /// A backing service is down; the send was not accepted and may be retried.
+    Unavailable,
+    /// Something failed on the server; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::BodyTooLong => "body_too_long",
+            ErrorCode::BodyEmpty => "body_empty",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidRoomName => "invalid_room_name",
+            ErrorCode::InvalidClientMsgId => "invalid_client_msg_id",
+            ErrorCode::NotIdentified => "not_identified",
+            ErrorCode::AlreadyIdentified => "already_identified",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a client frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            client_msg_id: None,
+        }
+    }
+
+    pub fn with_client_msg_id(mut self, id: Option<ClientMsgId>) -> Self {
+        self.client_msg_id = id;
+        self
+    }
+
+    /// The error frame to send back.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            code: self.code,
+            message: self.message.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl ClientFrame {
+    /// Parses and validates a text frame. The error tells apart malformed JSON, unknown
+    /// frame types, malformed fields and values outside the limits.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        if text.len() > limits::MAX_FRAME_BYTES {
+            return Err(FrameError::new(
+                ErrorCode::FrameTooLarge,
+                format!("frames are limited to {} bytes", limits::MAX_FRAME_BYTES),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| FrameError::new(ErrorCode::BadJson, format!("not JSON: {e}")))?;
+        let Some(object) = value.as_object() else {
+            return Err(FrameError::new(
+                ErrorCode::BadJson,
+                "a frame is a JSON object",
+            ));
+        };
+        let client_msg_id = object
+            .get("client_msg_id")
+            .and_then(|v| v.as_str())
+            .map(|s| ClientMsgId(s.chars().take(limits::MAX_CLIENT_MSG_ID_BYTES).collect()));
+        let frame_type = object.get("type").and_then(|t| t.as_str());
+        match frame_type {
+            Some(t) if CLIENT_FRAME_TYPES.contains(&t) => {}
+            Some(t) => {
+                return Err(FrameError::new(
+                    ErrorCode::UnknownType,
+                    format!("unknown frame type {t:?}"),
+                ))
+            }
+            None => {
+                return Err(FrameError::new(
+                    ErrorCode::UnknownType,
+                    "the frame has no string `type` field",
+                ))
+            }
+        }
+        let frame: ClientFrame = serde_json::from_value(value).map_err(|e| {
+            FrameError::new(ErrorCode::BadFrame, e.to_string())
+                .with_client_msg_id(client_msg_id.clone())
+        })?;
+        frame
+            .validate()
+            .map_err(|e| e.with_client_msg_id(client_msg_id))?;
+        Ok(frame)
+    }
+
+    fn validate(&self) -> Result<(), FrameError> {
+        match self {
+            ClientFrame::Hello { name } => validate_name(name),
+            ClientFrame::Join { room } => validate_room_name(room),
+            ClientFrame::Leave { .. } => Ok(()),
+            ClientFrame::Send {
+                client_msg_id,
+                body,
+                ..
+            } => {
+                validate_client_msg_id(client_msg_id)?;
+                validate_body(body)
+            }
+        }
+    }
+}
+
+/// Checks a display name: 1 to 32 characters, no control characters, not only spaces.
+pub fn validate_name(name: &str) -> Result<(), FrameError> {
+    validate_label(name, limits::MAX_NAME_CHARS, ErrorCode::InvalidName, "name")
+}
+
+/// Checks a room name: 1 to 64 characters, no control characters, not only spaces.
+pub fn validate_room_name(room: &str) -> Result<(), FrameError> {
+    validate_label(
+        room,
+        limits::MAX_ROOM_NAME_CHARS,
+        ErrorCode::InvalidRoomName,
+        "room name",
+    )
+}
+
+fn validate_label(value: &str, max: usize, code: ErrorCode, what: &str) -> Result<(), FrameError> {
+    let chars = value.chars().count();
+    if value.trim().is_empty() || chars > max {
+        return Err(FrameError::new(
+            code,
+            format!("a {what} has 1 to {max} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(FrameError::new(
+            code,
+            format!("a {what} has no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a client message id: 1 to 64 bytes.
+pub fn validate_client_msg_id(id: &ClientMsgId) -> Result<(), FrameError> {
+    if id.0.is_empty() || id.0.len() > limits::MAX_CLIENT_MSG_ID_BYTES {
+        return Err(FrameError::new(
+            ErrorCode::InvalidClientMsgId,
+            format!(
+                "a client message id has 1 to {} bytes",
+                limits::MAX_CLIENT_MSG_ID_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a message body: not blank, at most 4,000 characters.
+pub fn validate_body(body: &str) -> Result<(), FrameError> {
+    if body.trim().is_empty() {
+        return Err(FrameError::new(
+            ErrorCode::BodyEmpty,
+            "the message is empty",
+        ));
+    }
+    if body.chars().count() > limits::MAX_BODY_CHARS {
+        return Err(FrameError::new(
+            ErrorCode::BodyTooLong,
+            format!(
+                "a message has at most {} characters",
+                limits::MAX_BODY_CHARS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ServerFrame {
+    /// Serializes the frame. Server frames are plain data, so this cannot fail.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"unserializable frame"}"#.to_owned()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        match ClientFrame::parse(text) {
+            Ok(frame) => panic!("expected an error, got {frame:?}"),
+            Err(e) => e.code,
+        }
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"hello","name":"ada"}"#),
+            Ok(ClientFrame::Hello { name: "ada".into() })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"join","room":"general"}"#),
+            Ok(ClientFrame::Join {
+                room: "general".into()
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"leave","room_id":3}"#),
+            Ok(ClientFrame::Leave { room_id: RoomId(3) })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"send","room_id":3,"client_msg_id":"a1","body":"hi"}"#),
+            Ok(ClientFrame::Send {
+                room_id: RoomId(3),
+                client_msg_id: ClientMsgId("a1".into()),
+                body: "hi".into()
+            })
+        );
+    }
+
+    #[test]
+    fn tells_malformed_input_apart() {
+        assert_eq!(code_of("not json"), ErrorCode::BadJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"type":"shout"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"name":"x"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":"join"}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code_of(r#"{"type":"leave","room_id":"three"}"#),
+            ErrorCode::BadFrame
+        );
+    }
+
+    #[test]
+    fn enforces_limits() {
+        let long = "x".repeat(limits::MAX_BODY_CHARS + 1);
+        let frame = format!(r#"{{"type":"send","room_id":1,"client_msg_id":"m","body":"{long}"}}"#);
+        let error = ClientFrame::parse(&frame).err();
+        assert_eq!(error.as_ref().map(|e| e.code), Some(ErrorCode::BodyTooLong));
+        assert_eq!(
+            error.and_then(|e| e.client_msg_id),
+            Some(ClientMsgId("m".into()))
+        );
+        let exact = "é".repeat(limits::MAX_BODY_CHARS);
+        let frame =
+            format!(r#"{{"type":"send","room_id":1,"client_msg_id":"m","body":"{exact}"}}"#);
+        assert!(ClientFrame::parse(&frame).is_ok());
+        assert_eq!(
+            code_of(r#"{"type":"send","room_id":1,"client_msg_id":"m","body":"  "}"#),
+            ErrorCode::BodyEmpty
+        );
+        assert_eq!(
+            code_of(r#"{"type":"send","room_id":1,"client_msg_id":"","body":"x"}"#),
+            ErrorCode::InvalidClientMsgId
+        );
+        assert_eq!(
+            code_of(r#"{"type":"hello","name":""}"#),
+            ErrorCode::InvalidName
+        );
+        assert_eq!(
+            code_of(r#"{"type":"hello","name":"a\u0007b"}"#),
+            ErrorCode::InvalidName
+        );
+        assert_eq!(
+            code_of(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))),
+            ErrorCode::InvalidRoomName
+        );
+        let huge = format!(r#"{{"type":"hello","name":"{}"}}"#, "n".repeat(20_000));
+        assert_eq!(code_of(&huge), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn server_frames_have_stable_shapes() {
+        let frame = ServerFrame::Error {
+            code: ErrorCode::BodyTooLong,
+            message: "too long".into(),
+            client_msg_id: None,
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"error","code":"body_too_long","message":"too long"}"#
+        );
+        let message = ServerFrame::Message(ChatMessage {
+            room_id: RoomId(1),
+            seq: Seq(2),
+            sender_id: UserId(3),
+            sender_name: "ada".into(),
+            client_msg_id: ClientMsgId("c".into()),
+            body: "hi".into(),
+            sent_at_ms: 5,
+        });
+        assert_eq!(
+            message.to_json(),
+            r#"{"type":"message","room_id":1,"seq":2,"sender_id":3,"sender_name":"ada","client_msg_id":"c","body":"hi","sent_at_ms":5}"#
+        );
+        for code in [
+            ErrorCode::BadJson,
+            ErrorCode::NotJoined,
+            ErrorCode::Unavailable,
+        ] {
+            let json = serde_json::to_string(&code).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Wire types shared by the chat server and the browser client.
+//!
+//! Everything that crosses a process boundary as JSON is defined here and nowhere else:
+//! - [`frame`]: WebSocket frames between a client and a chat node,
+//! - [`bus`]: AMQP payloads between chat nodes (ingest and delivery),
+//! - [`limits`]: the size limits both sides enforce.
+//!
+//! These types are a compatibility promise: add optional fields, never rename or remove.
+
+pub mod bus;
+pub mod frame;
+pub mod ids;
+pub mod limits;
+
+pub use frame::{ChatMessage, ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use ids::{ClientMsgId, RoomId, Seq, UserId};

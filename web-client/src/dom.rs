@@ -1,0 +1,117 @@
+//! The page's fixed elements, found by id, and small DOM helpers.
+//!
+//! The ids here are a contract with `static/index.html` and with the browser tests.
+
+use chat_protocol::limits;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use web_sys::{
+    Document, Element, Event, EventTarget, HtmlButtonElement, HtmlFormElement, HtmlInputElement,
+};
+
+/// The elements the client reads from and writes to.
+#[derive(Clone)]
+pub struct Page {
+    pub document: Document,
+    pub name: HtmlInputElement,
+    pub room: HtmlInputElement,
+    pub join_form: HtmlFormElement,
+    pub join_button: HtmlButtonElement,
+    pub status: Element,
+    pub error: Element,
+    pub messages: Element,
+    pub composer: HtmlInputElement,
+}
+
+impl Page {
+    /// Finds every element, failing with the id of the first one missing.
+    pub fn find() -> Result<Page, JsValue> {
+        let document = web_sys::window()
+            .and_then(|window| window.document())
+            .ok_or_else(|| JsValue::from_str("no document: not running in a page"))?;
+        Ok(Page {
+            name: by_id(&document, "name")?,
+            room: by_id(&document, "room")?,
+            join_form: by_id(&document, "join-form")?,
+            join_button: by_id(&document, "join-button")?,
+            status: by_id(&document, "status")?,
+            error: by_id(&document, "error")?,
+            messages: by_id(&document, "messages")?,
+            composer: by_id(&document, "composer")?,
+            document,
+        })
+    }
+
+    /// Puts the inputs in their initial state. The length limits come from the protocol
+    /// crate so that the page and the server cannot disagree.
+    pub fn prepare(&self) {
+        self.name.set_max_length(max_length(limits::MAX_NAME_CHARS));
+        self.room
+            .set_max_length(max_length(limits::MAX_ROOM_NAME_CHARS));
+        self.composer
+            .set_max_length(max_length(limits::MAX_BODY_CHARS));
+        self.set_joined(false);
+        self.set_status("not connected");
+    }
+
+    pub fn set_status(&self, text: &str) {
+        self.status.set_text_content(Some(text));
+    }
+
+    /// Shows an error, as `code: message` for the server's error frames.
+    pub fn set_error(&self, text: &str) {
+        self.error.set_text_content(Some(text));
+    }
+
+    /// Switches between the joined page (composer on, the form switches rooms) and the
+    /// page that is not in a room.
+    pub fn set_joined(&self, joined: bool) {
+        self.composer.set_disabled(!joined);
+        let label = if joined { "Switch room" } else { "Join" };
+        self.join_button.set_text_content(Some(label));
+    }
+}
+
+/// Calls `handler` for every `event` on `target`, for as long as the page lives.
+pub fn listen<E>(
+    target: &EventTarget,
+    event: &str,
+    mut handler: impl FnMut(E) + 'static,
+) -> Result<(), JsValue>
+where
+    E: JsCast,
+{
+    let closure = Closure::<dyn FnMut(Event)>::new(move |event: Event| {
+        if let Ok(event) = event.dyn_into::<E>() {
+            handler(event);
+        }
+    });
+    target.add_event_listener_with_callback(event, closure.as_ref().unchecked_ref())?;
+    // The page's handlers are never removed, so the closure must outlive this call:
+    // leaking it hands its ownership to the JavaScript side.
+    closure.forget();
+    Ok(())
+}
+
+/// A readable text for an error thrown by JavaScript.
+pub fn describe(error: &JsValue) -> String {
+    if let Some(text) = error.as_string() {
+        return text;
+    }
+    if let Some(error) = error.dyn_ref::<js_sys::Error>() {
+        return format!("{}: {}", error.name(), error.message());
+    }
+    format!("{error:?}")
+}
+
+fn by_id<T: JsCast>(document: &Document, id: &str) -> Result<T, JsValue> {
+    document
+        .get_element_by_id(id)
+        .ok_or_else(|| JsValue::from_str(&format!("the page has no #{id} element")))?
+        .dyn_into::<T>()
+        .map_err(|_| JsValue::from_str(&format!("#{id} is not the expected kind of element")))
+}
+
+fn max_length(chars: usize) -> i32 {
+    i32::try_from(chars).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,169 @@
+//! Build and run tasks: `cargo xtask up`, `cargo xtask test`.
+
+mod services;
+mod web;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run and test the chat system")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the web client and run a local cluster of chat nodes until Ctrl-C.
+    Up {
+        /// Number of chat nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: u16,
+        /// Port of the first node; the others follow.
+        #[arg(long, default_value_t = 8081)]
+        port: u16,
+        /// Build optimised binaries.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit, integration against the real services, and browser tests.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`, e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build the web client into web-client/dist.
+    Web {
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    match cli.command {
+        Task::Up {
+            nodes,
+            port,
+            release,
+        } => up(&root, nodes, port, release),
+        Task::Test { args } => test(&root, &args),
+        Task::Web { release } => {
+            let dist = web::build_web_client(&root, release)?;
+            println!("web client built in {}", dist.display());
+            Ok(())
+        }
+    }
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn test(root: &Path, args: &[String]) -> Result<()> {
+    services::ensure_all()?;
+    services::ensure_browser()?;
+    let dist = web::build_web_client(root, false)?;
+    let mut command = cargo();
+    command
+        .current_dir(root)
+        .args(["test", "--workspace", "--exclude", "web-client"])
+        .env("CHAT_WEB_DIR", &dist);
+    if !args.is_empty() {
+        command.arg("--").args(args);
+    }
+    run(&mut command)
+}
+
+fn up(root: &Path, nodes: u16, port: u16, release: bool) -> Result<()> {
+    services::ensure_all()?;
+    services::ensure_database("chat")?;
+    let dist = web::build_web_client(root, release)?;
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .args(["build", "-p", "chat-backend", "--bin", "chat-server"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let binary = target
+        .join(if release { "release" } else { "debug" })
+        .join("chat-server");
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let stopping = stopping.clone();
+        // Ctrl-C reaches the nodes too (same process group); this process only waits for them.
+        ctrlc::set_handler(move || stopping.store(true, Ordering::SeqCst))
+            .context("cannot install the Ctrl-C handler")?;
+    }
+
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for index in 0..nodes {
+        let node_id = format!("node-{}", index + 1);
+        let listen = format!("127.0.0.1:{}", port + index);
+        let child = Command::new(&binary)
+            .env("CHAT_NODE_ID", &node_id)
+            .env("CHAT_LISTEN", &listen)
+            .env("CHAT_WEB_DIR", &dist)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        println!("{node_id}: http://{listen}/  (metrics: http://{listen}/metrics)");
+        children.push((node_id, child));
+    }
+    println!("Open two of the URLs above in two browser tabs. Ctrl-C stops the cluster.");
+
+    loop {
+        if stopping.load(Ordering::SeqCst) {
+            for (_, child) in &children {
+                // SIGTERM in case the node did not get the terminal's SIGINT (a detached run).
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+            }
+            for (node_id, child) in &mut children {
+                let status = child.wait()?;
+                println!("{node_id} stopped ({status})");
+            }
+            return Ok(());
+        }
+        for (node_id, child) in &mut children {
+            if let Some(status) = child.try_wait()? {
+                if !stopping.load(Ordering::SeqCst) {
+                    println!("{node_id} exited ({status}); stopping the cluster");
+                    stopping.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,119 @@
+//! The local services the stack and its tests need: checked, started where this machine knows
+//! how, or else named with the exact command to run.
+
+use anyhow::{bail, Result};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Service {
+    name: &'static str,
+    address: &'static str,
+    /// Shell command that starts it on a Debian machine with the package installed.
+    start: &'static str,
+    install: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        name: "PostgreSQL",
+        address: "127.0.0.1:5432",
+        start: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+        install: "apt-get install -y postgresql",
+    },
+    Service {
+        name: "RabbitMQ",
+        address: "127.0.0.1:5672",
+        start: "rabbitmq-server -detached",
+        install: "apt-get install -y rabbitmq-server",
+    },
+];
+
+fn reachable(address: &str) -> bool {
+    address
+        .parse::<SocketAddr>()
+        .ok()
+        .and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok())
+        .is_some()
+}
+
+fn wait_reachable(address: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if reachable(address) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    false
+}
+
+/// Makes sure every service answers, starting the ones that are installed but stopped.
+pub fn ensure_all() -> Result<()> {
+    for service in SERVICES {
+        if reachable(service.address) {
+            continue;
+        }
+        println!(
+            "{} is not answering on {}; starting it: {}",
+            service.name, service.address, service.start
+        );
+        let started = Command::new("sh")
+            .args(["-c", service.start])
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false);
+        if !started || !wait_reachable(service.address, Duration::from_secs(60)) {
+            bail!(
+                "{} is not running on {}. Start it with `{}` (install it with `{}` if missing).",
+                service.name,
+                service.address,
+                service.start,
+                service.install
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the browser tests can find Chromium and chromedriver.
+pub fn ensure_browser() -> Result<()> {
+    for binary in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        if !Path::new(binary).exists() {
+            bail!("{binary} is missing; install it with `apt-get install -y chromium chromium-driver`");
+        }
+    }
+    Ok(())
+}
+
+/// Creates a database on the local PostgreSQL if it does not exist.
+pub fn ensure_database(name: &str) -> Result<()> {
+    let exists = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-tAc",
+            &format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ])
+        .output()?;
+    if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
+        return Ok(());
+    }
+    let created = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()?;
+    if !created.success() {
+        bail!("cannot create database {name}; run `createdb -h 127.0.0.1 -U postgres {name}`");
+    }
+    Ok(())
+}
