@@ -88,6 +88,13 @@ impl TestNode {
         WsClient::connect(&self.ws_url()).await
     }
 
+    /// A client connected to this node and signed in as `name` (the user is created if new).
+    pub async fn user(&self, name: &str) -> anyhow::Result<WsClient> {
+        let mut client = self.client().await?;
+        client.hello(name).await?;
+        Ok(client)
+    }
+
     /// Stops the node gracefully and waits for it to finish.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.trigger();

@@ -23,8 +23,7 @@ async fn health_readiness_and_metrics_answer() -> anyhow::Result<()> {
     assert_eq!(report["postgres"], "up");
     assert_eq!(report["rabbitmq"], "up");
 
-    let mut client = node.client().await?;
-    client.hello("ops").await?;
+    let mut client = node.user("ops").await?;
     let (room, _) = client.join("ops").await?;
     client.send_message(room, "m", "count me").await?;
     client
@@ -83,8 +82,7 @@ async fn readiness_fails_when_postgres_is_unreachable() -> anyhow::Result<()> {
 async fn shutdown_closes_websockets_with_going_away() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = env.start_node("stopping").await?;
-    let mut client = node.client().await?;
-    client.hello("leaver").await?;
+    let mut client = node.user("leaver").await?;
     let stopping = tokio::spawn(node.stop());
     assert_eq!(client.recv_close().await?, Some(1001));
     stopping.await??;

@@ -33,12 +33,10 @@ async fn a_message_crosses_two_nodes_and_is_stored_in_order() -> anyhow::Result<
     let node_a = env.start_node("a").await?;
     let node_b = env.start_node("b").await?;
 
-    let mut ada = node_a.client().await?;
-    ada.hello("ada").await?;
+    let mut ada = node_a.user("ada").await?;
     let (room, last_seq) = ada.join("general").await?;
     assert_eq!(last_seq.0, 0);
-    let mut bob = node_b.client().await?;
-    bob.hello("bob").await?;
+    let mut bob = node_b.user("bob").await?;
     let (bobs_room, _) = bob.join("general").await?;
     assert_eq!(
         bobs_room, room,
@@ -97,8 +95,7 @@ async fn a_message_crosses_two_nodes_and_is_stored_in_order() -> anyhow::Result<
 async fn the_sender_learns_the_sequence_and_a_resend_is_stored_once() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = env.start_node("solo").await?;
-    let mut ada = node.client().await?;
-    ada.hello("ada").await?;
+    let mut ada = node.user("ada").await?;
     let (room, _) = ada.join("dedup").await?;
 
     ada.send_message(room, "same-id", "only once").await?;
