@@ -3,6 +3,7 @@
 
 use crate::bus::{Bus, BusEvents, IngestShard, Names};
 use crate::config::Config;
+use crate::fanout::{self, FanoutEvent};
 use crate::http;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
@@ -11,9 +12,10 @@ use crate::store::Store;
 use chat_protocol::bus::Delivery;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +37,8 @@ pub struct App {
     persisters: TaskTracker,
     migrated: AtomicBool,
     next_conn: AtomicU64,
+    fanout: mpsc::UnboundedSender<FanoutEvent>,
+    fanout_events: Mutex<Option<mpsc::UnboundedReceiver<FanoutEvent>>>,
 }
 
 impl App {
@@ -48,6 +52,7 @@ impl App {
         };
         let bus = Bus::new(config.amqp_url.expose(), names);
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
+        let (fanout, fanout_events) = mpsc::unbounded_channel();
         Arc::new(App {
             config,
             store,
@@ -59,6 +64,8 @@ impl App {
             persisters: TaskTracker::new(),
             migrated: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            fanout,
+            fanout_events: Mutex::new(Some(fanout_events)),
         })
     }
 
@@ -97,7 +104,14 @@ impl App {
 
 impl BusEvents for App {
     fn deliver(&self, delivery: Delivery) {
-        self.hub.deliver(delivery);
+        let _ = self.fanout.send(FanoutEvent::Delivery(delivery));
+    }
+
+    fn connected(&self) {
+        if self.bus.connection_count() > 0 {
+            self.metrics.bus_reconnects.inc();
+        }
+        let _ = self.fanout.send(FanoutEvent::Resync);
     }
 
     fn shard_started(&self, shard: IngestShard) {
@@ -138,6 +152,15 @@ pub async fn run(
             .serve_incoming_with_graceful_shutdown(incoming, async move { stop.cancelled().await });
         tokio::spawn(server)
     };
+
+    if let Some(events) = app
+        .fanout_events
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take())
+    {
+        tokio::spawn(fanout::run(app.clone(), events));
+    }
 
     let bus_task = if app.migrate().await {
         let events: Arc<dyn BusEvents> = app.clone();

@@ -4,8 +4,8 @@
 //! every local member's outbox without waiting. A member whose outbox is full is too slow to
 //! keep up; it is disconnected rather than allowed to hold memory or stall the room.
 
-use chat_protocol::bus::{Delivery, DuplicateReceipt, StoredMessage};
-use chat_protocol::{RoomId, Seq, ServerFrame};
+use chat_protocol::bus::{DuplicateReceipt, Origin};
+use chat_protocol::{ChatMessage, RoomId, Seq, ServerFrame};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -106,8 +106,9 @@ impl Hub {
     }
 
     /// Adds a member and queues `frame` to it atomically with respect to deliveries, so the
-    /// member sees `frame` before any of the room's messages.
-    pub fn join(&self, room: RoomId, conn: ConnId, frame: Frame) {
+    /// member sees `frame` before any of the room's messages. `last_seq` is the room's newest
+    /// message when the member joined: the first local member starts delivery after it.
+    pub fn join(&self, room: RoomId, conn: ConnId, frame: Frame, last_seq: Seq) {
         let Ok(mut rooms) = self.rooms.write() else {
             return;
         };
@@ -115,7 +116,7 @@ impl Hub {
             .entry(room)
             .or_insert_with(|| LocalRoom {
                 members: HashSet::new(),
-                delivered: AtomicI64::new(0),
+                delivered: AtomicI64::new(last_seq.0),
             })
             .members
             .insert(conn);
@@ -147,19 +148,14 @@ impl Hub {
             .unwrap_or(false)
     }
 
-    /// Hands a delivery from the node queue to the local connections it concerns.
-    pub fn deliver(&self, delivery: Delivery) {
-        match delivery {
-            Delivery::Room { room_id, messages } => self.deliver_room(room_id, messages),
-            Delivery::Duplicates { receipts } => {
-                for receipt in receipts {
-                    self.answer_duplicate(&receipt);
-                }
-            }
-        }
-    }
-
-    fn deliver_room(&self, room_id: RoomId, messages: Vec<StoredMessage>) {
+    /// Queues a room's messages, in sequence order, to its local members. Sequence numbers at
+    /// or below the last one delivered here are dropped; the origin connection, when local, also
+    /// gets `stored`.
+    pub fn deliver_room(
+        &self,
+        room_id: RoomId,
+        messages: impl IntoIterator<Item = (ChatMessage, Option<Origin>)>,
+    ) {
         let Ok(rooms) = self.rooms.read() else {
             return;
         };
@@ -169,14 +165,17 @@ impl Hub {
         let Ok(connections) = self.connections.read() else {
             return;
         };
-        for stored in messages {
-            let message = stored.message;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for (message, origin) in messages {
             let seq = message.seq;
             if local.delivered.fetch_max(seq.0, Ordering::AcqRel) >= seq.0 {
                 continue;
             }
-            if stored.origin.node_id == self.node_id {
-                if let Some(outbox) = connections.get(&stored.origin.conn_id) {
+            self.metrics
+                .delivery_seconds
+                .observe((now_ms - message.sent_at_ms).max(0) as f64 / 1000.0);
+            if let Some(origin) = origin.filter(|origin| origin.node_id == self.node_id) {
+                if let Some(outbox) = connections.get(&origin.conn_id) {
                     outbox.push(frame(&ServerFrame::Stored {
                         room_id,
                         client_msg_id: message.client_msg_id.clone(),
@@ -200,19 +199,22 @@ impl Hub {
         }
     }
 
-    fn answer_duplicate(&self, receipt: &DuplicateReceipt) {
-        if receipt.origin.node_id != self.node_id {
-            return;
+    /// Answers resends whose sending connection is on this node.
+    pub fn answer_duplicates(&self, receipts: &[DuplicateReceipt]) {
+        for receipt in receipts {
+            if receipt.origin.node_id != self.node_id {
+                continue;
+            }
+            self.push_to(
+                receipt.origin.conn_id,
+                frame(&ServerFrame::Stored {
+                    room_id: receipt.room_id,
+                    client_msg_id: receipt.client_msg_id.clone(),
+                    seq: receipt.seq,
+                    duplicate: true,
+                }),
+            );
         }
-        self.push_to(
-            receipt.origin.conn_id,
-            frame(&ServerFrame::Stored {
-                room_id: receipt.room_id,
-                client_msg_id: receipt.client_msg_id.clone(),
-                seq: receipt.seq,
-                duplicate: true,
-            }),
-        );
     }
 
     /// Rooms with at least one local member.
@@ -223,18 +225,13 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// The highest sequence number delivered locally in a room.
-    pub fn delivered_seq(&self, room: RoomId) -> Seq {
-        Seq(self
-            .rooms
-            .read()
-            .ok()
-            .and_then(|rooms| {
-                rooms
-                    .get(&room)
-                    .map(|r| r.delivered.load(Ordering::Acquire))
-            })
-            .unwrap_or(0))
+    /// The highest sequence number delivered locally in a room; `None` without local members.
+    pub fn local_delivered_seq(&self, room: RoomId) -> Option<Seq> {
+        self.rooms.read().ok().and_then(|rooms| {
+            rooms
+                .get(&room)
+                .map(|r| Seq(r.delivered.load(Ordering::Acquire)))
+        })
     }
 }
 

@@ -5,8 +5,8 @@
 //!   publishes it to the room's ingest shard and waits for RabbitMQ's confirm (`accepted`);
 //! - [`persister`] (on whichever node is the shard's active consumer) stores it with the
 //!   [`store`] under the room's next sequence number and publishes it for delivery;
-//! - the [`bus`] hands each delivery from this node's queue to the [`hub`], which queues it to
-//!   every local member's connection.
+//! - the [`bus`] hands each delivery from this node's queue to [`fanout`], which fills any gap
+//!   from the store, and to the [`hub`], which queues it to every local member's connection.
 //!
 //! [`app`] wires them together; [`http`] serves the endpoints; [`config`], [`telemetry`] and
 //! [`metrics`] are the operator's side.
@@ -14,6 +14,7 @@
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod metrics;

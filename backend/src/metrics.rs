@@ -23,6 +23,9 @@ pub struct Metrics {
     pub persist_seconds: Histogram,
     pub accept_seconds: Histogram,
     pub store_retries: IntCounter,
+    pub messages_gap_filled: IntCounter,
+    pub delivery_seconds: Histogram,
+    pub messages_redelivered: IntCounter,
     pub bus_reconnects: IntCounter,
 }
 
@@ -95,7 +98,20 @@ impl Metrics {
             accept_seconds: histogram(
                 "accept_seconds",
                 "Time from a send frame to its publisher confirm.",
+                latency_buckets.clone(),
+            ),
+            messages_gap_filled: counter(
+                "messages_gap_filled_total",
+                "Messages read from PostgreSQL to fill a gap in the node queue's deliveries.",
+            ),
+            delivery_seconds: histogram(
+                "delivery_seconds",
+                "Time from a send being accepted to its message being queued to local sockets.",
                 latency_buckets,
+            ),
+            messages_redelivered: counter(
+                "messages_redelivered_total",
+                "Ingest messages a persister received again after an earlier consumer failed.",
             ),
             store_retries: counter(
                 "store_retries_total",

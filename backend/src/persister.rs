@@ -10,8 +10,9 @@
 use crate::bus::{BusError, IngestItem, IngestShard};
 use crate::metrics::Metrics;
 use crate::store::{MessageOutcome, Store};
-use chat_protocol::bus::{Delivery, DuplicateReceipt, Origin, StoredMessage};
+use chat_protocol::bus::{Delivery, DuplicateReceipt, IngestMessage, Origin, StoredMessage};
 use chat_protocol::{ChatMessage, RoomId};
+use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -30,13 +31,17 @@ pub async fn run_shard(
             _ = stop.cancelled() => return,
         };
         let Some(batch) = batch else {
-            tracing::debug!(shard = shard.shard, "ingest consumer ended");
+            if !stop.is_cancelled() {
+                tracing::warn!(shard = shard.shard, "ingest consumer ended");
+                shard.report_lost();
+            }
             return;
         };
         if let Err(error) = process_batch(&shard, &store, &metrics, batch, &stop).await {
-            // The channel is gone: unacknowledged messages return to the queue, and the bus
-            // supervisor starts a new consumer after it reconnects.
+            // Unacknowledged messages return to the queue; the bus reconnects and starts a new
+            // consumer for the shard.
             tracing::warn!(shard = shard.shard, %error, "persister stopped");
+            shard.report_lost();
             return;
         }
     }
@@ -66,6 +71,8 @@ async fn process_batch(
     if decodable.is_empty() {
         return Ok(());
     }
+    let redelivered = batch.iter().filter(|item| item.redelivered).count();
+    metrics.messages_redelivered.inc_by(redelivered as u64);
 
     let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
     let Some(outcomes) = store_with_retry(store, metrics, messages, stop).await else {
@@ -133,33 +140,59 @@ fn push_room(
         .push(StoredMessage { message, origin });
 }
 
-/// Stores the batch, retrying with backoff while PostgreSQL fails. `None` if the node stops first.
-async fn store_with_retry(
-    store: &Store,
-    metrics: &Metrics,
-    messages: Vec<chat_protocol::bus::IngestMessage>,
-    stop: &CancellationToken,
-) -> Option<Vec<MessageOutcome>> {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let started = Instant::now();
-        match store.persist_batch(messages.clone()).await {
-            Ok(outcomes) => {
-                metrics.persist_batch_size.observe(messages.len() as f64);
-                metrics
-                    .persist_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                return Some(outcomes);
+/// Stores the batch. While PostgreSQL is unreachable it retries with backoff (`None` if the node
+/// stops first). When the batch fails for what it contains, it is split in halves, stored in
+/// order, until the one message that can never be stored is found and rejected.
+fn store_with_retry<'a>(
+    store: &'a Store,
+    metrics: &'a Metrics,
+    messages: Vec<IngestMessage>,
+    stop: &'a CancellationToken,
+) -> BoxFuture<'a, Option<Vec<MessageOutcome>>> {
+    Box::pin(async move {
+        let mut delay = Duration::from_millis(50);
+        let mut data_failures = 0;
+        loop {
+            let started = Instant::now();
+            let error = match store.persist_batch(messages.clone()).await {
+                Ok(outcomes) => {
+                    metrics.persist_batch_size.observe(messages.len() as f64);
+                    metrics
+                        .persist_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    return Some(outcomes);
+                }
+                Err(error) => error,
+            };
+            // A broken connection can surface as an unclassified database error; a failed
+            // ping tells that apart from a message PostgreSQL refuses.
+            let about_the_data = !error.is_transient() && store.ping().await.is_ok();
+            if about_the_data {
+                data_failures += 1;
+                if messages.len() > 1 {
+                    tracing::warn!(%error, batch = messages.len(), "batch refused; splitting it");
+                    let mut right = messages;
+                    let left = right.split_off(right.len() / 2);
+                    // `split_off` keeps the first half in `right`; store it first to keep order.
+                    let (first, second) = (right, left);
+                    let mut outcomes = store_with_retry(store, metrics, first, stop).await?;
+                    outcomes.extend(store_with_retry(store, metrics, second, stop).await?);
+                    return Some(outcomes);
+                }
+                // Twice, because a writer on another shard can win a unique-key race once; the
+                // retry then finds the message stored and answers it as a duplicate.
+                if data_failures >= 2 {
+                    return Some(vec![MessageOutcome::Rejected(error.to_string())]);
+                }
+                continue;
             }
-            Err(error) => {
-                metrics.store_retries.inc();
-                tracing::warn!(%error, batch = messages.len(), "storing a batch failed; retrying");
+            metrics.store_retries.inc();
+            tracing::warn!(%error, batch = messages.len(), "storing a batch failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.cancelled() => return None,
             }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return None,
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
+    })
 }

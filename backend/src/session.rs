@@ -228,7 +228,7 @@ impl Session {
                 }
             }
         }
-        self.app.hub.join(room_id, self.conn, joined);
+        self.app.hub.join(room_id, self.conn, joined, last_seq);
         self.rooms.insert(room_id);
         Ok(())
     }

@@ -6,7 +6,10 @@
 //! local PostgreSQL and RabbitMQ and leave nothing behind.
 
 pub mod browser;
+pub mod checks;
 pub mod client;
+pub mod process;
+pub mod proxy;
 pub mod services;
 
 pub use client::WsClient;
@@ -90,9 +93,7 @@ impl TestNode {
 
     /// A client connected to this node and signed in as `name` (the user is created if new).
     pub async fn user(&self, name: &str) -> anyhow::Result<WsClient> {
-        let mut client = self.client().await?;
-        client.hello(name).await?;
-        Ok(client)
+        user_at(self.addr, name).await
     }
 
     /// Stops the node gracefully and waits for it to finish.
@@ -111,6 +112,13 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
+}
+
+/// A client connected to the node at `addr` and signed in as `name` (created if new).
+pub async fn user_at(addr: SocketAddr, name: &str) -> anyhow::Result<WsClient> {
+    let mut client = WsClient::connect(&format!("ws://{addr}/ws")).await?;
+    client.hello(name).await?;
+    Ok(client)
 }
 
 /// Shows the nodes' logs in test output when `RUST_LOG` is set.

@@ -89,6 +89,10 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
     services::ensure_all()?;
     services::ensure_browser()?;
     let dist = web::build_web_client(root, false)?;
+    // Tests in which a node dies run it as a process.
+    run(cargo()
+        .current_dir(root)
+        .args(["build", "-p", "chat-backend", "--bin", "chat-server"]))?;
     let mut command = cargo();
     command
         .current_dir(root)

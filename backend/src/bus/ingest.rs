@@ -6,6 +6,8 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
+use std::sync::Arc;
+use tokio::sync::Notify;
 
 /// One message taken from an ingest queue, decoded when possible.
 pub struct IngestItem {
@@ -22,16 +24,31 @@ pub struct IngestShard {
     channel: Channel,
     consumer: Consumer,
     names: Names,
+    /// Wakes the bus supervisor, which then rebuilds the connection and every consumer.
+    lost: Arc<Notify>,
 }
 
 impl IngestShard {
-    pub(super) fn new(shard: u16, channel: Channel, consumer: Consumer, names: Names) -> Self {
+    pub(super) fn new(
+        shard: u16,
+        channel: Channel,
+        consumer: Consumer,
+        names: Names,
+        lost: Arc<Notify>,
+    ) -> Self {
         IngestShard {
             shard,
             channel,
             consumer,
             names,
+            lost,
         }
+    }
+
+    /// Reports that this shard's channel or consumer failed. A shard without a consumer would
+    /// silently stop being stored, so the whole connection is rebuilt.
+    pub fn report_lost(&self) {
+        self.lost.notify_one();
     }
 
     /// Waits for the next message, then takes every message already waiting, up to `max`.

@@ -54,6 +54,8 @@ pub trait BusEvents: Send + Sync + 'static {
     fn deliver(&self, delivery: Delivery);
     /// An ingest shard's consumer is registered; this node may become its active persister.
     fn shard_started(&self, shard: IngestShard);
+    /// The node queue was (re)declared and bound: deliveries made meanwhile were missed.
+    fn connected(&self);
 }
 
 /// A handle to the node's RabbitMQ connection. Cheap to clone.
@@ -284,8 +286,15 @@ impl Bus {
                     FieldTable::default(),
                 )
                 .await?;
-            events.shard_started(IngestShard::new(shard, channel, consumer, names.clone()));
+            events.shard_started(IngestShard::new(
+                shard,
+                channel,
+                consumer,
+                names.clone(),
+                lost.clone(),
+            ));
         }
+        events.connected();
         Ok(lost)
     }
 

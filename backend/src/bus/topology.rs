@@ -62,72 +62,139 @@ impl Names {
     }
 }
 
-/// Declares the shared topology: exchanges, ingest shards and the dead-letter queue.
+/// An exchange of the shared topology.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExchangeSpec {
+    pub name: String,
+    /// `direct` or `fanout`.
+    pub kind: &'static str,
+}
+
+/// A durable queue of the shared topology, with its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BindingSpec {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+}
+
+/// Everything every node of a deployment shares: declared by each node at start-up, and
+/// mirrored for deployers in `rabbitmq/definitions.json` (a test keeps the two in step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedTopology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+impl SharedTopology {
+    pub fn of(names: &Names) -> SharedTopology {
+        let exchange = |name: String, kind| ExchangeSpec { name, kind };
+        let mut queues = vec![QueueSpec {
+            name: names.dead_letter_queue(),
+            arguments: serde_json::Map::new(),
+        }];
+        let mut bindings = vec![BindingSpec {
+            exchange: names.dead_letter_exchange(),
+            queue: names.dead_letter_queue(),
+            routing_key: String::new(),
+        }];
+        for shard in 0..names.shards {
+            let mut arguments = serde_json::Map::new();
+            arguments.insert("x-single-active-consumer".into(), true.into());
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                names.dead_letter_exchange().into(),
+            );
+            queues.push(QueueSpec {
+                name: names.ingest_queue(shard),
+                arguments,
+            });
+            bindings.push(BindingSpec {
+                exchange: names.ingest_exchange(),
+                queue: names.ingest_queue(shard),
+                routing_key: Names::shard_key(shard),
+            });
+        }
+        SharedTopology {
+            exchanges: vec![
+                exchange(names.ingest_exchange(), "direct"),
+                exchange(names.delivery_exchange(), "direct"),
+                exchange(names.dead_letter_exchange(), "fanout"),
+            ],
+            queues,
+            bindings,
+        }
+    }
+}
+
+/// Declares the shared topology: exchanges, ingest shards and the dead-letter queue. Declaring
+/// is idempotent; a queue that exists with other arguments makes it fail loudly.
 pub async fn declare_shared(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            &names.ingest_exchange(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            &names.delivery_exchange(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            &names.dead_letter_exchange(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(
-            &names.dead_letter_queue(),
-            durable_queue,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            &names.dead_letter_queue(),
-            &names.dead_letter_exchange(),
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    for shard in 0..names.shards {
-        let queue = names.ingest_queue(shard);
+    let topology = SharedTopology::of(names);
+    for exchange in &topology.exchanges {
+        let kind = match exchange.kind {
+            "fanout" => ExchangeKind::Fanout,
+            _ => ExchangeKind::Direct,
+        };
         channel
-            .queue_declare(&queue, durable_queue, ingest_queue_arguments(names))
+            .exchange_declare(
+                &exchange.name,
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
+    }
+    for queue in &topology.queues {
+        channel
+            .queue_declare(
+                &queue.name,
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                field_table(&queue.arguments),
+            )
+            .await?;
+    }
+    for binding in &topology.bindings {
         channel
             .queue_bind(
-                &queue,
-                &names.ingest_exchange(),
-                &Names::shard_key(shard),
+                &binding.queue,
+                &binding.exchange,
+                &binding.routing_key,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
     }
     Ok(())
+}
+
+fn field_table(arguments: &serde_json::Map<String, serde_json::Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in arguments {
+        let value = match value {
+            serde_json::Value::Bool(flag) => AMQPValue::Boolean(*flag),
+            serde_json::Value::Number(n) if n.is_i64() => {
+                AMQPValue::LongLongInt(n.as_i64().unwrap_or_default())
+            }
+            other => AMQPValue::LongString(other.as_str().unwrap_or_default().to_owned().into()),
+        };
+        table.insert(key.clone().into(), value);
+    }
+    table
 }
 
 /// Declares this node's queue and binds it to the node's own key.
@@ -151,18 +218,6 @@ pub async fn declare_node_queue(channel: &Channel, names: &Names) -> Result<(), 
         .await
 }
 
-/// Arguments of every ingest queue. Changing them makes the declaration fail against an existing
-/// queue, so they are part of the deployment's contract (see `rabbitmq/definitions.json`).
-pub fn ingest_queue_arguments(names: &Names) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(names.dead_letter_exchange().into()),
-    );
-    arguments
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +234,87 @@ mod tests {
         assert_eq!(names.ingest_queue(3), "chat.ingest.3");
         assert_eq!(names.node_queue(), "chat.node.n1");
         assert_eq!(Names::room_key(RoomId(42)), "room.42");
+    }
+
+    /// `rabbitmq/definitions.json` describes the default deployment (prefix `chat`, 8 shards)
+    /// exactly as the nodes declare it.
+    #[test]
+    fn deployer_definitions_match_the_declared_topology() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../rabbitmq/definitions.json");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let definitions: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(value) => value,
+            Err(e) => panic!("{path} is not JSON: {e}"),
+        };
+        let names = Names {
+            prefix: "chat".into(),
+            node_id: "unused".into(),
+            shards: 8,
+        };
+        let expected = SharedTopology::of(&names);
+        let list = |key: &str| definitions[key].as_array().cloned().unwrap_or_default();
+
+        let mut exchanges: Vec<(String, String, bool)> = list("exchanges")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                    e["type"].as_str().unwrap_or_default().to_owned(),
+                    e["durable"].as_bool().unwrap_or(false),
+                )
+            })
+            .collect();
+        exchanges.sort();
+        let mut expected_exchanges: Vec<(String, String, bool)> = expected
+            .exchanges
+            .iter()
+            .map(|e| (e.name.clone(), e.kind.to_owned(), true))
+            .collect();
+        expected_exchanges.sort();
+        assert_eq!(exchanges, expected_exchanges);
+
+        let mut queues: Vec<(String, bool, String)> = list("queues")
+            .iter()
+            .map(|q| {
+                (
+                    q["name"].as_str().unwrap_or_default().to_owned(),
+                    q["durable"].as_bool().unwrap_or(false),
+                    q["arguments"].to_string(),
+                )
+            })
+            .collect();
+        queues.sort();
+        let mut expected_queues: Vec<(String, bool, String)> = expected
+            .queues
+            .iter()
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    true,
+                    serde_json::Value::Object(q.arguments.clone()).to_string(),
+                )
+            })
+            .collect();
+        expected_queues.sort();
+        assert_eq!(queues, expected_queues);
+
+        let mut bindings: Vec<(String, String, String)> = list("bindings")
+            .iter()
+            .map(|b| {
+                (
+                    b["source"].as_str().unwrap_or_default().to_owned(),
+                    b["destination"].as_str().unwrap_or_default().to_owned(),
+                    b["routing_key"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        bindings.sort();
+        let mut expected_bindings: Vec<(String, String, String)> = expected
+            .bindings
+            .iter()
+            .map(|b| (b.exchange.clone(), b.queue.clone(), b.routing_key.clone()))
+            .collect();
+        expected_bindings.sort();
+        assert_eq!(bindings, expected_bindings);
     }
 }

@@ -35,6 +35,23 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
 }
 
+impl StoreError {
+    /// True when the failure says nothing about the data: the database was unreachable, the
+    /// connection broke, or a transaction lost a race. Such work is retried as it is.
+    pub fn is_transient(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind as Kind, Error};
+        match self {
+            StoreError::Unavailable(_) | StoreError::Task(_) => true,
+            StoreError::Query(Error::DatabaseError(
+                Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::SerializationFailure,
+                _,
+            )) => true,
+            StoreError::Query(Error::BrokenTransactionManager) => true,
+            StoreError::Query(_) | StoreError::Migration(_) => false,
+        }
+    }
+}
+
 /// A pool of PostgreSQL connections.
 #[derive(Clone)]
 pub struct Store {
@@ -49,7 +66,8 @@ impl Store {
             .max_size(pool_size.max(2))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(3))
-            .test_on_check_out(false)
+            // A connection broken by an outage is found and replaced at checkout, not at first use.
+            .test_on_check_out(true)
             .build_unchecked(manager);
         Store { pool }
     }

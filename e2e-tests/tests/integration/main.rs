@@ -1,5 +1,10 @@
-//! Integration tests against the real PostgreSQL and RabbitMQ, with nodes in this process.
+//! Integration tests against the real PostgreSQL and RabbitMQ, with nodes in this process
+//! (and as child processes where a node must die).
 
 mod bad_input;
 mod node;
+mod pipeline_dead_letter;
+mod pipeline_dedup;
+mod pipeline_failures;
+mod pipeline_order;
 mod two_nodes;

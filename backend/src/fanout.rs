@@ -1,0 +1,75 @@
+//! Fan-out: turns the node queue's deliveries into frames for local connections, gap-free.
+//!
+//! One task per node handles deliveries in queue order. The node queue can lose messages: it is
+//! deleted with the node's RabbitMQ connection, and a room is bound only after its first local
+//! member joined. So before delivering a room's message with sequence number `n`, the task checks
+//! that `n - 1` was delivered here, and otherwise first reads the missing messages from
+//! PostgreSQL. After every reconnect it also reads what each local room missed meanwhile.
+
+use crate::app::App;
+use chat_protocol::bus::Delivery;
+use chat_protocol::{RoomId, Seq};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Most messages read from PostgreSQL to fill one gap; a longer gap is left to the client's resume.
+const MAX_GAP_FILL: i64 = 1_000;
+
+/// What the fan-out task is asked to do.
+pub enum FanoutEvent {
+    /// A delivery from this node's queue.
+    Delivery(Delivery),
+    /// The node queue was (re)created: every local room may have missed messages.
+    Resync,
+}
+
+/// Runs until every sender is dropped.
+pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
+                if let Some(first) = messages.first().map(|stored| stored.message.seq) {
+                    fill_gap(&app, room_id, Some(first)).await;
+                }
+                app.hub.deliver_room(
+                    room_id,
+                    messages
+                        .into_iter()
+                        .map(|stored| (stored.message, Some(stored.origin))),
+                );
+            }
+            FanoutEvent::Delivery(Delivery::Duplicates { receipts }) => {
+                app.hub.answer_duplicates(&receipts);
+            }
+            FanoutEvent::Resync => {
+                for room_id in app.hub.rooms() {
+                    fill_gap(&app, room_id, None).await;
+                }
+            }
+        }
+    }
+}
+
+/// Delivers, from PostgreSQL, the room's messages after the last one delivered here and before
+/// `before` (or all of them, up to the limit).
+async fn fill_gap(app: &App, room_id: RoomId, before: Option<Seq>) {
+    let Some(delivered) = app.hub.local_delivered_seq(room_id) else {
+        return;
+    };
+    let limit = match before {
+        Some(before) if before.0 <= delivered.0 + 1 => return,
+        Some(before) => (before.0 - delivered.0 - 1).min(MAX_GAP_FILL),
+        None => MAX_GAP_FILL,
+    };
+    match app.store.messages_after(room_id, delivered, limit).await {
+        Ok(missed) if missed.is_empty() => {}
+        Ok(missed) => {
+            app.metrics.messages_gap_filled.inc_by(missed.len() as u64);
+            app.hub
+                .deliver_room(room_id, missed.into_iter().map(|message| (message, None)));
+        }
+        Err(error) => {
+            tracing::warn!(%error, %room_id, "could not fill a delivery gap; clients resume it")
+        }
+    }
+}
