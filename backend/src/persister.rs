@@ -57,22 +57,26 @@ async fn process_batch(
     let Some(last_tag) = batch.last().map(|item| item.tag) else {
         return Ok(());
     };
-    let mut decodable = Vec::with_capacity(batch.len());
+    // Every send of the batch with the item it came in.
+    let mut decodable: Vec<(&IngestItem, IngestMessage)> = Vec::with_capacity(batch.len());
     for item in &batch {
-        match &item.message {
-            Ok(message) => decodable.push((item, message.clone())),
+        match &item.messages {
+            Ok(messages) => {
+                if item.redelivered {
+                    metrics.messages_redelivered.inc_by(messages.len() as u64);
+                }
+                decodable.extend(messages.iter().map(|message| (item, message.clone())));
+            }
             Err(reason) => {
-                shard.dead_letter(item, reason).await?;
+                shard.dead_letter(&item.raw, reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
             }
         }
     }
     if decodable.is_empty() {
-        return Ok(());
+        return shard.ack_through(last_tag).await;
     }
-    let redelivered = batch.iter().filter(|item| item.redelivered).count();
-    metrics.messages_redelivered.inc_by(redelivered as u64);
 
     let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
     let Some(outcomes) = store_with_retry(store, metrics, messages, stop).await else {
@@ -106,7 +110,8 @@ async fn process_batch(
                     });
             }
             MessageOutcome::Rejected(reason) => {
-                shard.dead_letter(item, &reason).await?;
+                let payload = serde_json::to_vec(ingest).unwrap_or_default();
+                shard.dead_letter(&payload, &reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
             }

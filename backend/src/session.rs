@@ -281,9 +281,9 @@ impl Session {
                 conn_id: self.conn,
             },
         };
-        // Published here, in the reader, so one connection's sends reach the shard in order;
+        // Submitted here, in the reader, so one connection's sends reach the shard in order;
         // the confirm is awaited elsewhere so the client may pipeline sends.
-        let pending = match self.app.bus.publish_ingest(&message).await {
+        let pending = match self.app.bus.submit_ingest(message) {
             Ok(pending) => pending,
             Err(error) => {
                 tracing::debug!(%error, "send refused");

@@ -1,6 +1,6 @@
 //! AMQP payloads exchanged between chat nodes through RabbitMQ.
 //!
-//! A node publishes one [`IngestMessage`] per accepted send to the ingest exchange; the persister
+//! A node publishes its accepted sends as [`IngestBatch`]es to the ingest exchange; the persister
 //! that owns the room's shard stores it and publishes a [`Delivery`] to the delivery exchange,
 //! from where every node with members in the room receives it.
 
@@ -26,6 +26,27 @@ pub struct IngestMessage {
     /// When the node accepted it, in milliseconds since the Unix epoch.
     pub sent_at_ms: i64,
     pub origin: Origin,
+}
+
+/// What a node publishes to an ingest shard: the sends it accepted for that shard while its
+/// previous publish was under way, in the order they arrived. One AMQP message, one confirm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestBatch {
+    pub messages: Vec<IngestMessage>,
+}
+
+impl IngestBatch {
+    /// Decodes an ingest payload: a batch, or a single message as published by other tools.
+    pub fn decode(payload: &[u8]) -> Result<IngestBatch, serde_json::Error> {
+        match serde_json::from_slice::<IngestBatch>(payload) {
+            Ok(batch) => Ok(batch),
+            Err(batch_error) => serde_json::from_slice::<IngestMessage>(payload)
+                .map(|message| IngestBatch {
+                    messages: vec![message],
+                })
+                .map_err(|_| batch_error),
+        }
+    }
 }
 
 /// A stored message with the connection that sent it.
@@ -55,4 +76,40 @@ pub enum Delivery {
     },
     /// Answers to resends, routed to the node the resend came through.
     Duplicates { receipts: Vec<DuplicateReceipt> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ClientMsgId, RoomId, UserId};
+
+    fn message(id: &str) -> IngestMessage {
+        IngestMessage {
+            room_id: RoomId(1),
+            sender_id: UserId(2),
+            sender_name: "ada".into(),
+            client_msg_id: ClientMsgId(id.into()),
+            body: "hi".into(),
+            sent_at_ms: 3,
+            origin: Origin {
+                node_id: "n".into(),
+                conn_id: 4,
+            },
+        }
+    }
+
+    #[test]
+    fn ingest_payloads_are_batches_or_single_messages() {
+        let batch = IngestBatch {
+            messages: vec![message("a"), message("b")],
+        };
+        let encoded = serde_json::to_vec(&batch).unwrap_or_default();
+        assert_eq!(IngestBatch::decode(&encoded).ok(), Some(batch));
+        let single = serde_json::to_vec(&message("c")).unwrap_or_default();
+        assert_eq!(
+            IngestBatch::decode(&single).ok().map(|b| b.messages),
+            Some(vec![message("c")])
+        );
+        assert!(IngestBatch::decode(b"{}").is_err());
+    }
 }

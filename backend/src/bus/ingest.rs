@@ -1,7 +1,7 @@
 //! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
 
 use super::{check_confirmation, persistent_json, transient_json, BusError, Names};
-use chat_protocol::bus::{Delivery, IngestMessage};
+use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -9,12 +9,12 @@ use lapin::{Channel, Consumer};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
-/// One message taken from an ingest queue, decoded when possible.
+/// One AMQP message taken from an ingest queue: a node's batch of sends, decoded when possible.
 pub struct IngestItem {
     pub tag: u64,
     pub redelivered: bool,
-    pub message: Result<IngestMessage, String>,
-    raw: Vec<u8>,
+    pub messages: Result<Vec<IngestMessage>, String>,
+    pub raw: Vec<u8>,
 }
 
 /// The consumer of one ingest queue. RabbitMQ delivers to one consumer per shard at a time
@@ -95,9 +95,9 @@ impl IngestShard {
         Ok(())
     }
 
-    /// Moves a message that can never be stored to the dead-letter queue, with the reason in
-    /// its `x-chat-reason` header, then acknowledges it here.
-    pub async fn dead_letter(&self, item: &IngestItem, reason: &str) -> Result<(), BusError> {
+    /// Publishes a payload that can never be stored to the dead-letter queue, with the reason
+    /// in its `x-chat-reason` header. The ingest message itself is acknowledged with its batch.
+    pub async fn dead_letter(&self, payload: &[u8], reason: &str) -> Result<(), BusError> {
         let mut headers = FieldTable::default();
         headers.insert(
             "x-chat-reason".into(),
@@ -113,15 +113,11 @@ impl IngestShard {
                 &self.names.dead_letter_exchange(),
                 "",
                 BasicPublishOptions::default(),
-                &item.raw,
+                payload,
                 persistent_json().with_headers(headers),
             )
             .await?;
-        check_confirmation(confirm.await?)?;
-        self.channel
-            .basic_ack(item.tag, BasicAckOptions { multiple: false })
-            .await?;
-        Ok(())
+        check_confirmation(confirm.await?)
     }
 
     /// Acknowledges every message up to and including `tag`.
@@ -134,12 +130,13 @@ impl IngestShard {
 }
 
 fn decode(delivery: lapin::message::Delivery) -> IngestItem {
-    let message = serde_json::from_slice::<IngestMessage>(&delivery.data)
+    let messages = IngestBatch::decode(&delivery.data)
+        .map(|batch| batch.messages)
         .map_err(|e| format!("undecodable ingest payload: {e}"));
     IngestItem {
         tag: delivery.delivery_tag,
         redelivered: delivery.redelivered,
-        message,
+        messages,
         raw: delivery.data,
     }
 }

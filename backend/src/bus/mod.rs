@@ -11,7 +11,7 @@ pub mod topology;
 pub use ingest::{IngestItem, IngestShard};
 pub use topology::Names;
 
-use chat_protocol::bus::{Delivery, IngestMessage};
+use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use chat_protocol::RoomId;
 use futures::StreamExt;
 use lapin::options::{
@@ -19,19 +19,22 @@ use lapin::options::{
     QueueBindOptions,
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How long a send waits for RabbitMQ's confirm before it is refused.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged ingest messages a persister may hold: the upper bound of a batch.
 const INGEST_PREFETCH: u16 = 2_000;
+/// Most sends a node puts into one ingest publish.
+const MAX_SENDS_PER_PUBLISH: usize = 256;
 
 /// Errors from the bus.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,14 @@ struct Inner {
     ready: AtomicBool,
     closing: CancellationToken,
     connections: std::sync::atomic::AtomicU64,
+    ingest: mpsc::UnboundedSender<PendingIngest>,
+    ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
+}
+
+/// A send waiting to be published, with the way to tell its sender the outcome.
+struct PendingIngest {
+    message: IngestMessage,
+    answer: oneshot::Sender<Result<(), BusError>>,
 }
 
 #[derive(Clone)]
@@ -82,17 +93,37 @@ struct Session {
     control: Channel,
 }
 
-/// A publish waiting for RabbitMQ's confirm.
-pub struct PendingConfirm(PublisherConfirm);
+/// A send submitted for publishing, waiting for RabbitMQ's confirm.
+pub struct PendingConfirm(oneshot::Receiver<Result<(), BusError>>);
 
 impl PendingConfirm {
     /// Resolves once RabbitMQ has the message on disk (or refused it).
     pub async fn confirmed(self) -> Result<(), BusError> {
         match tokio::time::timeout(CONFIRM_TIMEOUT, self.0).await {
             Err(_) => Err(BusError::ConfirmTimeout),
-            Ok(Err(e)) => Err(BusError::Amqp(e)),
-            Ok(Ok(confirmation)) => check_confirmation(confirmation),
+            Ok(Err(_)) => Err(BusError::NotConnected),
+            Ok(Ok(outcome)) => outcome,
         }
+    }
+}
+
+/// The outcome of a shared publish, for each of its senders (an AMQP error is not `Clone`; to a
+/// sender it means the connection failed).
+fn copy_outcome(outcome: &Result<(), BusError>) -> Result<(), BusError> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(BusError::Nacked) => Err(BusError::Nacked),
+        Err(BusError::ConfirmTimeout) => Err(BusError::ConfirmTimeout),
+        Err(BusError::Unroutable) => Err(BusError::Unroutable),
+        Err(BusError::NotConnected | BusError::Amqp(_)) => Err(BusError::NotConnected),
+    }
+}
+
+async fn await_confirm(confirm: PublisherConfirm) -> Result<(), BusError> {
+    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        Err(_) => Err(BusError::ConfirmTimeout),
+        Ok(Err(e)) => Err(BusError::Amqp(e)),
+        Ok(Ok(confirmation)) => check_confirmation(confirmation),
     }
 }
 
@@ -108,6 +139,7 @@ fn check_confirmation(confirmation: Confirmation) -> Result<(), BusError> {
 
 impl Bus {
     pub fn new(url: &str, names: Names) -> Bus {
+        let (ingest, ingest_queue) = mpsc::unbounded_channel();
         Bus {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
@@ -117,6 +149,8 @@ impl Bus {
                 ready: AtomicBool::new(false),
                 closing: CancellationToken::new(),
                 connections: std::sync::atomic::AtomicU64::new(0),
+                ingest,
+                ingest_queue: Mutex::new(Some(ingest_queue)),
             }),
         }
     }
@@ -137,6 +171,15 @@ impl Bus {
 
     /// Keeps the node connected until [`Bus::close`] is called.
     pub async fn run(self, events: Arc<dyn BusEvents>) {
+        let queue = self
+            .inner
+            .ingest_queue
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some(queue) = queue {
+            tokio::spawn(self.clone().publish_ingest_batches(queue));
+        }
         let mut failures: u32 = 0;
         while !self.inner.closing.is_cancelled() {
             match self.connect(&events).await {
@@ -298,34 +341,81 @@ impl Bus {
         Ok(lost)
     }
 
-    /// Publishes an accepted send to its room's ingest shard. The returned confirm resolves
-    /// once RabbitMQ has made it durable. Publishes from one task keep their order.
-    pub async fn publish_ingest(
+    /// Submits a send for publishing to its room's ingest shard. Sends submitted by one task
+    /// reach the shard in submission order. The returned confirm resolves once RabbitMQ has made
+    /// the send durable.
+    pub fn submit_ingest(&self, message: IngestMessage) -> Result<PendingConfirm, BusError> {
+        if !self.is_ready() {
+            return Err(BusError::NotConnected);
+        }
+        let (answer, outcome) = oneshot::channel();
+        self.inner
+            .ingest
+            .send(PendingIngest { message, answer })
+            .map_err(|_| BusError::NotConnected)?;
+        Ok(PendingConfirm(outcome))
+    }
+
+    /// Publishes submitted sends: everything waiting is grouped by shard into one AMQP message
+    /// per shard, so under load one confirm covers many sends. Confirms are awaited elsewhere,
+    /// so the next publish does not wait for the previous one.
+    async fn publish_ingest_batches(self, mut queue: mpsc::UnboundedReceiver<PendingIngest>) {
+        while let Some(first) = queue.recv().await {
+            let mut waiting = vec![first];
+            while waiting.len() < MAX_SENDS_PER_PUBLISH {
+                match queue.try_recv() {
+                    Ok(next) => waiting.push(next),
+                    Err(_) => break,
+                }
+            }
+            let mut by_shard: BTreeMap<u16, Vec<PendingIngest>> = BTreeMap::new();
+            for pending in waiting {
+                let shard = self.inner.names.shard_of(pending.message.room_id);
+                by_shard.entry(shard).or_default().push(pending);
+            }
+            for (shard, group) in by_shard {
+                let (messages, answers): (Vec<IngestMessage>, Vec<_>) =
+                    group.into_iter().map(|p| (p.message, p.answer)).unzip();
+                let outcome = self
+                    .publish_ingest_batch(shard, IngestBatch { messages })
+                    .await;
+                tokio::spawn(async move {
+                    let result = match outcome {
+                        Ok(confirm) => await_confirm(confirm).await,
+                        Err(error) => Err(error),
+                    };
+                    for answer in answers {
+                        let _ = answer.send(copy_outcome(&result));
+                    }
+                });
+            }
+        }
+    }
+
+    async fn publish_ingest_batch(
         &self,
-        message: &IngestMessage,
-    ) -> Result<PendingConfirm, BusError> {
+        shard: u16,
+        batch: IngestBatch,
+    ) -> Result<PublisherConfirm, BusError> {
         let session = self.session().ok_or(BusError::NotConnected)?;
         if !self.is_ready() {
             return Err(BusError::NotConnected);
         }
         let names = &self.inner.names;
-        let payload = serde_json::to_vec(message).unwrap_or_default();
-        let mut headers = FieldTable::default();
-        headers.insert("room_id".into(), AMQPValue::LongLongInt(message.room_id.0));
-        let confirm = session
+        let payload = serde_json::to_vec(&batch).unwrap_or_default();
+        Ok(session
             .publish
             .basic_publish(
                 &names.ingest_exchange(),
-                &Names::shard_key(names.shard_of(message.room_id)),
+                &Names::shard_key(shard),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
                 &payload,
-                persistent_json().with_headers(headers),
+                persistent_json(),
             )
-            .await?;
-        Ok(PendingConfirm(confirm))
+            .await?)
     }
 
     /// Binds the node queue to a room. Remembered, so a reconnect binds it again.
