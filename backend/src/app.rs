@@ -2,11 +2,14 @@
 //! the shutdown signal.
 
 use crate::bus::{Bus, BusEvents, IngestShard, Names};
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::http;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::persister;
+use crate::rate_limit::RateLimits;
 use crate::store::Store;
 use chat_protocol::bus::Delivery;
 use std::future::Future;
@@ -35,6 +38,9 @@ pub struct App {
     persisters: TaskTracker,
     migrated: AtomicBool,
     next_conn: AtomicU64,
+    /// Profiles, rooms and memberships, read through the cache.
+    pub directory: Directory,
+    pub limits: RateLimits,
 }
 
 impl App {
@@ -48,6 +54,14 @@ impl App {
         };
         let bus = Bus::new(config.amqp_url.expose(), names);
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
+        let cache = Cache::new(
+            &config.memcached_servers,
+            &config.cache_prefix,
+            config.cache_ttl_secs,
+            metrics.clone(),
+        );
+        let directory = Directory::new(store.clone(), cache, metrics.clone());
+        let limits = RateLimits::new(&config, metrics.clone());
         Arc::new(App {
             config,
             store,
@@ -59,6 +73,8 @@ impl App {
             persisters: TaskTracker::new(),
             migrated: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
+            directory,
+            limits,
         })
     }
 
@@ -133,9 +149,7 @@ pub async fn run(
 
     let server = {
         let stop = app.shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = warp::serve(http::routes(app.clone()))
-            .serve_incoming_with_graceful_shutdown(incoming, async move { stop.cancelled().await });
+        let server = http::serve(app.clone(), listener, async move { stop.cancelled().await });
         tokio::spawn(server)
     };
 

@@ -5,10 +5,12 @@
 //! exchange and queue, deleted when the test ends), so tests run in parallel against the one
 //! local PostgreSQL and RabbitMQ and leave nothing behind.
 
+pub mod api;
 pub mod browser;
 pub mod client;
 pub mod services;
 
+pub use api::Api;
 pub use client::WsClient;
 pub use services::{TestBus, TestDb};
 
@@ -83,16 +85,20 @@ impl TestNode {
         format!("ws://{}/ws", self.addr)
     }
 
-    /// A WebSocket client connected to this node.
-    pub async fn client(&self) -> anyhow::Result<WsClient> {
-        WsClient::connect(&self.ws_url()).await
+    /// A REST client for this node, not signed in.
+    pub fn api(&self) -> Api {
+        Api::new(&self.http_url())
+    }
+
+    /// A REST client signed in as `name` (registered with `api::test_password` if new).
+    pub async fn sign_in(&self, name: &str) -> anyhow::Result<Api> {
+        self.api().sign_in(name).await
     }
 
     /// A client connected to this node and signed in as `name` (the user is created if new).
     pub async fn user(&self, name: &str) -> anyhow::Result<WsClient> {
-        let mut client = self.client().await?;
-        client.hello(name).await?;
-        Ok(client)
+        let api = self.sign_in(name).await?;
+        WsClient::connect_as(&self.ws_url(), api).await
     }
 
     /// Stops the node gracefully and waits for it to finish.
