@@ -2,12 +2,15 @@
 //! the shutdown signal.
 
 use crate::bus::{Bus, BusEvents, IngestShard, Names};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::fanout::{self, FanoutEvent};
+use crate::directory::Directory;
 use crate::http;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::persister;
+use crate::rate_limit::RateLimits;
 use crate::store::Store;
 use chat_protocol::bus::Delivery;
 use std::future::Future;
@@ -39,6 +42,9 @@ pub struct App {
     next_conn: AtomicU64,
     fanout: mpsc::UnboundedSender<FanoutEvent>,
     fanout_events: Mutex<Option<mpsc::UnboundedReceiver<FanoutEvent>>>,
+    /// Profiles, rooms and memberships, read through the cache.
+    pub directory: Directory,
+    pub limits: RateLimits,
 }
 
 impl App {
@@ -53,6 +59,14 @@ impl App {
         let bus = Bus::new(config.amqp_url.expose(), names);
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
         let (fanout, fanout_events) = mpsc::unbounded_channel();
+        let cache = Cache::new(
+            &config.memcached_servers,
+            &config.cache_prefix,
+            config.cache_ttl_secs,
+            metrics.clone(),
+        );
+        let directory = Directory::new(store.clone(), cache, metrics.clone());
+        let limits = RateLimits::new(&config, metrics.clone());
         Arc::new(App {
             config,
             store,
@@ -66,6 +80,8 @@ impl App {
             next_conn: AtomicU64::new(1),
             fanout,
             fanout_events: Mutex::new(Some(fanout_events)),
+            directory,
+            limits,
         })
     }
 
@@ -147,9 +163,7 @@ pub async fn run(
 
     let server = {
         let stop = app.shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = warp::serve(http::routes(app.clone()))
-            .serve_incoming_with_graceful_shutdown(incoming, async move { stop.cancelled().await });
+        let server = http::serve(app.clone(), listener, async move { stop.cancelled().await });
         tokio::spawn(server)
     };
 

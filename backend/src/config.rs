@@ -88,6 +88,52 @@ pub struct Config {
     #[arg(long, env = "MEMCACHED_SERVERS", default_value = "127.0.0.1:11211")]
     pub memcached_servers: String,
 
+    /// Prefix of every Memcached key; nodes of one deployment share it.
+    #[arg(long, env = "CHAT_CACHE_PREFIX", default_value = "chat")]
+    pub cache_prefix: String,
+
+    /// How long a cached profile, room or membership lives, in seconds. Updates invalidate
+    /// entries at once; this bounds how long a missed invalidation can be seen.
+    #[arg(long, env = "CHAT_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u32,
+
+    /// Origins (scheme://host[:port]) allowed besides the node's own, comma separated. Browser
+    /// requests and WebSocket upgrades from any other `Origin` are refused.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// How long a session lasts after login, in hours.
+    #[arg(long, env = "CHAT_SESSION_TTL_HOURS", default_value_t = 720)]
+    pub session_ttl_hours: u32,
+
+    /// Mark the session cookie `Secure` (only sent over HTTPS). On behind a TLS load balancer.
+    #[arg(long, env = "CHAT_COOKIE_SECURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Messages a user may send per second, sustained …
+    #[arg(long, env = "CHAT_SEND_RATE_PER_USER", default_value_t = 20)]
+    pub send_rate_per_user: u32,
+
+    /// … and in a burst.
+    #[arg(long, env = "CHAT_SEND_BURST_PER_USER", default_value_t = 100)]
+    pub send_burst_per_user: u32,
+
+    /// Messages one IP address may send per second, sustained …
+    #[arg(long, env = "CHAT_SEND_RATE_PER_IP", default_value_t = 200)]
+    pub send_rate_per_ip: u32,
+
+    /// … and in a burst.
+    #[arg(long, env = "CHAT_SEND_BURST_PER_IP", default_value_t = 1000)]
+    pub send_burst_per_ip: u32,
+
+    /// Login and registration attempts per minute from one IP address (also the burst).
+    #[arg(long, env = "CHAT_LOGIN_ATTEMPTS_PER_IP", default_value_t = 30)]
+    pub login_attempts_per_ip: u32,
+
+    /// Login attempts per minute for one user name (also the burst).
+    #[arg(long, env = "CHAT_LOGIN_ATTEMPTS_PER_USER", default_value_t = 10)]
+    pub login_attempts_per_user: u32,
+
     /// Directory with the built web client (index.html and the WebAssembly bundle).
     #[arg(long, env = "CHAT_WEB_DIR", default_value = "web-client/dist")]
     pub web_dir: PathBuf,
@@ -127,6 +173,25 @@ mod tests {
         assert_eq!(config.listen.port(), 0);
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.ingest_shards, 8);
+        assert!(config.allowed_origins.is_empty());
+        assert!(!config.cookie_secure);
+    }
+
+    #[test]
+    fn origins_are_a_list() {
+        let config = Config::try_parse_from([
+            "chat-server",
+            "--allowed-origins",
+            "https://chat.example,https://www.chat.example",
+            "--cookie-secure",
+            "true",
+        ]);
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert!(config.cookie_secure);
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! HTTP routes: the WebSocket endpoint, health and readiness, metrics and the web client.
+//! HTTP routes: the WebSocket endpoint, the REST API, health and readiness, metrics and the web
+//! client.
 
+use crate::api::{self, Request};
 use crate::app::App;
 use crate::session;
 use chat_protocol::limits::MAX_FRAME_BYTES;
 use serde::Serialize;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -22,6 +25,48 @@ struct Readiness {
     node_id: String,
 }
 
+/// The address a request came from, put in the request's extensions by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// Serves [`routes`] on `listener` until `shutdown` resolves. Unlike warp's `serve_incoming`,
+/// this keeps each connection's peer address, which the per-IP rate limits need.
+pub async fn serve(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use warp::hyper::server::conn::{AddrIncoming, AddrStream};
+    use warp::hyper::service::{make_service_fn, service_fn, Service};
+    let service = warp::service(routes(app));
+    let make = make_service_fn(move |conn: &AddrStream| {
+        let peer = Peer(conn.remote_addr());
+        let service = service.clone();
+        async move {
+            Ok::<_, Infallible>(service_fn(move |mut request: warp::http::Request<_>| {
+                request.extensions_mut().insert(peer);
+                service.clone().call(request)
+            }))
+        }
+    });
+    let incoming = match AddrIncoming::from_listener(listener) {
+        Ok(mut incoming) => {
+            incoming.set_nodelay(true);
+            incoming
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot serve HTTP");
+            return;
+        }
+    };
+    let server = warp::hyper::Server::builder(incoming)
+        .serve(make)
+        .with_graceful_shutdown(shutdown);
+    if let Err(error) = server.await {
+        tracing::error!(%error, "HTTP server failed");
+    }
+}
+
 /// Every route the node serves.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let with_app = {
@@ -32,15 +77,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Rej
     let ws = warp::path("ws")
         .and(warp::path::end())
         .and(warp::ws())
-        .and(with_app.clone())
-        .map(|ws: warp::ws::Ws, app: Arc<App>| {
-            ws.max_message_size(MAX_WS_MESSAGE_BYTES)
-                .max_frame_size(MAX_WS_MESSAGE_BYTES)
-                .on_upgrade(move |socket| {
-                    let sessions = app.sessions.clone();
-                    sessions.track_future(session::serve(socket, app))
-                })
-        });
+        .and(api::request(app.clone()))
+        .then(upgrade);
 
     let healthz = warp::path("healthz")
         .and(warp::path::end())
@@ -67,11 +105,30 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Rej
 
     let web = warp::get().and(warp::fs::dir(app.config.web_dir.clone()));
 
-    ws.or(healthz)
+    ws.or(api::routes(app.clone()))
+        .or(healthz)
         .or(readyz)
         .or(metrics)
         .or(web)
         .with(warp::trace::request())
+}
+
+/// Upgrades to a WebSocket session for a signed-in user from an allowed origin; otherwise
+/// answers 401 or 403 with the JSON error body, as the REST API does.
+async fn upgrade(ws: warp::ws::Ws, request: Request) -> warp::reply::Response {
+    let identity = match request.identify().await {
+        Ok(identity) => identity,
+        Err(error) => return api::finish(Err(error)),
+    };
+    let app = request.app;
+    let peer = request.ip;
+    ws.max_message_size(MAX_WS_MESSAGE_BYTES)
+        .max_frame_size(MAX_WS_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let sessions = app.sessions.clone();
+            sessions.track_future(session::serve(socket, app, identity, peer))
+        })
+        .into_response()
 }
 
 async fn readyz(app: Arc<App>) -> Result<impl Reply, Infallible> {

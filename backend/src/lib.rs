@@ -10,15 +10,24 @@
 //!
 //! [`app`] wires them together; [`http`] serves the endpoints; [`config`], [`telemetry`] and
 //! [`metrics`] are the operator's side.
+//!
+//! Who may do what: [`auth`] (passwords, sessions, origins) and [`api`] (the REST API) sign users
+//! in; [`directory`] answers profile, room and membership questions through the [`cache`];
+//! [`rate_limit`] bounds sends and login attempts.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod config;
+pub mod directory;
 pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod persister;
+pub mod rate_limit;
 pub mod session;
 pub mod store;
 pub mod telemetry;

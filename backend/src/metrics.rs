@@ -27,6 +27,11 @@ pub struct Metrics {
     pub delivery_seconds: Histogram,
     pub messages_redelivered: IntCounter,
     pub bus_reconnects: IntCounter,
+    pub cache_requests: IntCounterVec,
+    pub cache_errors: IntCounter,
+    pub directory_loads: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub auth_failures: IntCounter,
 }
 
 impl Metrics {
@@ -120,6 +125,44 @@ impl Metrics {
             bus_reconnects: counter(
                 "bus_reconnects_total",
                 "Connections to RabbitMQ established after the first.",
+            ),
+            cache_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "cache_requests_total",
+                        "Memcached requests by operation and result (hit, miss, ok, error, skipped).",
+                    ),
+                    &["op", "result"],
+                ),
+            ),
+            cache_errors: counter(
+                "cache_errors_total",
+                "Memcached requests that failed; the node answered from PostgreSQL instead.",
+            ),
+            directory_loads: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "directory_loads_total",
+                        "Profiles, rooms and memberships read from PostgreSQL (cache misses).",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            rate_limited: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "rate_limited_total",
+                        "Requests refused with `rate_limited`, by limit.",
+                    ),
+                    &["limit"],
+                ),
+            ),
+            auth_failures: counter(
+                "auth_failures_total",
+                "Failed logins and requests with a missing, expired or unknown session.",
             ),
             registry,
         }

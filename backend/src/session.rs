@@ -5,12 +5,15 @@
 //! deliveries. The writer flushes once per burst of queued frames, not once per frame.
 
 use crate::app::App;
+use crate::auth::Identity;
 use crate::bus::BusError;
+use crate::directory::Access;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
 use chat_protocol::bus::{IngestMessage, Origin};
 use chat_protocol::{ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, ServerFrame, UserId};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -24,21 +27,20 @@ pub const CLOSE_TOO_SLOW: u16 = 1008;
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
-struct Identity {
-    user_id: UserId,
-    name: String,
-}
-
 struct Session {
     app: Arc<App>,
     conn: ConnId,
-    identity: Option<Identity>,
+    user_id: UserId,
+    /// The display name at connect time, which messages sent on this connection carry.
+    name: String,
+    peer: Option<IpAddr>,
     rooms: HashSet<RoomId>,
     replies: mpsc::Sender<Frame>,
 }
 
-/// Serves one upgraded WebSocket until either side closes it or the node stops.
-pub async fn serve(socket: WebSocket, app: Arc<App>) {
+/// Serves one upgraded WebSocket of a signed-in user until either side closes it or the node
+/// stops.
+pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: Option<IpAddr>) {
     let conn = app.next_conn_id();
     let (frames_tx, frames_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     let kick = app.shutdown.child_token();
@@ -57,10 +59,17 @@ pub async fn serve(socket: WebSocket, app: Arc<App>) {
     let mut session = Session {
         app: app.clone(),
         conn,
-        identity: None,
+        user_id: identity.user.user_id,
+        name: identity.user.display_name,
+        peer,
         rooms: HashSet::new(),
         replies: frames_tx,
     };
+    session.reply(&ServerFrame::Welcome {
+        node_id: app.node_id().to_owned(),
+        user_id: session.user_id,
+        name: session.name.clone(),
+    });
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
@@ -163,8 +172,7 @@ impl Session {
             Err(error) => return self.reply_error(&error),
         };
         let result = match frame {
-            ClientFrame::Hello { name } => self.hello(name).await,
-            ClientFrame::Join { room } => self.join(room).await,
+            ClientFrame::Join { room_id } => self.join(room_id).await,
             ClientFrame::Leave { room_id } => self.leave(room_id).await,
             ClientFrame::Send {
                 room_id,
@@ -177,36 +185,25 @@ impl Session {
         }
     }
 
-    async fn hello(&mut self, name: String) -> Result<(), FrameError> {
-        if self.identity.is_some() {
-            return Err(FrameError::new(
-                ErrorCode::AlreadyIdentified,
-                "hello was already sent on this connection",
-            ));
-        }
-        let user_id = self
+    /// Subscribes the connection to a room the user is a member of. Rooms that do not exist
+    /// and rooms the user is not in get the same answer.
+    async fn join(&mut self, room_id: RoomId) -> Result<(), FrameError> {
+        let access = self
             .app
-            .store
-            .find_or_create_user(name.clone())
+            .directory
+            .access(room_id, self.user_id)
             .await
-            .map_err(|error| internal("could not load the user", &error))?;
-        self.reply(&ServerFrame::Welcome {
-            node_id: self.app.node_id().to_owned(),
-            user_id,
-            name: name.clone(),
-        });
-        self.identity = Some(Identity { user_id, name });
-        Ok(())
-    }
-
-    async fn join(&mut self, room: String) -> Result<(), FrameError> {
-        self.require_identity()?;
-        let (room_id, last_seq) = self
+            .map_err(|error| internal("could not check the membership", &error))?;
+        let Access::Member(info, _) = access else {
+            return Err(not_member(room_id, None));
+        };
+        let last_seq = self
             .app
             .store
-            .find_or_create_room(room.clone())
+            .last_seq(room_id)
             .await
             .map_err(|error| internal("could not load the room", &error))?;
+        let room = info.name;
         let joined = hub::frame(&ServerFrame::Joined {
             room_id,
             room,
@@ -264,15 +261,38 @@ impl Session {
         client_msg_id: ClientMsgId,
         body: String,
     ) -> Result<(), FrameError> {
-        let identity = self.require_identity()?;
         if !self.rooms.contains(&room_id) {
             return Err(not_joined(room_id, Some(client_msg_id)));
+        }
+        if let Err(retry) = self.app.limits.check_send(self.user_id, self.peer) {
+            return Err(FrameError::new(
+                ErrorCode::RateLimited,
+                "too many messages; wait before sending again",
+            )
+            .with_client_msg_id(Some(client_msg_id))
+            .with_retry_after_ms(retry.millis()));
+        }
+        // Membership may have ended (left or removed over REST) since the join; the check is
+        // a cache hit in the common case.
+        let role = self
+            .app
+            .directory
+            .role(room_id, self.user_id)
+            .await
+            .map_err(|error| {
+                internal("could not check the membership", &error)
+                    .with_client_msg_id(Some(client_msg_id.clone()))
+            })?;
+        if role.is_none() {
+            self.rooms.remove(&room_id);
+            self.leave_room(room_id).await;
+            return Err(not_member(room_id, Some(client_msg_id)));
         }
         let started = Instant::now();
         let message = IngestMessage {
             room_id,
-            sender_id: identity.user_id,
-            sender_name: identity.name.clone(),
+            sender_id: self.user_id,
+            sender_name: self.name.clone(),
             client_msg_id: client_msg_id.clone(),
             body,
             sent_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -319,12 +339,14 @@ impl Session {
         });
         Ok(())
     }
+}
 
-    fn require_identity(&self) -> Result<&Identity, FrameError> {
-        self.identity.as_ref().ok_or_else(|| {
-            FrameError::new(ErrorCode::NotIdentified, "send hello with a name first")
-        })
-    }
+fn not_member(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError {
+    FrameError::new(
+        ErrorCode::NotMember,
+        format!("room {room_id} does not exist or you are not a member"),
+    )
+    .with_client_msg_id(client_msg_id)
 }
 
 fn not_joined(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError {

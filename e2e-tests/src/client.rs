@@ -1,24 +1,70 @@
 //! A WebSocket client that speaks the chat protocol, for tests.
 
+use crate::api::Api;
 use crate::DEADLINE;
 use anyhow::{anyhow, bail, Context};
-use chat_protocol::{ChatMessage, ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame};
+use chat_protocol::{ChatMessage, ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// One test client connection.
+/// One test client connection, with the REST session it signed in with.
 pub struct WsClient {
     socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    api: Option<Api>,
+    user_id: Option<UserId>,
 }
 
 impl WsClient {
+    /// Opens a WebSocket without credentials (the node refuses it with 401).
     pub async fn connect(url: &str) -> anyhow::Result<WsClient> {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
-        Ok(WsClient { socket })
+        Ok(WsClient {
+            socket,
+            api: None,
+            user_id: None,
+        })
+    }
+
+    /// Opens a WebSocket with `api`'s bearer token and waits for `welcome`.
+    pub async fn connect_as(url: &str, api: Api) -> anyhow::Result<WsClient> {
+        let mut request = url.into_client_request()?;
+        let token = api.token().context("the API client is not signed in")?;
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))?,
+        );
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("cannot connect to {url}"))?;
+        let mut client = WsClient {
+            socket,
+            api: Some(api),
+            user_id: None,
+        };
+        let user_id = client
+            .recv_until(|frame| match frame {
+                ServerFrame::Welcome { user_id, .. } => Some(*user_id),
+                _ => None,
+            })
+            .await?;
+        client.user_id = Some(user_id);
+        Ok(client)
+    }
+
+    /// The REST session this client signed in with.
+    pub fn api(&self) -> anyhow::Result<&Api> {
+        self.api.as_ref().context("this client is not signed in")
+    }
+
+    /// The signed-in user's id.
+    pub fn user_id(&self) -> anyhow::Result<UserId> {
+        self.user_id.context("this client is not signed in")
     }
 
     pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
@@ -76,29 +122,39 @@ impl WsClient {
         }
     }
 
-    /// Sends `hello` and waits for `welcome`.
-    pub async fn hello(&mut self, name: &str) -> anyhow::Result<chat_protocol::UserId> {
-        self.send(&ClientFrame::Hello { name: name.into() }).await?;
-        self.recv_until(|frame| match frame {
-            ServerFrame::Welcome { user_id, .. } => Some(*user_id),
-            _ => None,
-        })
-        .await
+    /// Joins a public room by name (created if needed) over REST, then subscribes to it, and
+    /// returns its id and newest sequence number.
+    pub async fn join(&mut self, room: &str) -> anyhow::Result<(RoomId, Seq)> {
+        let api = self.api()?.clone();
+        let room_id = api.public_room(room).await?;
+        let joined = api
+            .post_empty(&format!("/api/rooms/{room_id}/join"))
+            .await?;
+        if joined.status != 200 {
+            bail!(
+                "joining room {room:?} failed: {} {}",
+                joined.status,
+                joined.body
+            );
+        }
+        self.subscribe(room_id).await
     }
 
-    /// Joins a room by name and returns its id and newest sequence number.
-    pub async fn join(&mut self, room: &str) -> anyhow::Result<(RoomId, Seq)> {
-        self.send(&ClientFrame::Join { room: room.into() }).await?;
-        let wanted = room.to_owned();
+    /// Subscribes this connection to a room the user is a member of.
+    pub async fn subscribe(&mut self, room_id: RoomId) -> anyhow::Result<(RoomId, Seq)> {
+        self.send(&ClientFrame::Join { room_id }).await?;
         self.recv_until(|frame| match frame {
             ServerFrame::Joined {
-                room_id,
-                room,
+                room_id: joined,
                 last_seq,
-            } if *room == wanted => Some((*room_id, *last_seq)),
+                ..
+            } if *joined == room_id => Some(Ok((*joined, *last_seq))),
+            ServerFrame::Error { code, message, .. } => Some(Err(anyhow!(
+                "subscribing to {room_id} failed: {code}: {message}"
+            ))),
             _ => None,
         })
-        .await
+        .await?
     }
 
     /// Sends a message without waiting for any answer.

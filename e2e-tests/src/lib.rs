@@ -5,6 +5,7 @@
 //! exchange and queue, deleted when the test ends), so tests run in parallel against the one
 //! local PostgreSQL and RabbitMQ and leave nothing behind.
 
+pub mod api;
 pub mod browser;
 pub mod checks;
 pub mod client;
@@ -12,6 +13,7 @@ pub mod process;
 pub mod proxy;
 pub mod services;
 
+pub use api::Api;
 pub use client::WsClient;
 pub use services::{TestBus, TestDb};
 
@@ -86,9 +88,14 @@ impl TestNode {
         format!("ws://{}/ws", self.addr)
     }
 
-    /// A WebSocket client connected to this node.
-    pub async fn client(&self) -> anyhow::Result<WsClient> {
-        WsClient::connect(&self.ws_url()).await
+    /// A REST client for this node, not signed in.
+    pub fn api(&self) -> Api {
+        Api::new(&self.http_url())
+    }
+
+    /// A REST client signed in as `name` (registered with `api::test_password` if new).
+    pub async fn sign_in(&self, name: &str) -> anyhow::Result<Api> {
+        self.api().sign_in(name).await
     }
 
     /// A client connected to this node and signed in as `name` (the user is created if new).
@@ -116,9 +123,8 @@ impl Drop for TestNode {
 
 /// A client connected to the node at `addr` and signed in as `name` (created if new).
 pub async fn user_at(addr: SocketAddr, name: &str) -> anyhow::Result<WsClient> {
-    let mut client = WsClient::connect(&format!("ws://{addr}/ws")).await?;
-    client.hello(name).await?;
-    Ok(client)
+    let api = Api::new(&format!("http://{addr}")).sign_in(name).await?;
+    WsClient::connect_as(&format!("ws://{addr}/ws"), api).await
 }
 
 /// Shows the nodes' logs in test output when `RUST_LOG` is set.

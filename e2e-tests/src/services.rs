@@ -21,6 +21,11 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The memcached tests use (`TEST_MEMCACHED`).
+pub fn memcached_servers() -> String {
+    std::env::var("TEST_MEMCACHED").unwrap_or_else(|_| "127.0.0.1:11211".into())
+}
+
 /// The built web client: `CHAT_WEB_DIR`, or `web-client/dist` at the workspace root.
 pub fn web_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("CHAT_WEB_DIR") {
@@ -44,7 +49,20 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         amqp_prefix: prefix.to_owned(),
         ingest_shards: TEST_SHARDS,
         persist_batch: 500,
-        memcached_servers: "127.0.0.1:11211".to_owned(),
+        memcached_servers: memcached_servers(),
+        // Keys of their own per test, so tests share one memcached without seeing each other.
+        cache_prefix: prefix.to_owned(),
+        cache_ttl_secs: 300,
+        allowed_origins: Vec::new(),
+        session_ttl_hours: 24,
+        cookie_secure: false,
+        // Tests that are not about rate limits must never hit one; those that are set their own.
+        send_rate_per_user: 100_000,
+        send_burst_per_user: 100_000,
+        send_rate_per_ip: 100_000,
+        send_burst_per_ip: 100_000,
+        login_attempts_per_ip: 100_000,
+        login_attempts_per_user: 100_000,
         web_dir: web_dir().unwrap_or_else(|_| PathBuf::from("web-client/dist")),
         log_format: LogFormat::Human,
     }

@@ -4,12 +4,19 @@
 use e2e_tests::browser::{Browser, Driver};
 use e2e_tests::TestEnv;
 
+/// Registers `name` in the page, then joins the public room `room` (created if new).
 async fn join(browser: &Browser, base_url: &str, name: &str, room: &str) -> anyhow::Result<()> {
     browser.goto(base_url).await?;
     browser.fill("#name", name).await?;
+    browser
+        .fill("#password", &format!("{name}-password"))
+        .await?;
+    browser.wait_for("#register-button").await?.click().await?;
+    browser.wait_for_text("#status", "signed in as").await?;
     browser.fill("#room", room).await?;
     browser.wait_for("#join-button").await?.click().await?;
-    browser.wait_for_text("#status", "joined").await
+    browser.wait_for_text("#status", "joined").await?;
+    browser.wait_for_text("#room-list", room).await
 }
 
 async fn say(browser: &Browser, text: &str) -> anyhow::Result<()> {

@@ -9,10 +9,9 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Choose a display name. Must be the first frame.
-    Hello { name: String },
-    /// Join a room by name, creating it if it does not exist.
-    Join { room: String },
+    /// Start receiving a room's new messages on this connection. The user must be a member
+    /// (rooms are joined, created and left over the REST API).
+    Join { room_id: RoomId },
     /// Stop receiving a room's messages on this connection.
     Leave { room_id: RoomId },
     /// Send a message to a joined room.
@@ -24,7 +23,7 @@ pub enum ClientFrame {
 }
 
 /// The `type` values a client may send.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["hello", "join", "leave", "send"];
+pub const CLIENT_FRAME_TYPES: &[&str] = &["join", "leave", "send"];
 
 /// A stored chat message as every member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +42,7 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    /// The answer to `hello`.
+    /// The first frame on every connection: who the session cookie or bearer token signed in.
     Welcome {
         node_id: String,
         user_id: UserId,
@@ -79,6 +78,9 @@ pub enum ServerFrame {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         client_msg_id: Option<ClientMsgId>,
+        /// With `rate_limited`: how long to wait before sending again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -98,21 +100,58 @@ pub enum ErrorCode {
     BodyTooLong,
     /// The message body is empty or only whitespace.
     BodyEmpty,
+    /// The message body has a NUL character, which cannot be stored.
+    InvalidBody,
     /// The display name is empty, too long or has control characters.
     InvalidName,
     /// The room name is empty, too long or has control characters.
     InvalidRoomName,
     /// The client message id is empty or too long.
     InvalidClientMsgId,
-    /// `hello` has not been sent yet, or was sent twice.
-    NotIdentified,
-    AlreadyIdentified,
     /// The connection has not joined that room.
     NotJoined,
     /// A backing service is down; the send was not accepted and may be retried.
     Unavailable,
     /// Something failed on the server; the request may be retried.
     Internal,
+    /// The request has no valid session (cookie or bearer token), or it expired.
+    Unauthenticated,
+    /// The user name and password do not match (or the current password is wrong).
+    BadCredentials,
+    /// The user name has the wrong length or characters.
+    InvalidUsername,
+    /// The password is too short or too long.
+    InvalidPassword,
+    /// Another account has this user name.
+    UsernameTaken,
+    /// Status text, avatar colour or initials out of their limits.
+    InvalidProfile,
+    /// `visibility` is not `public` or `private`.
+    InvalidVisibility,
+    /// Another public room has this name.
+    RoomNameTaken,
+    /// No such room, or a private room the user is not in (the two are never told apart).
+    RoomNotFound,
+    /// No user with that name or id.
+    UserNotFound,
+    /// The user is not a member of that (public) room, or over WebSocket of that room.
+    NotMember,
+    /// The action is not possible on this kind of room (inviting to a direct room, say).
+    NotAllowed,
+    /// A direct conversation with oneself.
+    CannotMessageSelf,
+    /// Too many requests; retry after the time given.
+    RateLimited,
+    /// The request's `Origin` is not an allowed origin.
+    OriginNotAllowed,
+    /// The request body is not valid JSON of the expected shape.
+    BadRequest,
+    /// The request body is over the limit.
+    PayloadTooLarge,
+    /// No such endpoint.
+    NotFound,
+    /// The endpoint exists but not with this method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -125,14 +164,32 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::BodyTooLong => "body_too_long",
             ErrorCode::BodyEmpty => "body_empty",
+            ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::InvalidRoomName => "invalid_room_name",
             ErrorCode::InvalidClientMsgId => "invalid_client_msg_id",
-            ErrorCode::NotIdentified => "not_identified",
-            ErrorCode::AlreadyIdentified => "already_identified",
             ErrorCode::NotJoined => "not_joined",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::BadCredentials => "bad_credentials",
+            ErrorCode::InvalidUsername => "invalid_username",
+            ErrorCode::InvalidPassword => "invalid_password",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::InvalidProfile => "invalid_profile",
+            ErrorCode::InvalidVisibility => "invalid_visibility",
+            ErrorCode::RoomNameTaken => "room_name_taken",
+            ErrorCode::RoomNotFound => "room_not_found",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::CannotMessageSelf => "cannot_message_self",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -149,6 +206,7 @@ pub struct FrameError {
     pub code: ErrorCode,
     pub message: String,
     pub client_msg_id: Option<ClientMsgId>,
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FrameError {
@@ -157,7 +215,13 @@ impl FrameError {
             code,
             message: message.into(),
             client_msg_id: None,
+            retry_after_ms: None,
         }
+    }
+
+    pub fn with_retry_after_ms(mut self, millis: u64) -> Self {
+        self.retry_after_ms = Some(millis);
+        self
     }
 
     pub fn with_client_msg_id(mut self, id: Option<ClientMsgId>) -> Self {
@@ -171,6 +235,7 @@ impl FrameError {
             code: self.code,
             message: self.message.clone(),
             client_msg_id: self.client_msg_id.clone(),
+            retry_after_ms: self.retry_after_ms,
         }
     }
 }
@@ -233,9 +298,7 @@ impl ClientFrame {
 
     fn validate(&self) -> Result<(), FrameError> {
         match self {
-            ClientFrame::Hello { name } => validate_name(name),
-            ClientFrame::Join { room } => validate_room_name(room),
-            ClientFrame::Leave { .. } => Ok(()),
+            ClientFrame::Join { .. } | ClientFrame::Leave { .. } => Ok(()),
             ClientFrame::Send {
                 client_msg_id,
                 body,
@@ -294,12 +357,18 @@ pub fn validate_client_msg_id(id: &ClientMsgId) -> Result<(), FrameError> {
     Ok(())
 }
 
-/// Checks a message body: not blank, at most 4,000 characters.
+/// Checks a message body: not blank, no NUL, at most 4,000 characters.
 pub fn validate_body(body: &str) -> Result<(), FrameError> {
     if body.trim().is_empty() {
         return Err(FrameError::new(
             ErrorCode::BodyEmpty,
             "the message is empty",
+        ));
+    }
+    if body.contains('\0') {
+        return Err(FrameError::new(
+            ErrorCode::InvalidBody,
+            "a message cannot contain NUL characters",
         ));
     }
     if body.chars().count() > limits::MAX_BODY_CHARS {
@@ -337,14 +406,8 @@ mod tests {
     #[test]
     fn parses_every_client_frame() {
         assert_eq!(
-            ClientFrame::parse(r#"{"type":"hello","name":"ada"}"#),
-            Ok(ClientFrame::Hello { name: "ada".into() })
-        );
-        assert_eq!(
-            ClientFrame::parse(r#"{"type":"join","room":"general"}"#),
-            Ok(ClientFrame::Join {
-                room: "general".into()
-            })
+            ClientFrame::parse(r#"{"type":"join","room_id":3}"#),
+            Ok(ClientFrame::Join { room_id: RoomId(3) })
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"leave","room_id":3}"#),
@@ -396,18 +459,13 @@ mod tests {
             ErrorCode::InvalidClientMsgId
         );
         assert_eq!(
-            code_of(r#"{"type":"hello","name":""}"#),
-            ErrorCode::InvalidName
+            code_of(r#"{"type":"hello","name":"ada"}"#),
+            ErrorCode::UnknownType
         );
-        assert_eq!(
-            code_of(r#"{"type":"hello","name":"a\u0007b"}"#),
-            ErrorCode::InvalidName
-        );
-        assert_eq!(
-            code_of(&format!(r#"{{"type":"join","room":"{}"}}"#, "r".repeat(65))),
-            ErrorCode::InvalidRoomName
-        );
-        let huge = format!(r#"{{"type":"hello","name":"{}"}}"#, "n".repeat(20_000));
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a\u{7}b").is_err());
+        assert!(validate_room_name(&"r".repeat(65)).is_err());
+        let huge = format!(r#"{{"type":"leave","pad":"{}"}}"#, "n".repeat(20_000));
         assert_eq!(code_of(&huge), ErrorCode::FrameTooLarge);
     }
 
@@ -417,6 +475,7 @@ mod tests {
             code: ErrorCode::BodyTooLong,
             message: "too long".into(),
             client_msg_id: None,
+            retry_after_ms: None,
         };
         assert_eq!(
             frame.to_json(),

@@ -10,3 +10,17 @@ pub const MAX_NAME_CHARS: usize = 32;
 pub const MAX_ROOM_NAME_CHARS: usize = 64;
 /// Longest client message id, in bytes.
 pub const MAX_CLIENT_MSG_ID_BYTES: usize = 64;
+/// User names: this many characters at most (ASCII letters, digits, `_`, `-`, `.`).
+pub const MAX_USERNAME_CHARS: usize = 32;
+/// Passwords: at least this many characters …
+pub const MIN_PASSWORD_CHARS: usize = 8;
+/// … and at most this many (argon2 hashes whatever it gets; the cap keeps hashing cheap).
+pub const MAX_PASSWORD_CHARS: usize = 128;
+/// Longest profile status text, in characters.
+pub const MAX_STATUS_CHARS: usize = 140;
+/// Longest avatar initials, in characters.
+pub const MAX_INITIALS_CHARS: usize = 3;
+/// Largest REST request body, in bytes.
+pub const MAX_REQUEST_BYTES: u64 = 16 * 1024;
+/// Most rooms or messages in one REST answer.
+pub const MAX_PAGE: usize = 200;

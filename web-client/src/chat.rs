@@ -4,6 +4,7 @@
 //! All state lives in one `Chat` behind `Rc<RefCell<_>>`. Every borrow ends before an
 //! `.await`, so event handlers and the connection task never hold it at the same time.
 
+use crate::api;
 use crate::connection::{self, ConnectionError, Membership};
 use crate::dom::{self, Page};
 use crate::view::MessageList;
@@ -48,8 +49,9 @@ impl Chat {
         }
     }
 
-    /// Leaves whatever room this tab was in and joins `room` as `name` on a new connection.
-    pub fn connect(chat: &Rc<RefCell<Chat>>, name: String, room: String) {
+    /// Leaves whatever room this tab was in and joins the public room `room` (created if
+    /// needed; a private one when `private`) on a new connection.
+    pub fn connect(chat: &Rc<RefCell<Chat>>, room: String, private: bool) {
         let (abort, registration) = AbortHandle::new_pair();
         {
             let mut state = chat.borrow_mut();
@@ -58,7 +60,7 @@ impl Chat {
             state.messages.clear();
             state.page.set_error("");
         }
-        let task = Abortable::new(run(Rc::clone(chat), name, room), registration);
+        let task = Abortable::new(run(Rc::clone(chat), room, private), registration);
         wasm_bindgen_futures::spawn_local(async move {
             // An aborted task was replaced by a newer one, which now owns the page.
             let _ = task.await;
@@ -150,6 +152,7 @@ impl Chat {
                 code,
                 message,
                 client_msg_id,
+                ..
             } => {
                 let text = format!("{code}: {message}");
                 self.page.set_error(&text);
@@ -173,17 +176,49 @@ impl Chat {
     }
 }
 
-/// One connection's whole life: connect, join, then read and write until it fails.
-async fn run(chat: Rc<RefCell<Chat>>, name: String, room: String) {
-    if let Err(error) = join_and_serve(&chat, &name, &room).await {
+/// Disconnects this tab; the caller has already ended the session.
+pub fn signed_out(chat: &Rc<RefCell<Chat>>) {
+    let mut state = chat.borrow_mut();
+    state.disconnect();
+    state.messages.clear();
+    state.page.set_status("signed out");
+}
+
+/// One connection's whole life: join over REST, connect, subscribe, then read and write until
+/// it fails.
+async fn run(chat: Rc<RefCell<Chat>>, room: String, private: bool) {
+    let joined = if private {
+        api::create_private(&room).await
+    } else {
+        api::join_public(&room).await
+    };
+    let room_id = match joined {
+        Ok(room_id) => room_id,
+        Err(error) => {
+            let state = chat.borrow();
+            state.page.set_error(&error.to_string());
+            state.page.set_status(&format!("could not join: {error}"));
+            return;
+        }
+    };
+    refresh_rooms(&chat).await;
+    if let Err(error) = join_and_serve(&chat, room_id).await {
         chat.borrow_mut().connection_lost(&error);
+    }
+}
+
+/// Shows the user's rooms in the room list.
+pub async fn refresh_rooms(chat: &Rc<RefCell<Chat>>) {
+    if let Ok(rooms) = api::my_rooms().await {
+        let state = chat.borrow();
+        let result = state.page.show_rooms(&rooms);
+        state.report(result);
     }
 }
 
 async fn join_and_serve(
     chat: &Rc<RefCell<Chat>>,
-    name: &str,
-    room: &str,
+    room_id: chat_protocol::RoomId,
 ) -> Result<(), ConnectionError> {
     let url = match web_sys::window().map(|window| connection::chat_url(&window.location())) {
         Some(Ok(url)) => url,
@@ -194,7 +229,7 @@ async fn join_and_serve(
         .page
         .set_status(&format!("connecting to {url}…"));
     let mut socket = connection::open(&url)?;
-    let membership = connection::join(&mut socket, name, room).await?;
+    let membership = connection::join(&mut socket, room_id).await?;
 
     let (sink, stream) = socket.split();
     let (outbox, outgoing) = mpsc::unbounded();

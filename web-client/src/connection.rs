@@ -1,5 +1,5 @@
 //! The WebSocket to a chat node: where it is, how frames go over it, and the
-//! `hello`/`join` handshake. Only this module turns frames into text and back.
+//! `welcome`/`join` handshake. Only this module turns frames into text and back.
 
 use chat_protocol::{ClientFrame, ErrorCode, RoomId, ServerFrame, UserId};
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -18,7 +18,7 @@ pub enum ConnectionError {
     Socket(WebSocketError),
     /// The socket ended without a close event.
     Ended,
-    /// The server answered `hello` or `join` with an error frame.
+    /// The server answered `join` with an error frame.
     Refused { code: ErrorCode, message: String },
     /// A frame could not be encoded.
     Encode(serde_json::Error),
@@ -60,36 +60,17 @@ pub fn open(url: &str) -> Result<WebSocket, ConnectionError> {
     WebSocket::open(url).map_err(|error| ConnectionError::Open(error.to_string()))
 }
 
-/// Says `hello`, then joins `room`, and returns once the server has answered both.
-pub async fn join(
-    socket: &mut WebSocket,
-    name: &str,
-    room: &str,
-) -> Result<Membership, ConnectionError> {
-    send(
-        socket,
-        &ClientFrame::Hello {
-            name: name.to_owned(),
-        },
-    )
-    .await?;
+/// Waits for `welcome` (the session cookie signed the socket in), then subscribes to a room
+/// the user is a member of, and returns once the server has answered both.
+pub async fn join(socket: &mut WebSocket, room_id: RoomId) -> Result<Membership, ConnectionError> {
     let (user_id, name) = loop {
         match receive(socket).await? {
             ServerFrame::Welcome { user_id, name, .. } => break (user_id, name),
-            ServerFrame::Error { code, message, .. } => {
-                return Err(ConnectionError::Refused { code, message })
-            }
             // Nothing else is expected before `welcome`.
             _ => continue,
         }
     };
-    send(
-        socket,
-        &ClientFrame::Join {
-            room: room.to_owned(),
-        },
-    )
-    .await?;
+    send(socket, &ClientFrame::Join { room_id }).await?;
     loop {
         match receive(socket).await? {
             ServerFrame::Joined { room_id, room, .. } => {

@@ -2,6 +2,7 @@
 //!
 //! The ids here are a contract with `static/index.html` and with the browser tests.
 
+use chat_protocol::api::Room;
 use chat_protocol::limits;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -13,8 +14,14 @@ use web_sys::{
 #[derive(Clone)]
 pub struct Page {
     pub document: Document,
+    pub auth_form: HtmlFormElement,
     pub name: HtmlInputElement,
+    pub password: HtmlInputElement,
+    pub register_button: HtmlButtonElement,
+    pub logout_button: HtmlButtonElement,
     pub room: HtmlInputElement,
+    pub private: HtmlInputElement,
+    pub room_list: Element,
     pub join_form: HtmlFormElement,
     pub join_button: HtmlButtonElement,
     pub status: Element,
@@ -30,8 +37,14 @@ impl Page {
             .and_then(|window| window.document())
             .ok_or_else(|| JsValue::from_str("no document: not running in a page"))?;
         Ok(Page {
+            auth_form: by_id(&document, "auth-form")?,
             name: by_id(&document, "name")?,
+            password: by_id(&document, "password")?,
+            register_button: by_id(&document, "register-button")?,
+            logout_button: by_id(&document, "logout-button")?,
             room: by_id(&document, "room")?,
+            private: by_id(&document, "private")?,
+            room_list: by_id(&document, "room-list")?,
             join_form: by_id(&document, "join-form")?,
             join_button: by_id(&document, "join-button")?,
             status: by_id(&document, "status")?,
@@ -45,13 +58,42 @@ impl Page {
     /// Puts the inputs in their initial state. The length limits come from the protocol
     /// crate so that the page and the server cannot disagree.
     pub fn prepare(&self) {
-        self.name.set_max_length(max_length(limits::MAX_NAME_CHARS));
+        self.name
+            .set_max_length(max_length(limits::MAX_USERNAME_CHARS));
+        self.password
+            .set_max_length(max_length(limits::MAX_PASSWORD_CHARS));
         self.room
             .set_max_length(max_length(limits::MAX_ROOM_NAME_CHARS));
         self.composer
             .set_max_length(max_length(limits::MAX_BODY_CHARS));
         self.set_joined(false);
-        self.set_status("not connected");
+        self.set_signed_in(None);
+    }
+
+    /// Shows the sign-in form, or the room controls for a signed-in user.
+    pub fn set_signed_in(&self, username: Option<&str>) {
+        let signed_in = username.is_some();
+        self.join_button.set_disabled(!signed_in);
+        self.room.set_disabled(!signed_in);
+        self.logout_button.set_disabled(!signed_in);
+        match username {
+            Some(name) => self.set_status(&format!("signed in as {name}")),
+            None => self.set_status("sign in or register to chat"),
+        }
+    }
+
+    /// Lists the user's rooms: `<li class="room" data-room-id="…">name</li>`.
+    pub fn show_rooms(&self, rooms: &[Room]) -> Result<(), JsValue> {
+        self.room_list.set_text_content(None);
+        for room in rooms {
+            let item = self.document.create_element("li")?;
+            item.set_class_name("room");
+            item.set_attribute("data-room-id", &room.room_id.to_string())?;
+            item.set_attribute("data-kind", room.kind.as_str())?;
+            item.set_text_content(Some(&room.name));
+            self.room_list.append_child(&item)?;
+        }
+        Ok(())
     }
 
     pub fn set_status(&self, text: &str) {

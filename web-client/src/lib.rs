@@ -1,12 +1,14 @@
 //! The browser client, compiled to WebAssembly and loaded by `static/index.html`.
 //!
 //! - [`dom`]: the page's elements, found by the ids the browser tests rely on,
-//! - [`connection`]: the WebSocket to a chat node and the `hello`/`join` handshake,
+//! - [`api`]: the REST calls (sign in, rooms); the session is an HttpOnly cookie,
+//! - [`connection`]: the WebSocket to a chat node and the `welcome`/`join` handshake,
 //! - [`view`]: the message list, in seq order, with pending sends,
 //! - [`chat`]: the session that ties them together.
 //!
 //! Every frame is a `chat_protocol` type; this crate writes no JSON by hand.
 
+mod api;
 mod chat;
 mod connection;
 mod dom;
@@ -34,12 +36,66 @@ pub fn start() -> Result<(), JsValue> {
 fn attach(page: &Page) -> Result<(), JsValue> {
     let chat = Rc::new(RefCell::new(Chat::new(page.clone())));
 
+    // A session cookie from an earlier visit may still be live.
+    {
+        let page = page.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Ok(profile) = api::me().await {
+                page.set_signed_in(Some(&profile.username));
+            }
+        });
+    }
+
+    let sign_in = |register: bool, page: Page, chat: Rc<RefCell<Chat>>| {
+        wasm_bindgen_futures::spawn_local(async move {
+            page.set_error("");
+            match api::sign_in(register, &page.name.value(), &page.password.value()).await {
+                Ok(profile) => {
+                    page.password.set_value("");
+                    page.set_signed_in(Some(&profile.username));
+                    chat::refresh_rooms(&chat).await;
+                }
+                Err(error) => page.set_error(&error.to_string()),
+            }
+        });
+    };
+    {
+        let (page, chat) = (page.clone(), Rc::clone(&chat));
+        dom::listen(&page.auth_form.clone(), "submit", move |event: Event| {
+            event.prevent_default();
+            sign_in(false, page.clone(), Rc::clone(&chat));
+        })?;
+    }
+    {
+        let (page, chat) = (page.clone(), Rc::clone(&chat));
+        dom::listen(
+            &page.register_button.clone(),
+            "click",
+            move |event: Event| {
+                event.prevent_default();
+                sign_in(true, page.clone(), Rc::clone(&chat));
+            },
+        )?;
+    }
+    {
+        let (page, chat) = (page.clone(), Rc::clone(&chat));
+        dom::listen(&page.logout_button.clone(), "click", move |_: Event| {
+            let (page, chat) = (page.clone(), Rc::clone(&chat));
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = api::logout().await;
+                chat::signed_out(&chat);
+                page.set_signed_in(None);
+                let _ = page.show_rooms(&[]);
+            });
+        })?;
+    }
+
     let form_chat = Rc::clone(&chat);
-    let (name, room) = (page.name.clone(), page.room.clone());
+    let (room, private) = (page.room.clone(), page.private.clone());
     dom::listen(&page.join_form, "submit", move |event: Event| {
         // The page must not reload: the form only starts a connection.
         event.prevent_default();
-        Chat::connect(&form_chat, name.value(), room.value());
+        Chat::connect(&form_chat, room.value(), private.checked());
     })?;
 
     dom::listen(&page.composer, "keydown", move |event: KeyboardEvent| {

@@ -1,5 +1,6 @@
 //! Build and run tasks: `cargo xtask up`, `cargo xtask test`.
 
+mod bench;
 mod services;
 mod web;
 
@@ -38,6 +39,12 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the benchmark suite against a local two-node cluster and update BENCHMARKS.md.
+    Bench {
+        /// A short run of each workload (about a minute in all).
+        #[arg(long)]
+        quick: bool,
+    },
     /// Build the web client into web-client/dist.
     Web {
         #[arg(long)]
@@ -55,6 +62,7 @@ fn main() -> Result<()> {
             release,
         } => up(&root, nodes, port, release),
         Task::Test { args } => test(&root, &args),
+        Task::Bench { quick } => bench::bench(&root, quick),
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());

@@ -3,11 +3,14 @@
 //! Diesel and r2d2 block, so every call goes through [`Store::run`], which runs it on tokio's
 //! blocking pool with the caller's tracing span.
 
+mod accounts;
 mod messages;
+mod rooms;
 pub mod schema;
-mod users_rooms;
 
+pub use accounts::{NewUser, SessionUser, UserRow};
 pub use messages::{MessageOutcome, StoredRow};
+pub use rooms::RoomRow;
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};

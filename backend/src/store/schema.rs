@@ -6,6 +6,19 @@ diesel::table! {
         username -> Text,
         display_name -> Text,
         created_at -> Timestamptz,
+        password_hash -> Nullable<Text>,
+        status_text -> Text,
+        avatar_color -> Text,
+        avatar_initials -> Text,
+    }
+}
+
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Int8,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
     }
 }
 
@@ -15,6 +28,18 @@ diesel::table! {
         name -> Text,
         last_seq -> Int8,
         created_at -> Timestamptz,
+        kind -> Text,
+        created_by -> Nullable<Int8>,
+        direct_key -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    memberships (room_id, user_id) {
+        room_id -> Int8,
+        user_id -> Int8,
+        role -> Text,
+        joined_at -> Timestamptz,
     }
 }
 
@@ -32,4 +57,7 @@ diesel::table! {
 
 diesel::joinable!(messages -> rooms (room_id));
 diesel::joinable!(messages -> users (sender_id));
-diesel::allow_tables_to_appear_in_same_query!(users, rooms, messages);
+diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(memberships -> rooms (room_id));
+diesel::joinable!(memberships -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(users, sessions, rooms, memberships, messages);

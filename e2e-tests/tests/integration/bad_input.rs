@@ -18,17 +18,7 @@ async fn expect_error(client: &mut WsClient, raw: &str) -> anyhow::Result<ErrorC
 async fn malformed_frames_get_typed_errors_and_the_connection_survives() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = env.start_node("bad-input").await?;
-    let mut client = node.client().await?;
-
-    assert_eq!(
-        expect_error(
-            &mut client,
-            r#"{"type":"send","room_id":1,"client_msg_id":"x","body":"hi"}"#
-        )
-        .await?,
-        ErrorCode::NotIdentified
-    );
-    client.hello("mallory").await?;
+    let mut client = node.user("mallory").await?;
     let (room, _) = client.join("abuse").await?;
 
     assert_eq!(
@@ -40,7 +30,7 @@ async fn malformed_frames_get_typed_errors_and_the_connection_survives() -> anyh
         ErrorCode::UnknownType
     );
     assert_eq!(
-        expect_error(&mut client, r#"{"type":"join","room":42}"#).await?,
+        expect_error(&mut client, r#"{"type":"join","room":"general"}"#).await?,
         ErrorCode::BadFrame
     );
     let too_long = "x".repeat(MAX_BODY_CHARS + 1);
@@ -50,7 +40,10 @@ async fn malformed_frames_get_typed_errors_and_the_connection_survives() -> anyh
         expect_error(&mut client, &frame).await?,
         ErrorCode::BodyTooLong
     );
-    let huge = format!(r#"{{"type":"hello","name":"{}"}}"#, "n".repeat(40_000));
+    let huge = format!(
+        r#"{{"type":"send","room_id":{room},"client_msg_id":"huge","body":"{}"}}"#,
+        "n".repeat(40_000)
+    );
     assert_eq!(
         expect_error(&mut client, &huge).await?,
         ErrorCode::FrameTooLarge

@@ -1,10 +1,15 @@
 //! Integration tests against the real PostgreSQL and RabbitMQ, with nodes in this process
 //! (and as child processes where a node must die).
 
+mod accounts;
+mod authorization;
 mod bad_input;
 mod node;
 mod pipeline_dead_letter;
 mod pipeline_dedup;
 mod pipeline_failures;
 mod pipeline_order;
+mod profiles_cache;
+mod rate_limits;
+mod rooms;
 mod two_nodes;

@@ -1,0 +1,274 @@
+//! The REST API under `/api`: accounts, profiles and rooms, one file per resource.
+//!
+//! Every handler takes a [`Request`] (the node, the caller's credentials and address) and
+//! returns `Result<Response, E>` where `E` is the resource's own error enum. [`ApiFailure`] maps
+//! each enum to an HTTP status and a stable [`ErrorCode`] in one `match`; [`finish`] turns it
+//! into the JSON error body `{"code":…,"message":…}` (plus `Retry-After` for `rate_limited`),
+//! and logs the errors a client cannot cause. Rejections by warp itself (unknown path, wrong
+//! method, body too large) get the same JSON shape from [`rejection`].
+
+mod accounts;
+mod profiles;
+mod rooms;
+
+use crate::app::App;
+use crate::auth::{self, Credentials, Identity};
+use crate::http::Peer;
+use crate::rate_limit::RetryAfter;
+use crate::store::StoreError;
+use chat_protocol::api::{ApiError, Invalid};
+use chat_protocol::limits::MAX_REQUEST_BYTES;
+use chat_protocol::ErrorCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
+use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// Every `/api` route, answering JSON for every outcome.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let api = accounts::routes(app.clone())
+        .or(profiles::routes(app.clone()))
+        .unify()
+        .or(rooms::routes(app))
+        .unify()
+        .recover(rejection)
+        .unify();
+    warp::path("api").and(api).boxed()
+}
+
+/// Everything a handler knows about the request besides its body and path.
+pub struct Request {
+    pub app: Arc<App>,
+    pub credentials: Credentials,
+    pub origin: Option<String>,
+    pub host: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+impl Request {
+    /// Refuses browser requests from pages of other origins.
+    pub fn check_origin(&self) -> Result<(), RequestError> {
+        if auth::origin_allowed(
+            &self.app.config.allowed_origins,
+            self.origin.as_deref(),
+            self.host.as_deref(),
+        ) {
+            Ok(())
+        } else {
+            Err(RequestError::OriginNotAllowed)
+        }
+    }
+
+    /// The signed-in caller, or `unauthenticated`.
+    pub async fn identify(&self) -> Result<Identity, RequestError> {
+        self.check_origin()?;
+        match auth::authenticate(&self.app, &self.credentials).await? {
+            Some(identity) => Ok(identity),
+            None => {
+                self.app.metrics.auth_failures.inc();
+                Err(RequestError::Unauthenticated)
+            }
+        }
+    }
+}
+
+/// The request context filter.
+pub fn request(app: Arc<App>) -> impl Filter<Extract = (Request,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("cookie")
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("origin"))
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::ext::optional::<Peer>())
+        .map(
+            move |cookie, authorization, origin, host, peer: Option<Peer>| Request {
+                app: app.clone(),
+                credentials: Credentials {
+                    cookie,
+                    authorization,
+                },
+                origin,
+                host,
+                ip: peer.map(|Peer(addr)| addr.ip()),
+            },
+        )
+}
+
+/// A JSON request body, at most [`MAX_REQUEST_BYTES`].
+pub fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(MAX_REQUEST_BYTES).and(warp::body::bytes())
+}
+
+/// Decodes a JSON body into a request type.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
+    serde_json::from_slice(body).map_err(|error| RequestError::BadRequest(error.to_string()))
+}
+
+/// Failures every endpoint shares.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("sign in first: no valid session cookie or bearer token")]
+    Unauthenticated,
+    #[error("requests from this origin are not allowed")]
+    OriginNotAllowed,
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("{}", .0.message)]
+    Invalid(Invalid),
+    #[error("too many requests; retry later")]
+    RateLimited(RetryAfter),
+    #[error("internal error; retry later")]
+    Store(#[from] StoreError),
+    #[error("internal error; retry later")]
+    Password(#[from] auth::PasswordError),
+}
+
+impl From<Invalid> for RequestError {
+    fn from(invalid: Invalid) -> Self {
+        RequestError::Invalid(invalid)
+    }
+}
+
+impl From<RetryAfter> for RequestError {
+    fn from(retry: RetryAfter) -> Self {
+        RequestError::RateLimited(retry)
+    }
+}
+
+/// How an error shows on the wire.
+pub trait ApiFailure: std::error::Error {
+    fn status(&self) -> StatusCode;
+    fn code(&self) -> ErrorCode;
+    fn retry_after(&self) -> Option<RetryAfter> {
+        None
+    }
+}
+
+impl ApiFailure for RequestError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RequestError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RequestError::OriginNotAllowed => StatusCode::FORBIDDEN,
+            RequestError::BadRequest(_) | RequestError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RequestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            RequestError::Store(_) | RequestError::Password(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::Unauthenticated => ErrorCode::Unauthenticated,
+            RequestError::OriginNotAllowed => ErrorCode::OriginNotAllowed,
+            RequestError::BadRequest(_) => ErrorCode::BadRequest,
+            RequestError::Invalid(invalid) => invalid.code,
+            RequestError::RateLimited(_) => ErrorCode::RateLimited,
+            RequestError::Store(_) | RequestError::Password(_) => ErrorCode::Internal,
+        }
+    }
+
+    fn retry_after(&self) -> Option<RetryAfter> {
+        match self {
+            RequestError::RateLimited(retry) => Some(*retry),
+            _ => None,
+        }
+    }
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// An empty answer.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// Adds a `Set-Cookie` header.
+pub fn with_cookie(mut response: Response, cookie: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().append(SET_COOKIE, value);
+    }
+    response
+}
+
+/// Turns a handler's result into the answer.
+pub fn finish<E: ApiFailure>(result: Result<Response, E>) -> Response {
+    let error = match result {
+        Ok(response) => return response,
+        Err(error) => error,
+    };
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::error!(error = %format!("{error:?}"), "request failed");
+    }
+    let retry = error.retry_after();
+    let body = ApiError {
+        code: error.code(),
+        message: error.to_string(),
+        retry_after_ms: retry.map(RetryAfter::millis),
+    };
+    let mut response = json(status, &body);
+    if let Some(retry) = retry {
+        if let Ok(value) = HeaderValue::from_str(&retry.secs().to_string()) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// Warp's own rejections inside `/api`, as JSON errors.
+async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
+    let (status, code, message) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint",
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            "request bodies are limited to 16 KiB",
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "this endpoint does not take this method",
+        )
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "malformed query string",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            ErrorCode::BadRequest,
+            "a Content-Length header is required",
+        )
+    } else {
+        tracing::warn!(?rejection, "unhandled rejection");
+        (
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "malformed request",
+        )
+    };
+    Ok(json(
+        status,
+        &ApiError {
+            code,
+            message: message.to_owned(),
+            retry_after_ms: None,
+        },
+    ))
+}

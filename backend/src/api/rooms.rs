@@ -1,0 +1,374 @@
+//! Rooms: `GET/POST /api/rooms`, `GET /api/me/rooms`, `GET /api/rooms/{id}`,
+//! `POST /api/rooms/{id}/join|leave|invite`, `GET /api/rooms/{id}/members|messages`,
+//! `POST /api/direct`.
+//!
+//! What a caller may see of a room is decided by [`Directory::access`]: a private or direct
+//! room the caller is not in answers exactly like a room that does not exist.
+//!
+//! [`Directory::access`]: crate::directory::Directory::access
+
+use super::{body, finish, json, no_content, parse, request, ApiFailure, Request, RequestError};
+use crate::app::App;
+use crate::directory::{Access, RoomInfo};
+use chat_protocol::api::{
+    validate_room, CreateRoomRequest, MemberList, MessagePage, Role, Room, RoomKind, RoomList,
+    UserRef,
+};
+use chat_protocol::limits::MAX_PAGE;
+use chat_protocol::{ErrorCode, RoomId, Seq};
+use std::collections::HashMap;
+use std::sync::Arc;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
+use warp::reply::Response;
+use warp::Filter;
+
+/// Messages per history page when the client does not say.
+const DEFAULT_HISTORY_PAGE: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+enum RoomError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("a room is public or private")]
+    InvalidVisibility,
+    #[error("a public room already has that name")]
+    NameTaken,
+    #[error("no such room")]
+    NotFound,
+    #[error("you are not a member of this room")]
+    NotMember,
+    #[error("direct rooms have exactly two members")]
+    DirectRoom,
+    #[error("no such user")]
+    UserNotFound,
+    #[error("a direct conversation needs another user")]
+    Myself,
+}
+
+impl ApiFailure for RoomError {
+    fn status(&self) -> StatusCode {
+        match self {
+            RoomError::Request(error) => error.status(),
+            RoomError::InvalidVisibility | RoomError::Myself => StatusCode::BAD_REQUEST,
+            RoomError::NameTaken => StatusCode::CONFLICT,
+            RoomError::NotFound | RoomError::UserNotFound => StatusCode::NOT_FOUND,
+            RoomError::NotMember | RoomError::DirectRoom => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn code(&self) -> ErrorCode {
+        match self {
+            RoomError::Request(error) => error.code(),
+            RoomError::InvalidVisibility => ErrorCode::InvalidVisibility,
+            RoomError::NameTaken => ErrorCode::RoomNameTaken,
+            RoomError::NotFound => ErrorCode::RoomNotFound,
+            RoomError::NotMember => ErrorCode::NotMember,
+            RoomError::DirectRoom => ErrorCode::NotAllowed,
+            RoomError::UserNotFound => ErrorCode::UserNotFound,
+            RoomError::Myself => ErrorCode::CannotMessageSelf,
+        }
+    }
+
+    fn retry_after(&self) -> Option<crate::rate_limit::RetryAfter> {
+        match self {
+            RoomError::Request(error) => error.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, RoomError>;
+type Query = HashMap<String, String>;
+
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let search = warp::path!("rooms")
+        .and(warp::get())
+        .and(request(app.clone()))
+        .and(warp::query::<Query>())
+        .then(|request: Request, query: Query| async move { finish(search(request, query).await) });
+    let create = warp::path!("rooms")
+        .and(warp::post())
+        .and(request(app.clone()))
+        .and(body())
+        .then(|request: Request, body: Bytes| async move { finish(create(request, body).await) });
+    let mine = warp::path!("me" / "rooms")
+        .and(warp::get())
+        .and(request(app.clone()))
+        .then(|request: Request| async move { finish(my_rooms(request).await) });
+    let show = warp::path!("rooms" / i64)
+        .and(warp::get())
+        .and(request(app.clone()))
+        .then(
+            |room: i64, request: Request| async move { finish(show(request, RoomId(room)).await) },
+        );
+    let join = warp::path!("rooms" / i64 / "join")
+        .and(warp::post())
+        .and(request(app.clone()))
+        .then(
+            |room: i64, request: Request| async move { finish(join(request, RoomId(room)).await) },
+        );
+    let leave = warp::path!("rooms" / i64 / "leave")
+        .and(warp::post())
+        .and(request(app.clone()))
+        .then(
+            |room: i64, request: Request| async move { finish(leave(request, RoomId(room)).await) },
+        );
+    let invite = warp::path!("rooms" / i64 / "invite")
+        .and(warp::post())
+        .and(request(app.clone()))
+        .and(body())
+        .then(|room: i64, request: Request, body: Bytes| async move {
+            finish(invite(request, RoomId(room), body).await)
+        });
+    let members =
+        warp::path!("rooms" / i64 / "members")
+            .and(warp::get())
+            .and(request(app.clone()))
+            .then(|room: i64, request: Request| async move {
+                finish(members(request, RoomId(room)).await)
+            });
+    let messages = warp::path!("rooms" / i64 / "messages")
+        .and(warp::get())
+        .and(request(app.clone()))
+        .and(warp::query::<Query>())
+        .then(|room: i64, request: Request, query: Query| async move {
+            finish(history(request, RoomId(room), query).await)
+        });
+    let direct = warp::path!("direct")
+        .and(warp::post())
+        .and(request(app))
+        .and(body())
+        .then(|request: Request, body: Bytes| async move { finish(direct(request, body).await) });
+    search
+        .or(create)
+        .unify()
+        .or(mine)
+        .unify()
+        .or(show)
+        .unify()
+        .or(join)
+        .unify()
+        .or(leave)
+        .unify()
+        .or(invite)
+        .unify()
+        .or(members)
+        .unify()
+        .or(messages)
+        .unify()
+        .or(direct)
+        .unify()
+        .boxed()
+}
+
+fn room(info: RoomInfo, role: Option<Role>) -> Room {
+    Room {
+        room_id: info.room_id,
+        name: info.name,
+        kind: info.kind,
+        role,
+    }
+}
+
+fn number(query: &Query, name: &str, default: usize) -> Result<usize> {
+    match query.get(name) {
+        None => Ok(default),
+        Some(text) => text.parse().map_err(|_| {
+            RoomError::Request(RequestError::BadRequest(format!(
+                "`{name}` is a non-negative integer"
+            )))
+        }),
+    }
+}
+
+/// The caller's access to a room, failing for rooms they may not see at all.
+async fn access(request: &Request, room: RoomId) -> Result<(crate::auth::Identity, Access)> {
+    let me = request.identify().await?;
+    let access = request
+        .app
+        .directory
+        .access(room, me.user.user_id)
+        .await
+        .map_err(RequestError::from)?;
+    if access == Access::Hidden {
+        return Err(RoomError::NotFound);
+    }
+    Ok((me, access))
+}
+
+/// Like [`access`], but only members get through.
+async fn membership(
+    request: &Request,
+    room: RoomId,
+) -> Result<(crate::auth::Identity, RoomInfo, Role)> {
+    match access(request, room).await? {
+        (me, Access::Member(info, role)) => Ok((me, info, role)),
+        (_, Access::Outsider(_)) => Err(RoomError::NotMember),
+        (_, Access::Hidden) => Err(RoomError::NotFound),
+    }
+}
+
+async fn search(request: Request, query: Query) -> Result<Response> {
+    request.identify().await?;
+    let limit = number(&query, "limit", MAX_PAGE)?.clamp(1, MAX_PAGE);
+    let text = query.get("q").cloned().unwrap_or_default();
+    let rows = request
+        .app
+        .store
+        .search_public_rooms(text, i64::try_from(limit).unwrap_or(50))
+        .await
+        .map_err(RequestError::from)?;
+    let rooms = rows.into_iter().map(|row| room(row.into(), None)).collect();
+    Ok(json(StatusCode::OK, &RoomList { rooms }))
+}
+
+async fn create(request: Request, body: Bytes) -> Result<Response> {
+    let me = request.identify().await?;
+    let form: CreateRoomRequest = parse(&body)?;
+    validate_room(&form.name).map_err(RequestError::from)?;
+    if form.visibility == RoomKind::Direct {
+        return Err(RoomError::InvalidVisibility);
+    }
+    let created = request
+        .app
+        .directory
+        .create_room(form.name, form.visibility, me.user.user_id)
+        .await
+        .map_err(RequestError::from)?
+        .ok_or(RoomError::NameTaken)?;
+    Ok(json(StatusCode::CREATED, &room(created, Some(Role::Owner))))
+}
+
+async fn my_rooms(request: Request) -> Result<Response> {
+    let me = request.identify().await?;
+    let rows = request
+        .app
+        .store
+        .rooms_of(me.user.user_id)
+        .await
+        .map_err(RequestError::from)?;
+    let rooms = rows
+        .into_iter()
+        .map(|(row, role)| room(row.into(), Some(role)))
+        .collect();
+    Ok(json(StatusCode::OK, &RoomList { rooms }))
+}
+
+async fn show(request: Request, room_id: RoomId) -> Result<Response> {
+    let answer = match access(&request, room_id).await? {
+        (_, Access::Member(info, role)) => room(info, Some(role)),
+        (_, Access::Outsider(info)) => room(info, None),
+        (_, Access::Hidden) => return Err(RoomError::NotFound),
+    };
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn join(request: Request, room_id: RoomId) -> Result<Response> {
+    let answer = match access(&request, room_id).await? {
+        (_, Access::Member(info, role)) => room(info, Some(role)),
+        (me, Access::Outsider(info)) => {
+            request
+                .app
+                .directory
+                .add_member(room_id, me.user.user_id)
+                .await
+                .map_err(RequestError::from)?;
+            room(info, Some(Role::Member))
+        }
+        (_, Access::Hidden) => return Err(RoomError::NotFound),
+    };
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn leave(request: Request, room_id: RoomId) -> Result<Response> {
+    let (me, _, _) = membership(&request, room_id).await?;
+    request
+        .app
+        .directory
+        .remove_member(room_id, me.user.user_id)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(no_content())
+}
+
+async fn invite(request: Request, room_id: RoomId, body: Bytes) -> Result<Response> {
+    let (_, info, _) = membership(&request, room_id).await?;
+    let form: UserRef = parse(&body)?;
+    if info.kind == RoomKind::Direct {
+        return Err(RoomError::DirectRoom);
+    }
+    let user = request
+        .app
+        .store
+        .user_by_name(form.username)
+        .await
+        .map_err(RequestError::from)?
+        .ok_or(RoomError::UserNotFound)?;
+    request
+        .app
+        .directory
+        .add_member(room_id, user)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(no_content())
+}
+
+async fn members(request: Request, room_id: RoomId) -> Result<Response> {
+    membership(&request, room_id).await?;
+    let members = request
+        .app
+        .store
+        .members(room_id)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(json(StatusCode::OK, &MemberList { members }))
+}
+
+async fn history(request: Request, room_id: RoomId, query: Query) -> Result<Response> {
+    membership(&request, room_id).await?;
+    let after = number(&query, "after", 0)?;
+    let limit = number(&query, "limit", DEFAULT_HISTORY_PAGE)?.clamp(1, MAX_PAGE);
+    let messages = request
+        .app
+        .store
+        .messages_after(
+            room_id,
+            Seq(i64::try_from(after).unwrap_or(i64::MAX)),
+            i64::try_from(limit).unwrap_or(50),
+        )
+        .await
+        .map_err(RequestError::from)?;
+    Ok(json(StatusCode::OK, &MessagePage { messages }))
+}
+
+async fn direct(request: Request, body: Bytes) -> Result<Response> {
+    let me = request.identify().await?;
+    let form: UserRef = parse(&body)?;
+    let directory = &request.app.directory;
+    let other = request
+        .app
+        .store
+        .user_by_name(form.username.clone())
+        .await
+        .map_err(RequestError::from)?
+        .ok_or(RoomError::UserNotFound)?;
+    if other == me.user.user_id {
+        return Err(RoomError::Myself);
+    }
+    let mine = directory
+        .profile(me.user.user_id)
+        .await
+        .map_err(RequestError::from)?
+        .map(|profile| profile.username)
+        .unwrap_or_default();
+    let mut pair = [mine, form.username];
+    pair.sort();
+    let name = format!("{} & {}", pair[0], pair[1]);
+    let info = directory
+        .direct_room(me.user.user_id, other, name)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(json(StatusCode::OK, &room(info, Some(Role::Member))))
+}

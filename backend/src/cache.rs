@@ -1,0 +1,294 @@
+//! The cache: the only module that speaks memcached.
+//!
+//! Cache-aside for hot, read-mostly data (profiles, room metadata, memberships): readers try
+//! here first and fill on a miss; writers change PostgreSQL, then delete the key, so every node
+//! sees the change on its next read. The cache is an optimisation, never a source of truth:
+//! every failure is logged, counted and answered as a miss.
+//!
+//! The `memcache` crate blocks, so every call runs on tokio's blocking pool. Its connection pool
+//! is built here rather than by `memcache::Client::connect`, so that building never connects
+//! (a node starts while memcached is down) and a checkout never sends a `version` round trip.
+//! Its connections are never marked broken, so after a failure the whole client is dropped and
+//! rebuilt; for a short pause after a failure requests skip memcached entirely, so a dead server
+//! costs one timeout per pause instead of one per request. Deletes that could not be sent are
+//! remembered and sent first when memcached answers again, so an entry invalidated while it was
+//! unreachable is not served afterwards.
+
+use crate::metrics::Metrics;
+use chat_protocol::{RoomId, UserId};
+use memcache::{ConnectionManager, Url};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Longest wait for a connection or an answer.
+const TIMEOUT: Duration = Duration::from_millis(250);
+/// How long requests skip memcached after a failure.
+const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
+/// Connections per memcached server.
+const POOL_SIZE: u32 = 8;
+/// Most deletes remembered while memcached is unreachable; beyond that the TTL bounds staleness.
+const MAX_PENDING_DELETES: usize = 10_000;
+
+/// What is cached. Each key names one entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheKey {
+    Profile(UserId),
+    Room(RoomId),
+    Membership(RoomId, UserId),
+}
+
+/// A handle to the cache; cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    urls: Vec<Url>,
+    prefix: String,
+    ttl_secs: u32,
+    metrics: Metrics,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    servers: Option<Arc<Servers>>,
+    paused_until: Option<Instant>,
+    pending_deletes: HashSet<String>,
+}
+
+/// One client per memcached server; a key always goes to the same one.
+struct Servers {
+    clients: Vec<memcache::Client>,
+}
+
+impl Servers {
+    fn for_key(&self, key: &str) -> Result<&memcache::Client, memcache::MemcacheError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let count = self.clients.len() as u64;
+        if count == 0 {
+            return Err(memcache::ClientError::Error("no memcached server".into()).into());
+        }
+        let index = usize::try_from(hasher.finish() % count).unwrap_or(0);
+        self.clients
+            .get(index)
+            .ok_or_else(|| memcache::ClientError::Error("no memcached server".into()).into())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    Set,
+    Delete,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+impl Cache {
+    /// `servers` is a comma-separated list of `host:port`; empty turns the cache off.
+    pub fn new(servers: &str, prefix: &str, ttl_secs: u32, metrics: Metrics) -> Cache {
+        let urls = servers
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .filter_map(|server| {
+                let url = format!(
+                    "memcache://{server}?timeout={}&tcp_nodelay=true",
+                    TIMEOUT.as_secs_f64()
+                );
+                match Url::parse(&url) {
+                    Ok(url) => Some(url),
+                    Err(error) => {
+                        tracing::error!(%error, server, "ignoring a malformed memcached address");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Cache {
+            inner: Arc::new(Inner {
+                urls,
+                prefix: prefix.to_owned(),
+                ttl_secs,
+                metrics,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    /// The cached value, or `None` on a miss, an undecodable entry or any failure.
+    pub async fn get<T: DeserializeOwned + Send + 'static>(&self, key: CacheKey) -> Option<T> {
+        let key = self.key(key);
+        let text = self
+            .call(Op::Get, move |servers| {
+                servers.for_key(&key)?.get::<String>(&key)
+            })
+            .await
+            .flatten();
+        let result = match &text {
+            Some(_) => "hit",
+            None => "miss",
+        };
+        self.count(Op::Get, result);
+        text.and_then(|text| serde_json::from_str(&text).ok())
+    }
+
+    /// Stores a value for the configured TTL.
+    pub async fn set<T: Serialize>(&self, key: CacheKey, value: &T) {
+        let Ok(text) = serde_json::to_string(value) else {
+            return;
+        };
+        let key = self.key(key);
+        let ttl = self.inner.ttl_secs;
+        if self
+            .call(Op::Set, move |servers| {
+                servers.for_key(&key)?.set(&key, text.as_str(), ttl)
+            })
+            .await
+            .is_some()
+        {
+            self.count(Op::Set, "ok");
+        }
+    }
+
+    /// Removes an entry after its source changed. If memcached cannot be told now, it is told
+    /// before anything else once it answers again.
+    pub async fn delete(&self, key: CacheKey) {
+        let key = self.key(key);
+        let remembered = key.clone();
+        if self
+            .call(Op::Delete, move |servers| {
+                servers.for_key(&key)?.delete(&key)
+            })
+            .await
+            .is_some()
+        {
+            self.count(Op::Delete, "ok");
+        } else if let Ok(mut state) = self.inner.state.lock() {
+            if state.pending_deletes.len() < MAX_PENDING_DELETES {
+                state.pending_deletes.insert(remembered);
+            }
+        }
+    }
+
+    fn key(&self, key: CacheKey) -> String {
+        let prefix = &self.inner.prefix;
+        match key {
+            CacheKey::Profile(user) => format!("{prefix}:profile:{user}"),
+            CacheKey::Room(room) => format!("{prefix}:room:{room}"),
+            CacheKey::Membership(room, user) => format!("{prefix}:member:{room}:{user}"),
+        }
+    }
+
+    fn count(&self, op: Op, result: &str) {
+        self.inner
+            .metrics
+            .cache_requests
+            .with_label_values(&[op.as_str(), result])
+            .inc();
+    }
+
+    /// Runs one request on the blocking pool. `None` when the cache is off, paused or failed.
+    async fn call<T, F>(&self, op: Op, work: F) -> Option<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Servers) -> Result<T, memcache::MemcacheError> + Send + 'static,
+    {
+        let Some((servers, pending)) = self.checkout() else {
+            self.count(op, "skipped");
+            return None;
+        };
+        let span = tracing::Span::current();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            for key in &pending {
+                servers.for_key(key)?.delete(key)?;
+            }
+            work(&servers)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(value)) => {
+                if let Ok(mut state) = self.inner.state.lock() {
+                    state.pending_deletes.clear();
+                }
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.failed(op, &error);
+                None
+            }
+            Err(error) => {
+                self.failed(op, &error);
+                None
+            }
+        }
+    }
+
+    /// The client to use and the deletes to send first, or `None` while paused or off.
+    fn checkout(&self) -> Option<(Arc<Servers>, Vec<String>)> {
+        if self.inner.urls.is_empty() {
+            return None;
+        }
+        let mut state = self.inner.state.lock().ok()?;
+        if let Some(until) = state.paused_until {
+            if Instant::now() < until {
+                return None;
+            }
+            state.paused_until = None;
+        }
+        let servers = match &state.servers {
+            Some(servers) => servers.clone(),
+            None => {
+                let servers = Arc::new(self.build_servers());
+                state.servers = Some(servers.clone());
+                servers
+            }
+        };
+        let pending = state.pending_deletes.iter().cloned().collect();
+        Some((servers, pending))
+    }
+
+    fn build_servers(&self) -> Servers {
+        let clients = self
+            .inner
+            .urls
+            .iter()
+            .filter_map(|url| {
+                let pool = r2d2::Pool::builder()
+                    .max_size(POOL_SIZE)
+                    .min_idle(Some(0))
+                    .connection_timeout(TIMEOUT)
+                    .test_on_check_out(false)
+                    .build_unchecked(ConnectionManager::new(url.clone()));
+                memcache::Client::with_pool(pool).ok()
+            })
+            .collect();
+        Servers { clients }
+    }
+
+    fn failed(&self, op: Op, error: &dyn std::fmt::Display) {
+        tracing::warn!(%error, op = op.as_str(), "memcached request failed; using PostgreSQL");
+        self.inner.metrics.cache_errors.inc();
+        self.count(op, "error");
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.servers = None;
+            state.paused_until = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+        }
+    }
+}

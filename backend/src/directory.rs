@@ -1,0 +1,180 @@
+//! Profiles, rooms and memberships as the rest of the node sees them.
+//!
+//! Reads go through the [`Cache`] (cache-aside): a miss loads from the [`Store`] and fills the
+//! entry. Every write goes to the store first and then deletes the entries it changed, so the
+//! next read on any node loads the new value. Membership is cached both ways ("member" and
+//! "not a member"), which is why every membership change goes through here.
+//!
+//! [`Directory::access`] is the one place that decides what a user may see of a room.
+
+use crate::cache::{Cache, CacheKey};
+use crate::metrics::Metrics;
+use crate::store::{RoomRow, Store, StoreError};
+use chat_protocol::api::{Profile, ProfileUpdate, Role, RoomKind};
+use chat_protocol::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Room metadata as cached. Never includes `last_seq`, which changes with every message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    pub room_id: RoomId,
+    pub name: String,
+    pub kind: RoomKind,
+}
+
+impl From<RoomRow> for RoomInfo {
+    fn from(row: RoomRow) -> Self {
+        RoomInfo {
+            room_id: row.room_id,
+            name: row.name,
+            kind: row.kind,
+        }
+    }
+}
+
+/// What a user may do with a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// A member: everything.
+    Member(RoomInfo, Role),
+    /// A public room the user is not in: they may see it and join it, nothing more.
+    Outsider(RoomInfo),
+    /// No such room, or a private or direct room the user is not in. The two are answered
+    /// identically, so nobody learns that a private room exists.
+    Hidden,
+}
+
+#[derive(Clone)]
+pub struct Directory {
+    store: Store,
+    cache: Cache,
+    metrics: Metrics,
+}
+
+/// A membership as cached: the role, or none.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct CachedRole(Option<Role>);
+
+impl Directory {
+    pub fn new(store: Store, cache: Cache, metrics: Metrics) -> Directory {
+        Directory {
+            store,
+            cache,
+            metrics,
+        }
+    }
+
+    pub async fn profile(&self, user: UserId) -> Result<Option<Profile>, StoreError> {
+        if let Some(profile) = self.cache.get::<Profile>(CacheKey::Profile(user)).await {
+            return Ok(Some(profile));
+        }
+        self.loaded("profile");
+        let Some(row) = self.store.load_profile(user).await? else {
+            return Ok(None);
+        };
+        let profile = row.into_profile();
+        self.cache.set(CacheKey::Profile(user), &profile).await;
+        Ok(Some(profile))
+    }
+
+    pub async fn update_profile(
+        &self,
+        user: UserId,
+        update: ProfileUpdate,
+    ) -> Result<Option<Profile>, StoreError> {
+        let row = self.store.update_profile(user, update).await?;
+        self.cache.delete(CacheKey::Profile(user)).await;
+        Ok(row.map(|row| row.into_profile()))
+    }
+
+    pub async fn room(&self, room: RoomId) -> Result<Option<RoomInfo>, StoreError> {
+        if let Some(info) = self.cache.get::<RoomInfo>(CacheKey::Room(room)).await {
+            return Ok(Some(info));
+        }
+        self.loaded("room");
+        let Some(row) = self.store.room(room).await? else {
+            return Ok(None);
+        };
+        let info = RoomInfo::from(row);
+        self.cache.set(CacheKey::Room(room), &info).await;
+        Ok(Some(info))
+    }
+
+    /// The user's role in the room, or `None` if not a member.
+    pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, StoreError> {
+        let key = CacheKey::Membership(room, user);
+        if let Some(CachedRole(role)) = self.cache.get::<CachedRole>(key).await {
+            return Ok(role);
+        }
+        self.loaded("membership");
+        let role = self.store.role(room, user).await?;
+        self.cache.set(key, &CachedRole(role)).await;
+        Ok(role)
+    }
+
+    /// What `user` may do with `room`.
+    pub async fn access(&self, room: RoomId, user: UserId) -> Result<Access, StoreError> {
+        let Some(info) = self.room(room).await? else {
+            return Ok(Access::Hidden);
+        };
+        match self.role(room, user).await? {
+            Some(role) => Ok(Access::Member(info, role)),
+            None if info.kind == RoomKind::Public => Ok(Access::Outsider(info)),
+            None => Ok(Access::Hidden),
+        }
+    }
+
+    /// Creates a room owned by `owner`; `None` when a public room has the name.
+    pub async fn create_room(
+        &self,
+        name: String,
+        kind: RoomKind,
+        owner: UserId,
+    ) -> Result<Option<RoomInfo>, StoreError> {
+        let Some(row) = self.store.create_room(name, kind, owner).await? else {
+            return Ok(None);
+        };
+        // "Not a member" may have been cached for a room id that did not exist yet.
+        self.cache
+            .delete(CacheKey::Membership(row.room_id, owner))
+            .await;
+        Ok(Some(row.into()))
+    }
+
+    /// Adds a member; false if already one.
+    pub async fn add_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
+        let added = self.store.add_member(room, user, Role::Member).await?;
+        self.cache.delete(CacheKey::Membership(room, user)).await;
+        Ok(added)
+    }
+
+    /// Removes a member; false if not one.
+    pub async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool, StoreError> {
+        let removed = self.store.remove_member(room, user).await?;
+        self.cache.delete(CacheKey::Membership(room, user)).await;
+        Ok(removed)
+    }
+
+    /// The direct room of two users, created on first use.
+    pub async fn direct_room(
+        &self,
+        me: UserId,
+        other: UserId,
+        name: String,
+    ) -> Result<RoomInfo, StoreError> {
+        let row = self.store.direct_room(me, other, name).await?;
+        for user in [me, other] {
+            self.cache
+                .delete(CacheKey::Membership(row.room_id, user))
+                .await;
+        }
+        Ok(row.into())
+    }
+
+    fn loaded(&self, kind: &str) {
+        self.metrics
+            .directory_loads
+            .with_label_values(&[kind])
+            .inc();
+    }
+}

@@ -1,0 +1,73 @@
+//! A few seconds of the `rooms` load workload against two in-process nodes: the load generator
+//! works end to end, and under load every member sees every message once, in order.
+//! Not a benchmark: nothing here is timed.
+
+use chat_load::{run_rooms, Dialer, Node, Pace, RoomsConfig, Target};
+use e2e_tests::{TestEnv, TestNode};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut nodes = Vec::new();
+    for node_id in ["load-1", "load-2"] {
+        let mut config = env.config(node_id);
+        // The load shares a few source addresses; per-address limits are not under test here.
+        config.send_rate_per_ip = 1_000_000;
+        config.send_burst_per_ip = 1_000_000;
+        config.login_attempts_per_ip = 1_000_000;
+        nodes.push(TestNode::start(config).await?);
+    }
+    let target = Target {
+        nodes: nodes
+            .iter()
+            .map(|node| Node {
+                name: node.node_id.clone(),
+                addr: node.addr,
+                pid: None,
+            })
+            .collect(),
+        dialer: Arc::new(Dialer::loopback(2)),
+        progress: false,
+    };
+    let config = RoomsConfig {
+        users: 20,
+        rooms: 4,
+        members: 5,
+        pace: Pace::Rate(200.0),
+        duration: Duration::from_secs(3),
+        drain: Duration::from_secs(15),
+        ..RoomsConfig::default()
+    };
+    let report = run_rooms(&target, &config, "smoke").await?;
+    println!("{}", report.summary());
+
+    assert!(report.totals.sent > 0, "nothing was sent");
+    assert_eq!(report.totals.refused, 0, "sends were refused");
+    assert_eq!(report.totals.accepted, report.totals.sent);
+    assert!(
+        report.drained,
+        "acks or deliveries still missing after the drain"
+    );
+    let checks = report.checks;
+    assert_eq!(
+        (
+            checks.lost,
+            checks.duplicated,
+            checks.out_of_order,
+            checks.unconfirmed
+        ),
+        (0, 0, 0, 0),
+        "lost, duplicated, out of order, unconfirmed"
+    );
+    assert_eq!(
+        report.totals.delivered,
+        report.totals.stored * config.members as u64,
+        "every stored message reaches each member of its room once"
+    );
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Everything about who a client is and how it gets into a room, in one place.
+//!
+//! A user registers (or, if the name is taken, logs in) over REST and gets a bearer token; a
+//! connection is a WebSocket upgraded with `Authorization: Bearer <token>`, which the node
+//! answers with `welcome`. A room is created or joined over REST, then followed on the
+//! connection with a `join` frame by room id. When any of this changes, only this module
+//! changes: the workloads call [`sign_up`], [`connect`], [`sign_in`] and [`join`], and never
+//! build identity requests themselves.
+
+use crate::conn::{recv_until, send_frame, Dialer, Socket};
+use anyhow::{bail, Context};
+use chat_protocol::api::{
+    CreateRoomRequest, LoginRequest, RegisterRequest, Room, RoomKind, RoomList, SessionInfo,
+};
+use chat_protocol::{ClientFrame, RoomId, Seq, ServerFrame, UserId};
+use reqwest::StatusCode;
+use std::net::SocketAddr;
+
+/// Every load user's password (the tool's users live in a benchmark database).
+const PASSWORD: &str = "load-test-password";
+
+/// A user with a session token, usable for any number of connections to any node.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub user_id: UserId,
+    pub username: String,
+    pub token: String,
+}
+
+/// A signed-in connection to one node.
+pub struct Session {
+    pub socket: Socket,
+    pub account: Account,
+    pub node: SocketAddr,
+}
+
+/// A room a connection follows, and its newest sequence number at that moment.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinedRoom {
+    pub room_id: RoomId,
+    pub last_seq: Seq,
+}
+
+/// Registers `username` through `node`'s REST API, or logs in if the name is taken.
+pub async fn sign_up(dialer: &Dialer, node: SocketAddr, username: &str) -> anyhow::Result<Account> {
+    let http = dialer.http();
+    let register = RegisterRequest {
+        username: username.to_owned(),
+        password: PASSWORD.to_owned(),
+        display_name: None,
+    };
+    let response = http
+        .post(format!("http://{node}/api/register"))
+        .json(&register)
+        .send()
+        .await
+        .with_context(|| format!("cannot register {username} at {node}"))?;
+    let response = if response.status() == StatusCode::CONFLICT {
+        let login = LoginRequest {
+            username: username.to_owned(),
+            password: PASSWORD.to_owned(),
+        };
+        http.post(format!("http://{node}/api/login"))
+            .json(&login)
+            .send()
+            .await?
+    } else {
+        response
+    };
+    let info: SessionInfo = answer(response, "sign-up").await?;
+    Ok(Account {
+        user_id: info.profile.user_id,
+        username: username.to_owned(),
+        token: info.token,
+    })
+}
+
+/// Opens a WebSocket to `node` as `account` and waits for `welcome`.
+pub async fn connect(
+    dialer: &Dialer,
+    node: SocketAddr,
+    account: &Account,
+) -> anyhow::Result<Session> {
+    let mut socket = dialer
+        .connect(node, Some(&format!("Bearer {}", account.token)))
+        .await?;
+    recv_until(&mut socket, |frame| match frame {
+        ServerFrame::Welcome { .. } => Ok(Some(())),
+        error @ ServerFrame::Error { .. } => Err(error),
+        _ => Ok(None),
+    })
+    .await?;
+    Ok(Session {
+        socket,
+        account: account.clone(),
+        node,
+    })
+}
+
+/// [`sign_up`] then [`connect`].
+pub async fn sign_in(dialer: &Dialer, node: SocketAddr, username: &str) -> anyhow::Result<Session> {
+    let account = sign_up(dialer, node, username).await?;
+    connect(dialer, node, &account).await
+}
+
+/// Makes the user a member of the public room `room_name` (creating it if needed), then
+/// follows it on this connection. Frames of other rooms that arrive meanwhile are skipped, so
+/// callers join before traffic starts.
+pub async fn join(
+    dialer: &Dialer,
+    session: &mut Session,
+    room_name: &str,
+) -> anyhow::Result<JoinedRoom> {
+    let room_id = become_member(dialer, session, room_name).await?;
+    follow(session, room_id).await
+}
+
+/// Follows a room the user is already a member of on this connection (after a reconnect).
+pub async fn follow(session: &mut Session, room_id: RoomId) -> anyhow::Result<JoinedRoom> {
+    send_frame(&mut session.socket, &ClientFrame::Join { room_id }).await?;
+    recv_until(&mut session.socket, |frame| match frame {
+        ServerFrame::Joined {
+            room_id: joined,
+            last_seq,
+            ..
+        } if joined == room_id => Ok(Some(JoinedRoom { room_id, last_seq })),
+        error @ ServerFrame::Error { .. } => Err(error),
+        _ => Ok(None),
+    })
+    .await
+}
+
+async fn become_member(
+    dialer: &Dialer,
+    session: &Session,
+    room_name: &str,
+) -> anyhow::Result<RoomId> {
+    let http = dialer.http();
+    let base = format!("http://{}/api", session.node);
+    let bearer = format!("Bearer {}", session.account.token);
+    let create = CreateRoomRequest {
+        name: room_name.to_owned(),
+        visibility: RoomKind::Public,
+    };
+    let response = http
+        .post(format!("{base}/rooms"))
+        .header("authorization", &bearer)
+        .json(&create)
+        .send()
+        .await?;
+    if response.status() != StatusCode::CONFLICT {
+        let room: Room = answer(response, "room creation").await?;
+        return Ok(room.room_id);
+    }
+    // Someone else created it first: find it and join it.
+    let response = http
+        .get(format!("{base}/rooms"))
+        .query(&[("q", room_name)])
+        .header("authorization", &bearer)
+        .send()
+        .await?;
+    let rooms: RoomList = answer(response, "room search").await?;
+    let Some(room) = rooms.rooms.into_iter().find(|room| room.name == room_name) else {
+        bail!("room {room_name} exists but cannot be found");
+    };
+    let response = http
+        .post(format!("{base}/rooms/{}/join", room.room_id))
+        .header("authorization", &bearer)
+        .send()
+        .await?;
+    let _: Room = answer(response, "room join").await?;
+    Ok(room.room_id)
+}
+
+async fn answer<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    what: &str,
+) -> anyhow::Result<T> {
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.text().await.unwrap_or_default();
+        bail!("{what} failed with {status}: {body}");
+    }
+    Ok(response.json().await?)
+}

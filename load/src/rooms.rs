@@ -1,0 +1,393 @@
+//! The `rooms` workload: U users in R rooms of M members, members of each room spread over the
+//! nodes, every user sending at a fixed rate or as fast as a window of unacknowledged sends
+//! allows (saturation).
+
+use crate::conn::Socket;
+use crate::identity::{self, JoinedRoom, Session};
+use crate::procstat::CpuMeter;
+use crate::report::{self, RunReport};
+use crate::stats::{now_micros, Recorder, RoomView, Samples};
+use crate::Target;
+use anyhow::Context;
+use chat_protocol::{ClientFrame, ClientMsgId, RoomId, ServerFrame};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// How fast users send.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub enum Pace {
+    /// This many messages per second in total, spread evenly over the users.
+    Rate(f64),
+    /// Each user keeps this many sends waiting for `accepted`, no more (saturation).
+    Window(usize),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RoomsConfig {
+    pub users: usize,
+    pub rooms: usize,
+    pub members: usize,
+    pub pace: Pace,
+    /// How long users send.
+    pub duration: Duration,
+    /// Longest wait after sending stops for the last acks and deliveries.
+    pub drain: Duration,
+    pub body_bytes: usize,
+    /// Sign-ins and joins in flight at once during set-up.
+    pub setup_concurrency: usize,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            users: 1_000,
+            rooms: 100,
+            members: 10,
+            pace: Pace::Rate(2_000.0),
+            duration: Duration::from_secs(10),
+            drain: Duration::from_secs(15),
+            body_bytes: 64,
+            setup_concurrency: 64,
+        }
+    }
+}
+
+/// A signed-in user with its rooms (index in the run, id, sequence number at join).
+struct Member {
+    index: usize,
+    node: usize,
+    session: Session,
+    rooms: Vec<(usize, JoinedRoom)>,
+}
+
+/// What a user's task saw, handed back when the run ends.
+struct Outcome {
+    views: Vec<(usize, RoomView)>,
+    highest_stored: Vec<(usize, i64)>,
+}
+
+/// Runs the workload and reports on it. `label` names the run in reports and tables.
+pub async fn run_rooms(
+    target: &Target,
+    config: &RoomsConfig,
+    label: &str,
+) -> anyhow::Result<RunReport> {
+    anyhow::ensure!(!target.nodes.is_empty(), "no node to load");
+    anyhow::ensure!(
+        config.members <= config.users && config.members > 0,
+        "a room cannot have more members than there are users"
+    );
+    let members = set_up(target, config).await?;
+
+    let recorder = Arc::new(Recorder::new());
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let send_until = started + config.duration;
+    let cpu = CpuMeter::start(target.watched());
+    let room_of_index: HashMap<RoomId, usize> = members
+        .iter()
+        .flat_map(|member| member.rooms.iter().map(|(r, joined)| (joined.room_id, *r)))
+        .collect();
+    let room_of_index = Arc::new(room_of_index);
+    let tasks: Vec<_> = members
+        .into_iter()
+        .map(|member| {
+            let user = UserLoop {
+                node: member.node,
+                rooms: member
+                    .rooms
+                    .iter()
+                    .map(|(r, joined)| (*r, joined.room_id))
+                    .collect(),
+                views: member
+                    .rooms
+                    .iter()
+                    .map(|(r, joined)| (*r, RoomView::new(joined.last_seq.0)))
+                    .collect(),
+                recorder: recorder.clone(),
+                room_of_index: room_of_index.clone(),
+                pending: HashMap::new(),
+                highest_stored: HashMap::new(),
+                samples: Samples::default(),
+                body_padding: "x".repeat(config.body_bytes.saturating_sub(24).max(1)),
+            };
+            let first_send = started
+                + match config.pace {
+                    Pace::Rate(rate) => {
+                        user_period(config, rate).mul_f64(member.index as f64 / config.users as f64)
+                    }
+                    Pace::Window(_) => Duration::ZERO,
+                };
+            tokio::spawn(user.run(
+                member.session.socket,
+                config.clone(),
+                first_send,
+                send_until,
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let progress = report::progress_bar(target.progress, config.duration, label);
+    let at_deadline = report::follow_progress(&progress, &recorder, send_until).await;
+    let cpu = cpu.finish();
+    let drained = wait_drained(&recorder, config).await;
+    progress.finish_and_clear();
+    stop.cancel();
+
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.context("a user task failed")?);
+    }
+    let mut checks = report::SequenceChecks::default();
+    let mut final_seq: HashMap<usize, i64> = HashMap::new();
+    for outcome in &outcomes {
+        for &(room, seq) in &outcome.highest_stored {
+            let entry = final_seq.entry(room).or_default();
+            *entry = (*entry).max(seq);
+        }
+        for (room, view) in &outcome.views {
+            let entry = final_seq.entry(*room).or_default();
+            *entry = (*entry).max(view.highest);
+        }
+    }
+    for outcome in &outcomes {
+        for (room, view) in &outcome.views {
+            checks.add(view, final_seq.get(room).copied().unwrap_or_default());
+        }
+    }
+    let totals = recorder.counters.snapshot();
+    checks.unconfirmed = totals
+        .sent
+        .saturating_sub(totals.refused)
+        .saturating_sub(totals.stored);
+    Ok(RunReport::new(
+        label,
+        "rooms",
+        serde_json::to_value(config)?,
+        config.duration,
+        at_deadline,
+        totals,
+        &recorder,
+        checks,
+        cpu,
+        drained,
+    ))
+}
+
+fn user_period(config: &RoomsConfig, rate: f64) -> Duration {
+    Duration::from_secs_f64(config.users as f64 / rate.max(0.001))
+}
+
+/// Waits until every send is answered, stored and delivered to each member, or the drain
+/// time is over. Returns whether everything arrived.
+async fn wait_drained(recorder: &Recorder, config: &RoomsConfig) -> bool {
+    let deadline = Instant::now() + config.drain;
+    loop {
+        let c = recorder.counters.snapshot();
+        let answered = c.accepted + c.refused >= c.sent;
+        let stored = c.stored >= c.accepted;
+        let delivered = c.delivered >= c.stored * config.members as u64;
+        if answered && stored && delivered {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Signs every user in on its node and joins its rooms.
+async fn set_up(target: &Target, config: &RoomsConfig) -> anyhow::Result<Vec<Member>> {
+    let run = crate::run_id();
+    let mut rooms_of_user: Vec<Vec<usize>> = vec![Vec::new(); config.users];
+    for room in 0..config.rooms {
+        for k in 0..config.members {
+            rooms_of_user[(room * config.members + k) % config.users].push(room);
+        }
+    }
+    let node_count = target.nodes.len();
+    let dialer = &*target.dialer;
+    let mut members: Vec<Member> = futures::stream::iter(rooms_of_user.into_iter().enumerate())
+        .map(|(index, rooms)| {
+            let node = index % node_count;
+            let addr = target.nodes[node].addr;
+            let run = run.clone();
+            async move {
+                let mut session =
+                    identity::sign_in(dialer, addr, &format!("{run}-u{index}")).await?;
+                let mut joined = Vec::with_capacity(rooms.len());
+                for room in rooms {
+                    let room_name = format!("{run}-r{room}");
+                    let room = (
+                        room,
+                        identity::join(dialer, &mut session, &room_name).await?,
+                    );
+                    joined.push(room);
+                }
+                anyhow::Ok(Member {
+                    index,
+                    node,
+                    session,
+                    rooms: joined,
+                })
+            }
+        })
+        .buffer_unordered(config.setup_concurrency.max(1))
+        .try_collect()
+        .await?;
+    members.sort_by_key(|member| member.index);
+    Ok(members)
+}
+
+/// One user's connection during the run: sends at its pace and checks what it receives.
+struct UserLoop {
+    node: usize,
+    rooms: Vec<(usize, RoomId)>,
+    views: Vec<(usize, RoomView)>,
+    recorder: Arc<Recorder>,
+    room_of_index: Arc<HashMap<RoomId, usize>>,
+    /// Sends waiting for `accepted`: message number → sent at (µs).
+    pending: HashMap<u64, u64>,
+    highest_stored: HashMap<usize, i64>,
+    samples: Samples,
+    body_padding: String,
+}
+
+impl UserLoop {
+    async fn run(
+        mut self,
+        socket: Socket,
+        config: RoomsConfig,
+        first_send: Instant,
+        send_until: Instant,
+        stop: CancellationToken,
+    ) -> Outcome {
+        let (mut sink, mut stream) = socket.split();
+        let mut next_send = first_send;
+        let mut number: u64 = 0;
+        loop {
+            let sending = Instant::now() < send_until;
+            let (rate_send, window_send) = match config.pace {
+                Pace::Rate(_) => (sending, false),
+                Pace::Window(window) => (false, sending && self.pending.len() < window),
+            };
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => self.receive(&text),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = tokio::time::sleep_until(next_send), if rate_send => {
+                    if let Pace::Rate(rate) = config.pace {
+                        next_send += user_period(&config, rate);
+                    }
+                    if self.send(&mut sink, &mut number, 1).await.is_err() {
+                        break;
+                    }
+                }
+                _ = std::future::ready(()), if window_send => {
+                    let room = match config.pace { Pace::Window(w) => w, Pace::Rate(_) => 1 };
+                    let count = room.saturating_sub(self.pending.len()).max(1);
+                    if self.send(&mut sink, &mut number, count).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            self.samples.maybe_flush(&self.recorder);
+        }
+        self.samples.flush(&self.recorder);
+        let _ = sink.close().await;
+        drop(stream);
+        Outcome {
+            views: self.views,
+            highest_stored: self.highest_stored.into_iter().collect(),
+        }
+    }
+
+    async fn send(
+        &mut self,
+        sink: &mut SplitSink<Socket, Message>,
+        number: &mut u64,
+        count: usize,
+    ) -> anyhow::Result<()> {
+        for _ in 0..count {
+            *number += 1;
+            let room_id = self.rooms[(*number as usize) % self.rooms.len()].1;
+            let sent_at = now_micros();
+            let frame = ClientFrame::Send {
+                room_id,
+                client_msg_id: ClientMsgId(number.to_string()),
+                body: format!("{sent_at}:{}:{}", self.node, self.body_padding),
+            };
+            self.pending.insert(*number, sent_at);
+            sink.feed(Message::text(serde_json::to_string(&frame)?))
+                .await?;
+            self.recorder.counters.sent.fetch_add(1, Relaxed);
+        }
+        sink.flush().await?;
+        Ok(())
+    }
+
+    fn receive(&mut self, text: &str) {
+        let Ok(frame) = serde_json::from_str::<ServerFrame>(text) else {
+            return;
+        };
+        let recorder = self.recorder.clone();
+        let counters = &recorder.counters;
+        match frame {
+            ServerFrame::Accepted { client_msg_id, .. } => {
+                if let Some(sent_at) = self.take_pending(&client_msg_id) {
+                    counters.accepted.fetch_add(1, Relaxed);
+                    self.samples.accept(now_micros().saturating_sub(sent_at));
+                }
+            }
+            ServerFrame::Error {
+                client_msg_id: Some(client_msg_id),
+                ..
+            } if self.take_pending(&client_msg_id).is_some() => {
+                counters.refused.fetch_add(1, Relaxed);
+            }
+            ServerFrame::Stored { room_id, seq, .. } => {
+                counters.stored.fetch_add(1, Relaxed);
+                if let Some(&room) = self.room_of_index.get(&room_id) {
+                    let highest = self.highest_stored.entry(room).or_default();
+                    *highest = (*highest).max(seq.0);
+                }
+            }
+            ServerFrame::Message(message) => {
+                counters.delivered.fetch_add(1, Relaxed);
+                let now = now_micros();
+                let mut parts = message.body.splitn(3, ':');
+                let sent_at = parts.next().and_then(|p| p.parse::<u64>().ok());
+                let sender_node = parts.next().and_then(|p| p.parse::<usize>().ok());
+                if let Some(sent_at) = sent_at {
+                    let remote = sender_node != Some(self.node);
+                    self.samples
+                        .deliver(now, now.saturating_sub(sent_at), remote);
+                }
+                if let Some(&room) = self.room_of_index.get(&message.room_id) {
+                    if let Some((_, view)) = self.views.iter_mut().find(|(r, _)| *r == room) {
+                        view.record(message.seq.0);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn take_pending(&mut self, client_msg_id: &ClientMsgId) -> Option<u64> {
+        let number = client_msg_id.0.parse::<u64>().ok()?;
+        self.pending.remove(&number)
+    }
+}

@@ -1,0 +1,495 @@
+//! The `storm` workload: N clients on one node, in rooms that also have an observer on a
+//! surviving node, sending at a modest rate; the node is killed (SIGKILL) and every client
+//! reconnects to a surviving node, signs in again and re-joins its room.
+//!
+//! Measured: time from the kill until each client has re-joined; what the observers (whose node
+//! did not die) saw, by sequence number; what each client saw after re-joining; and, with a
+//! database URL, that every send answered `accepted` is stored. Not measured yet: resume (the
+//! protocol has no "reconnect with last seen seq"), so messages stored while a client was away
+//! are not delivered to it and are not counted as lost for it.
+
+use crate::conn::Socket;
+use crate::identity::{self, Account, JoinedRoom};
+use crate::procstat::CpuMeter;
+use crate::report::{self, RunReport, SequenceChecks};
+use crate::stats::{now_micros, Recorder, RoomView, Samples};
+use crate::Target;
+use anyhow::{bail, Context};
+use chat_protocol::{ClientFrame, ClientMsgId, RoomId, ServerFrame, UserId};
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StormConfig {
+    pub clients: usize,
+    /// Clients per room (each room also has one observer on the surviving node).
+    pub members: usize,
+    /// Index of the node to kill; its process id must be known.
+    pub victim: usize,
+    /// Messages per second, in total, sent by the clients while the run goes on.
+    pub rate: f64,
+    pub before_kill: Duration,
+    pub after_resume: Duration,
+    /// Longest wait for every client to resume.
+    pub resume_timeout: Duration,
+    pub setup_concurrency: usize,
+    /// Users the clients are spread over (one connection per client).
+    pub accounts: usize,
+    /// `postgres://…` of the nodes' database, to check that every accepted send is stored.
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StormResult {
+    pub clients: usize,
+    pub resumed: usize,
+    /// From the kill until the last client had re-joined its room, in seconds.
+    pub all_resumed_s: Option<f64>,
+    pub resume_p50_s: f64,
+    pub resume_p99_s: f64,
+    pub accepted: u64,
+    /// Accepted sends not found in PostgreSQL (None without a database URL).
+    pub accepted_not_stored: Option<u64>,
+    /// Gaps seen by the observers on the surviving node (whose connections never broke).
+    pub observers_lost: u64,
+    /// Gaps seen by clients after re-joining (messages stored after their `joined`).
+    pub rejoined_lost: u64,
+    pub reconnect_attempts: u64,
+}
+
+struct Shared {
+    recorder: Recorder,
+    killed_at: AtomicU64,
+    resumed: AtomicUsize,
+    attempts: AtomicU64,
+}
+
+struct ClientOutcome {
+    user_id: UserId,
+    accepted: Vec<String>,
+    view: Option<RoomView>,
+    resumed_after: Option<f64>,
+}
+
+pub async fn run_storm(
+    target: &Target,
+    config: &StormConfig,
+    label: &str,
+) -> anyhow::Result<RunReport> {
+    let victim = target
+        .nodes
+        .get(config.victim)
+        .context("no such victim node")?;
+    let victim_pid = victim
+        .pid
+        .context("storm needs the victim node's process id")?;
+    let survivors: Vec<SocketAddr> = (target.nodes.iter().enumerate())
+        .filter(|(i, _)| *i != config.victim)
+        .map(|(_, node)| node.addr)
+        .collect();
+    anyhow::ensure!(!survivors.is_empty(), "storm needs a second node");
+    let run = crate::run_id();
+    let rooms = config.clients.div_ceil(config.members.max(1));
+    let room_name = |room: usize| format!("{run}-s{room}");
+
+    // Observers first, on the survivors, so they see every message of their room.
+    let mut observers = Vec::new();
+    let mut room_ids = Vec::new();
+    for room in 0..rooms {
+        let node = survivors[room % survivors.len()];
+        let mut session =
+            identity::sign_in(&target.dialer, node, &format!("{run}-o{room}")).await?;
+        let joined = identity::join(&target.dialer, &mut session, &room_name(room)).await?;
+        room_ids.push(joined.room_id.0);
+        observers.push((session, joined));
+    }
+    // Clients share accounts (registering is slow on purpose): one connection each.
+    let accounts: Vec<Account> =
+        futures::stream::iter(0..config.accounts.clamp(1, config.clients.max(1)))
+            .map(|n| {
+                let name = format!("{run}-a{n}");
+                async move { identity::sign_up(&target.dialer, victim.addr, &name).await }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+    let clients: Vec<_> = futures::stream::iter(0..config.clients)
+        .map(|n| {
+            let name = format!("{run}-c{n}");
+            let room = room_name(n % rooms);
+            let account = accounts[n % accounts.len()].clone();
+            async move {
+                let mut session = identity::connect(&target.dialer, victim.addr, &account).await?;
+                let joined = identity::join(&target.dialer, &mut session, &room).await?;
+                anyhow::Ok((n, name, session, joined))
+            }
+        })
+        .buffer_unordered(config.setup_concurrency.max(1))
+        .try_collect()
+        .await?;
+
+    let shared = Arc::new(Shared {
+        recorder: Recorder::new(),
+        killed_at: AtomicU64::new(0),
+        resumed: AtomicUsize::new(0),
+        attempts: AtomicU64::new(0),
+    });
+    let stop = CancellationToken::new();
+    let stop_sending = CancellationToken::new();
+    let period = Duration::from_secs_f64(config.clients as f64 / config.rate.max(0.001));
+    let observer_tasks: Vec<_> = observers
+        .into_iter()
+        .map(|(session, joined)| {
+            tokio::spawn(observe(
+                session.socket,
+                joined,
+                shared.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    let cpu = CpuMeter::start(target.watched());
+    let client_tasks: Vec<_> = clients
+        .into_iter()
+        .map(|(n, name, session, joined)| {
+            let first_send = started + period.mul_f64(n as f64 / config.clients.max(1) as f64);
+            let client = StormClient {
+                name,
+                room_id: joined.room_id,
+                survivors: survivors.clone(),
+                account: session.account.clone(),
+                shared: shared.clone(),
+                period,
+                first_send,
+            };
+            tokio::spawn(client.run(
+                target.dialer_handle(),
+                session.socket,
+                joined,
+                stop_sending.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let bar = report::progress_bar(target.progress, Duration::ZERO, label);
+    bar.set_length(config.clients as u64);
+    tokio::time::sleep(config.before_kill).await;
+    shared.killed_at.store(now_micros(), Relaxed);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .context("cannot kill the victim node")?;
+    let resume_deadline = Instant::now() + config.resume_timeout;
+    while shared.resumed.load(Relaxed) < config.clients && Instant::now() < resume_deadline {
+        bar.set_position(shared.resumed.load(Relaxed) as u64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bar.finish_and_clear();
+    tokio::time::sleep(config.after_resume).await;
+    let measured = started.elapsed();
+    let at_deadline = shared.recorder.counters.snapshot();
+    stop_sending.cancel();
+    let cpu = cpu.finish();
+    // Let the last sends be stored and delivered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.cancel();
+
+    let mut outcomes = Vec::new();
+    for task in client_tasks {
+        outcomes.push(task.await?);
+    }
+    let mut observed = Vec::new();
+    for task in observer_tasks {
+        observed.push(task.await?);
+    }
+    let stored = match &config.database_url {
+        Some(url) => Some(stored_messages(url, &room_ids).await?),
+        None => None,
+    };
+    let final_seq: HashMap<usize, i64> = observed
+        .iter()
+        .enumerate()
+        .map(|(room, view)| {
+            let in_db = stored
+                .as_ref()
+                .and_then(|s| s.max_seq.get(&room_ids[room]).copied())
+                .unwrap_or_default();
+            (room, view.highest.max(in_db))
+        })
+        .collect();
+    let mut checks = SequenceChecks::default();
+    for (room, view) in observed.iter().enumerate() {
+        checks.add(view, final_seq[&room]);
+    }
+    let observers_lost = checks.lost;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        if let Some(view) = &outcome.view {
+            checks.add(view, final_seq[&(n % rooms)]);
+        }
+    }
+    let rejoined_lost = checks.lost - observers_lost;
+    let accepted: u64 = outcomes.iter().map(|o| o.accepted.len() as u64).sum();
+    let accepted_not_stored = stored.as_ref().map(|stored| {
+        outcomes
+            .iter()
+            .flat_map(|o| o.accepted.iter().map(move |id| (o.user_id.0, id)))
+            .filter(|(user, id)| !stored.ids.contains(&(*user, (*id).clone())))
+            .count() as u64
+    });
+    let mut resume_times: Vec<f64> = outcomes.iter().filter_map(|o| o.resumed_after).collect();
+    resume_times.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        resume_times
+            .get(
+                ((resume_times.len() as f64 * q) as usize)
+                    .min(resume_times.len().saturating_sub(1)),
+            )
+            .copied()
+            .unwrap_or_default()
+    };
+    let result = StormResult {
+        clients: config.clients,
+        resumed: resume_times.len(),
+        all_resumed_s: (resume_times.len() == config.clients)
+            .then(|| resume_times.last().copied().unwrap_or_default()),
+        resume_p50_s: quantile(0.5),
+        resume_p99_s: quantile(0.99),
+        accepted,
+        accepted_not_stored,
+        observers_lost,
+        rejoined_lost,
+        reconnect_attempts: shared.attempts.load(Relaxed),
+    };
+    let totals = shared.recorder.counters.snapshot();
+    let mut report = RunReport::new(
+        label,
+        "storm",
+        serde_json::to_value(config)?,
+        measured,
+        at_deadline,
+        totals,
+        &shared.recorder,
+        checks,
+        cpu,
+        result.resumed == config.clients,
+    );
+    report.extra = serde_json::to_value(result)?;
+    Ok(report)
+}
+
+/// An observer on a surviving node: records what it sees of its room.
+async fn observe(
+    mut socket: Socket,
+    joined: JoinedRoom,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> RoomView {
+    let mut view = RoomView::new(joined.last_seq.0);
+    let mut samples = Samples::default();
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => break,
+            message = socket.next() => message,
+        };
+        let text = match message {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            _ => break,
+        };
+        if let Ok(ServerFrame::Message(message)) = serde_json::from_str::<ServerFrame>(&text) {
+            shared.recorder.counters.delivered.fetch_add(1, Relaxed);
+            let now = now_micros();
+            if let Some(sent_at) = message
+                .body
+                .split(':')
+                .next()
+                .and_then(|p| p.parse::<u64>().ok())
+            {
+                samples.deliver(now, now.saturating_sub(sent_at), true);
+            }
+            view.record(message.seq.0);
+            samples.maybe_flush(&shared.recorder);
+        }
+    }
+    samples.flush(&shared.recorder);
+    view
+}
+
+struct StormClient {
+    name: String,
+    room_id: RoomId,
+    survivors: Vec<SocketAddr>,
+    account: Account,
+    shared: Arc<Shared>,
+    period: Duration,
+    first_send: Instant,
+}
+
+impl StormClient {
+    async fn run(
+        self,
+        dialer: Arc<crate::Dialer>,
+        mut socket: Socket,
+        joined: JoinedRoom,
+        stop_sending: CancellationToken,
+        stop: CancellationToken,
+    ) -> ClientOutcome {
+        let mut room_id = joined.room_id;
+        let mut view: Option<RoomView> = None;
+        let mut resumed_after = None;
+        let mut accepted = Vec::new();
+        let mut pending: HashMap<String, u64> = HashMap::new();
+        let mut samples = Samples::default();
+        let mut next_send = self.first_send;
+        let mut number = 0u64;
+        'session: loop {
+            loop {
+                let sending = !stop_sending.is_cancelled();
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break 'session,
+                    message = socket.next() => match message {
+                        Some(Ok(Message::Text(text))) => {
+                            match serde_json::from_str::<ServerFrame>(&text) {
+                                Ok(ServerFrame::Accepted { client_msg_id, .. })
+                                    if pending.contains_key(&client_msg_id.0) =>
+                                {
+                                    let sent_at = pending.remove(&client_msg_id.0).unwrap_or_default();
+                                    samples.accept(now_micros().saturating_sub(sent_at));
+                                    samples.maybe_flush(&self.shared.recorder);
+                                    self.shared.recorder.counters.accepted.fetch_add(1, Relaxed);
+                                    accepted.push(client_msg_id.0);
+                                }
+                                Ok(ServerFrame::Message(message)) => {
+                                    self.shared.recorder.counters.delivered.fetch_add(1, Relaxed);
+                                    if let Some(view) = view.as_mut() {
+                                        view.record(message.seq.0);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = tokio::time::sleep_until(next_send), if sending => {
+                        next_send += self.period;
+                        number += 1;
+                        let id = format!("{}-{number}", self.name);
+                        let frame = ClientFrame::Send {
+                            room_id,
+                            client_msg_id: ClientMsgId(id.clone()),
+                            body: format!("{}:0:storm", now_micros()),
+                        };
+                        let Ok(text) = serde_json::to_string(&frame) else { continue };
+                        pending.insert(id, now_micros());
+                        self.shared.recorder.counters.sent.fetch_add(1, Relaxed);
+                        if socket.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            // The node is gone: sends still waiting for `accepted` stay unknown (the client
+            // would resend them with the same id once resume exists).
+            pending.clear();
+            if resumed_after.is_some() {
+                break; // a second loss is not part of this workload
+            }
+            match self.resume(&dialer, &stop).await {
+                Ok((new_socket, joined)) => {
+                    let killed_at = self.shared.killed_at.load(Relaxed);
+                    resumed_after = Some(now_micros().saturating_sub(killed_at) as f64 / 1e6);
+                    self.shared.resumed.fetch_add(1, Relaxed);
+                    room_id = joined.room_id;
+                    view = Some(RoomView::new(joined.last_seq.0));
+                    socket = new_socket;
+                }
+                Err(_) => break,
+            }
+        }
+        samples.flush(&self.shared.recorder);
+        ClientOutcome {
+            user_id: self.account.user_id,
+            accepted,
+            view,
+            resumed_after,
+        }
+    }
+
+    /// Reconnects to a surviving node and re-joins the room, retrying until stopped.
+    async fn resume(
+        &self,
+        dialer: &crate::Dialer,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<(Socket, JoinedRoom)> {
+        let mut attempt = 0usize;
+        loop {
+            if stop.is_cancelled() {
+                bail!("stopped before resuming");
+            }
+            self.shared.attempts.fetch_add(1, Relaxed);
+            let node = self.survivors[attempt % self.survivors.len()];
+            attempt += 1;
+            let result = async {
+                let mut session = identity::connect(dialer, node, &self.account).await?;
+                let joined = identity::follow(&mut session, self.room_id).await?;
+                anyhow::Ok((session.socket, joined))
+            }
+            .await;
+            match result {
+                Ok(done) => return Ok(done),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// The rooms' stored messages, read with `psql`.
+struct Stored {
+    ids: HashSet<(i64, String)>,
+    max_seq: HashMap<i64, i64>,
+}
+
+async fn stored_messages(database_url: &str, room_ids: &[i64]) -> anyhow::Result<Stored> {
+    let list: Vec<String> = room_ids.iter().map(i64::to_string).collect();
+    let query = format!(
+        "SELECT room_id, seq, sender_id, client_msg_id FROM messages WHERE room_id IN ({})",
+        list.join(",")
+    );
+    let output = tokio::process::Command::new("psql")
+        .args([database_url, "-tA", "-F", "\t", "-c", &query])
+        .output()
+        .await
+        .context("cannot run psql")?;
+    if !output.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut stored = Stored {
+        ids: HashSet::new(),
+        max_seq: HashMap::new(),
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        if let [room, seq, sender, id] = fields[..] {
+            let (Ok(room), Ok(seq), Ok(sender)) = (room.parse(), seq.parse(), sender.parse())
+            else {
+                continue;
+            };
+            let max = stored.max_seq.entry(room).or_insert(0);
+            *max = (*max).max(seq);
+            stored.ids.insert((sender, id.to_owned()));
+        }
+    }
+    Ok(stored)
+}

@@ -1,0 +1,151 @@
+//! The Markdown tables of `BENCHMARKS.md`, built from the JSON reports of a bench run.
+
+use crate::idle::IdleResult;
+use crate::report::RunReport;
+use crate::storm::StormResult;
+use std::fmt::Write;
+
+/// Highest p99 send→deliver, in ms, at which an offered rate still counts as sustained.
+pub const SUSTAINED_P99_MS: f64 = 50.0;
+
+/// The offered rate of a `rooms` run at a fixed rate.
+fn offered_rate(report: &RunReport) -> Option<f64> {
+    report.settings.get("pace")?.get("Rate")?.as_f64()
+}
+
+fn sustained(report: &RunReport) -> bool {
+    report.drained && report.checks.clean() && report.deliver_latency.p99 <= SUSTAINED_P99_MS
+}
+
+fn cpu(report: &RunReport) -> String {
+    report
+        .cpu
+        .iter()
+        .map(|p| format!("{} {:.0}%", p.name, p.cpu_percent))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every table: targets, rooms runs, idle, storm.
+pub fn tables(reports: &[RunReport]) -> String {
+    let mut out = String::new();
+    let rooms: Vec<&RunReport> = reports.iter().filter(|r| r.workload == "rooms").collect();
+    let rated: Vec<(&RunReport, f64)> = (rooms.iter())
+        .filter_map(|r| Some((*r, offered_rate(r)?)))
+        .collect();
+    let best_sustained = (rated.iter())
+        .filter(|(r, _)| sustained(r))
+        .map(|(_, rate)| *rate)
+        .fold(None, |best: Option<f64>, rate| {
+            Some(best.map_or(rate, |b| b.max(rate)))
+        });
+    let saturation = (rooms.iter())
+        .filter(|r| offered_rate(r).is_none())
+        .map(|r| r.deliveries_per_s)
+        .fold(None, |best: Option<f64>, d| {
+            Some(best.map_or(d, |b| b.max(d)))
+        });
+    let at_2000 = rated.iter().find(|(_, rate)| (*rate - 2000.0).abs() < 1.0);
+    let idle: Option<IdleResult> = (reports.iter())
+        .find(|r| r.workload == "idle")
+        .and_then(|r| serde_json::from_value(r.extra.clone()).ok());
+    let storm: Option<StormResult> = (reports.iter())
+        .find(|r| r.workload == "storm")
+        .and_then(|r| serde_json::from_value(r.extra.clone()).ok());
+
+    let _ = writeln!(out, "| Target | Goal | Measured | Met |\n|---|---|---|---|");
+    let met = |ok: bool| if ok { "yes" } else { "**no**" };
+    let _ = writeln!(
+        out,
+        "| rooms: sustainable rate (p99 send→deliver ≤ {SUSTAINED_P99_MS} ms, zero loss) | ≥ 15,000 msgs/s | {} | {} |",
+        best_sustained.map_or("none of the rates tried".into(), |r| format!("{r:.0} msgs/s (highest rate tried that held)")),
+        met(best_sustained.is_some_and(|r| r >= 15_000.0))
+    );
+    let _ = writeln!(
+        out,
+        "| rooms: saturation | ≥ 300,000 deliveries/s | {} | {} |",
+        saturation.map_or("not run".into(), |d| format!("{d:.0} deliveries/s")),
+        met(saturation.is_some_and(|d| d >= 300_000.0))
+    );
+    if let Some((report, _)) = at_2000 {
+        let p99 = report.deliver_remote_latency.p99;
+        let _ = writeln!(
+            out,
+            "| rooms at 2,000 msgs/s: p99 send→deliver, receivers on the other node | ≤ 10 ms | {p99:.1} ms (all receivers: {:.1} ms) | {} |",
+            report.deliver_latency.p99,
+            met(p99 <= 10.0 && report.checks.clean())
+        );
+    }
+    if let Some(idle) = &idle {
+        let per = idle.rss_per_connection_kib.unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "| idle: connections on one node, RSS each | 50,000 at ≤ 16 KiB | {} at {per:.1} KiB | {} |",
+            idle.established,
+            met(idle.established >= 50_000 && per <= 16.0)
+        );
+    }
+    if let Some(storm) = &storm {
+        let _ = writeln!(
+            out,
+            "| storm: clients re-joined after their node's death | 10,000 within 10 s | {} of {} in {} | {} |",
+            storm.resumed,
+            storm.clients,
+            storm.all_resumed_s.map_or("—".into(), |s| format!("{s:.2} s")),
+            met(storm.clients >= 10_000 && storm.all_resumed_s.is_some_and(|s| s <= 10.0))
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n### rooms\n\n| Run | Offered | Sent/s | Accepted/s | Deliveries/s | send→accepted p50 / p99 ms | send→deliver p50 / p90 / p99 / p999 / max ms | other node p99 ms | Lost / dup / out-of-order / unconfirmed | CPU |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &rooms {
+        let (a, d) = (&r.accept_latency, &r.deliver_latency);
+        let offered = match (
+            offered_rate(r),
+            r.settings.get("pace").and_then(|p| p.get("Window")),
+        ) {
+            (Some(rate), _) => format!("{rate:.0} msgs/s"),
+            (None, Some(window)) => format!("saturation, window {window}"),
+            _ => "?".into(),
+        };
+        let c = &r.checks;
+        let _ = writeln!(
+            out,
+            "| {} | {offered} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} | {} / {} / {} / {}{} | {} |",
+            r.label, r.sent_per_s, r.accepted_per_s, r.deliveries_per_s, a.p50, a.p99,
+            d.p50, d.p90, d.p99, d.p999, d.max, r.deliver_remote_latency.p99,
+            c.lost, c.duplicated, c.out_of_order, c.unconfirmed,
+            if r.drained { "" } else { " (not drained)" },
+            cpu(r)
+        );
+    }
+    if let Some(idle) = &idle {
+        let _ = writeln!(
+            out,
+            "\n### idle\n\n| Requested | Established | Failed | Connect time | Node RSS before → after | RSS per connection |\n|---|---|---|---|---|---|\n| {} | {} | {} | {:.1} s | {:.0} → {:.0} MiB | {:.1} KiB |",
+            idle.requested, idle.established, idle.failed, idle.connect_seconds,
+            idle.node_rss_before_mib.unwrap_or(f64::NAN), idle.node_rss_after_mib.unwrap_or(f64::NAN),
+            idle.rss_per_connection_kib.unwrap_or(f64::NAN)
+        );
+        if let Some(error) = &idle.first_error {
+            let _ = writeln!(out, "\nFirst connection error: `{error}`");
+        }
+    }
+    if let Some(report) = reports.iter().find(|r| r.workload == "storm") {
+        if let Some(storm) = &storm {
+            let c = &report.checks;
+            let _ = writeln!(
+                out,
+                "\n### storm\n\n| Clients | Re-joined | All re-joined after | p50 / p99 | Reconnect attempts | Accepted sends | Accepted but not in PostgreSQL | Lost: observers / re-joined clients | Dup / out-of-order |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.2} / {:.2} s | {} | {} | {} | {} / {} | {} / {} |",
+                storm.clients, storm.resumed,
+                storm.all_resumed_s.map_or("—".into(), |s| format!("{s:.2} s")),
+                storm.resume_p50_s, storm.resume_p99_s, storm.reconnect_attempts, storm.accepted,
+                storm.accepted_not_stored.map_or("not checked".into(), |n| n.to_string()),
+                storm.observers_lost, storm.rejoined_lost, c.duplicated, c.out_of_order
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,410 @@
+//! `cargo xtask bench`: the standard benchmark set against a local two-node cluster of release
+//! binaries, with its results written into `BENCHMARKS.md`.
+//!
+//! The nodes run as separate processes on a fresh database (`chat_bench`) and a RabbitMQ prefix
+//! of their own; `chat-load` runs each workload with bounded counts and durations and writes a
+//! JSON report and an SVG plot per run; `chat-load tables` turns the reports into the tables
+//! that replace the part of `BENCHMARKS.md` between the two marker comments.
+
+use crate::services;
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+const DATABASE: &str = "chat_bench";
+const FIRST_PORT: u16 = 8091;
+const BEGIN_MARKER: &str = "<!-- bench:begin -->";
+const END_MARKER: &str = "<!-- bench:end -->";
+
+/// One workload run: its label and `chat-load` arguments (before the common ones).
+struct Run {
+    label: String,
+    args: Vec<String>,
+}
+
+fn run(label: &str, args: &str) -> Run {
+    Run {
+        label: label.to_owned(),
+        args: args.split_whitespace().map(str::to_owned).collect(),
+    }
+}
+
+/// The standard set. Storm comes last: it kills node-2.
+fn standard_set(quick: bool) -> Vec<Run> {
+    if quick {
+        return vec![
+            run(
+                "rooms-2000",
+                "rooms --rate 2000 --seconds 4 --users 200 --rooms 20",
+            ),
+            run(
+                "rooms-saturation",
+                "rooms --seconds 4 --users 200 --rooms 20",
+            ),
+            run("idle", "idle --connections 1000 --on 0"),
+            run("storm", "storm --clients 500 --victim 1"),
+        ];
+    }
+    let mut runs: Vec<Run> = [2_000, 5_000, 10_000, 15_000, 20_000]
+        .iter()
+        .map(|rate| {
+            run(
+                &format!("rooms-{rate}"),
+                &format!("rooms --rate {rate} --seconds 15"),
+            )
+        })
+        .collect();
+    runs.push(run("rooms-saturation", "rooms --seconds 15 --window 16"));
+    // One process holds at most ~20,000 open files here: the node needs some for itself.
+    runs.push(run("idle", "idle --connections 18000 --on 0"));
+    runs.push(run("storm", "storm --clients 10000 --victim 1"));
+    runs
+}
+
+pub fn bench(root: &Path, quick: bool) -> Result<()> {
+    services::ensure_all()?;
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    recreate_database()?;
+    crate::run(crate::cargo().current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "chat-backend",
+        "-p",
+        "chat-load",
+    ]))?;
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let server = target.join("release").join("chat-server");
+    let load = target.join("release").join("chat-load");
+    let reports = target.join("bench");
+    let plots = root.join("docs").join("bench");
+    std::fs::create_dir_all(&reports)?;
+    std::fs::create_dir_all(&plots)?;
+    for entry in std::fs::read_dir(&reports)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "json") {
+            std::fs::remove_file(path)?;
+        }
+    }
+
+    let prefix = format!("bench{}", std::process::id());
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{DATABASE}");
+    let mut nodes = Vec::new();
+    for index in 0..2u16 {
+        nodes.push(start_node(
+            &server,
+            index,
+            &prefix,
+            &database_url,
+            &reports,
+        )?);
+    }
+    let result = run_workloads(&load, &nodes, &reports, &plots, &database_url, quick);
+    for node in &mut nodes {
+        stop_node(node);
+    }
+    delete_queues(&prefix);
+    let failures = result?;
+
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&reports)?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    paths.sort_by_key(|path| order_of(path));
+    if paths.is_empty() {
+        bail!("no workload produced a report");
+    }
+    let output = Command::new(&load)
+        .arg("tables")
+        .args(&paths)
+        .output()
+        .context("cannot run chat-load tables")?;
+    if !output.status.success() {
+        bail!(
+            "chat-load tables failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let tables = String::from_utf8_lossy(&output.stdout);
+    let mut section =
+        format!(
+        "Command: `cargo xtask bench{}` — {}\n\nMachine: {}; load average before the run: {}.\n\n",
+        if quick { " --quick" } else { "" },
+        now_utc(),
+        machine(),
+        load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    section.push_str(&tables);
+    if !failures.is_empty() {
+        section.push_str("\nRuns that failed:\n\n");
+        for failure in &failures {
+            section.push_str(&format!("- {failure}\n"));
+        }
+    }
+    rewrite_benchmarks(&root.join("BENCHMARKS.md"), &section)?;
+    println!("{tables}");
+    println!("BENCHMARKS.md updated; reports in {}", reports.display());
+    Ok(())
+}
+
+struct NodeProcess {
+    name: String,
+    addr: String,
+    child: Child,
+}
+
+fn start_node(
+    server: &Path,
+    index: u16,
+    prefix: &str,
+    database_url: &str,
+    logs: &Path,
+) -> Result<NodeProcess> {
+    let name = format!("node-{}", index + 1);
+    let addr = format!("127.0.0.1:{}", FIRST_PORT + index);
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // `exec` keeps the pid, so the pid the load tool reports on is the node's. The open-file
+    // limit is raised to the hard limit first: the idle workload needs thousands of sockets.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -n \"$(ulimit -Hn)\"; exec \"$0\""])
+        .arg(server)
+        .env("CHAT_NODE_ID", &name)
+        .env("CHAT_LISTEN", &addr)
+        .env("CHAT_AMQP_PREFIX", prefix)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        // The load comes from four addresses and shares a few accounts: lift the per-user and
+        // per-address limits, which would otherwise be what is measured.
+        .env("CHAT_SEND_RATE_PER_USER", "1000000")
+        .env("CHAT_SEND_BURST_PER_USER", "1000000")
+        .env("CHAT_SEND_RATE_PER_IP", "1000000")
+        .env("CHAT_SEND_BURST_PER_IP", "1000000")
+        .env("CHAT_LOGIN_ATTEMPTS_PER_IP", "1000000")
+        .env("CHAT_LOGIN_ATTEMPTS_PER_USER", "1000000")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {}", server.display()))?;
+    wait_ready(&addr, Duration::from_secs(60))?;
+    println!(
+        "{name} ready on {addr} (pid {}, log {})",
+        child.id(),
+        log_path.display()
+    );
+    Ok(NodeProcess { name, addr, child })
+}
+
+fn stop_node(node: &mut NodeProcess) {
+    if let Ok(Some(_)) = node.child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = node.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+}
+
+/// Runs each workload; a failed run is reported and the others still run.
+fn run_workloads(
+    load: &Path,
+    nodes: &[NodeProcess],
+    reports: &Path,
+    plots: &Path,
+    database_url: &str,
+    quick: bool,
+) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    for workload in standard_set(quick) {
+        let mut args = workload.args.clone();
+        for node in nodes {
+            args.push("--node".into());
+            args.push(format!("{}={}@{}", node.name, node.addr, node.child.id()));
+        }
+        args.extend([
+            "--label".into(),
+            workload.label.clone(),
+            "--json".into(),
+            reports
+                .join(format!("{}.json", workload.label))
+                .display()
+                .to_string(),
+            "--svg".into(),
+            plots
+                .join(format!("{}.svg", workload.label))
+                .display()
+                .to_string(),
+        ]);
+        println!("== {} (load average {})", workload.label, load_average());
+        let status = Command::new(load)
+            .args(&args)
+            .env("DATABASE_URL", database_url)
+            .status()
+            .context("cannot run chat-load")?;
+        if !status.success() {
+            failures.push(format!(
+                "{}: chat-load exited with {status}",
+                workload.label
+            ));
+        }
+    }
+    Ok(failures)
+}
+
+/// Reports in the order of the standard set.
+fn order_of(path: &Path) -> (usize, String) {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let rank = standard_set(false)
+        .iter()
+        .position(|run| run.label == stem)
+        .unwrap_or(usize::MAX);
+    (rank, stem)
+}
+
+fn recreate_database() -> Result<()> {
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
+        format!("CREATE DATABASE {DATABASE}"),
+    ] {
+        crate::run(Command::new("psql").args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-qc",
+            &statement,
+        ]))?;
+    }
+    Ok(())
+}
+
+/// Removes the run's durable queues (node queues are exclusive and went with their nodes).
+fn delete_queues(prefix: &str) {
+    let mut queues: Vec<String> = (0..8)
+        .map(|shard| format!("{prefix}.ingest.{shard}"))
+        .collect();
+    queues.push(format!("{prefix}.dead"));
+    let children: Vec<Child> = queues
+        .iter()
+        .filter_map(|queue| {
+            Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", queue])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        })
+        .collect();
+    for mut child in children {
+        let _ = child.wait();
+    }
+}
+
+fn wait_ready(addr: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if http_status(addr, "/readyz").is_some_and(|status| status == 200) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("node on {addr} not ready within {within:?}")
+}
+
+/// The status code of a plain HTTP/1.1 GET, without an HTTP client dependency.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 32];
+    let read = stream.read(&mut head).ok()?;
+    let text = String::from_utf8_lossy(&head[..read]);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Cores, memory and kernel, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} cores ({model}), {mem_gib:.0} GiB RAM, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Replaces what is between the markers, keeping the rest of the file.
+fn rewrite_benchmarks(path: &Path, section: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let (Some(begin), Some(end)) = (text.find(BEGIN_MARKER), text.find(END_MARKER)) else {
+        bail!(
+            "{} has no {BEGIN_MARKER} … {END_MARKER} section",
+            path.display()
+        );
+    };
+    if end < begin {
+        bail!("the markers in {} are out of order", path.display());
+    }
+    let updated = format!(
+        "{}{BEGIN_MARKER}\n{section}\n{}",
+        &text[..begin],
+        &text[end..]
+    );
+    std::fs::write(path, updated)?;
+    Ok(())
+}
