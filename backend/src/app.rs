@@ -4,8 +4,8 @@
 use crate::bus::{Bus, BusEvents, IngestShard, Names};
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::fanout::{self, FanoutEvent};
 use crate::directory::Directory;
+use crate::fanout::{self, FanoutEvent};
 use crate::http;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;

@@ -28,6 +28,12 @@ const SERVICES: &[Service] = &[
         start: "rabbitmq-server -detached",
         install: "apt-get install -y rabbitmq-server",
     },
+    Service {
+        name: "Memcached",
+        address: "127.0.0.1:11211",
+        start: "memcached -d -u memcache -l 127.0.0.1 -p 11211 -m 256",
+        install: "apt-get install -y memcached",
+    },
 ];
 
 fn reachable(address: &str) -> bool {
