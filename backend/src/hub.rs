@@ -53,6 +53,9 @@ struct LocalRoom {
     members: HashSet<ConnId>,
     /// Highest sequence number delivered here: a redelivered message is not shown twice.
     delivered: AtomicI64,
+    /// Members whose missed messages are still being read: their live frames wait here, with
+    /// their sequence numbers, until the missed ones are queued ahead of them.
+    catching_up: Mutex<HashMap<ConnId, Vec<(i64, Frame)>>>,
 }
 
 /// Local connections and room membership.
@@ -105,22 +108,62 @@ impl Hub {
             .unwrap_or(0)
     }
 
-    /// Adds a member and queues `frame` to it atomically with respect to deliveries, so the
-    /// member sees `frame` before any of the room's messages. `last_seq` is the room's newest
-    /// message when the member joined: the first local member starts delivery after it.
-    pub fn join(&self, room: RoomId, conn: ConnId, frame: Frame, last_seq: Seq) {
+    /// Adds a member whose live frames are held back until [`Hub::finish_catch_up`]. The first
+    /// local member starts the room's delivery after `last_seq`, the room's newest message.
+    pub fn join_catching_up(&self, room: RoomId, conn: ConnId, last_seq: Seq) {
         let Ok(mut rooms) = self.rooms.write() else {
             return;
         };
-        rooms
-            .entry(room)
-            .or_insert_with(|| LocalRoom {
-                members: HashSet::new(),
-                delivered: AtomicI64::new(last_seq.0),
-            })
-            .members
-            .insert(conn);
-        self.push_to(conn, frame);
+        let local = rooms.entry(room).or_insert_with(|| LocalRoom {
+            members: HashSet::new(),
+            delivered: AtomicI64::new(last_seq.0),
+            catching_up: Mutex::new(HashMap::new()),
+        });
+        local.members.insert(conn);
+        if let Ok(mut waiting) = local.catching_up.lock() {
+            waiting.insert(conn, Vec::new());
+        };
+    }
+
+    /// Queues `joined`, then the missed messages, then the live frames held back since
+    /// [`Hub::join_catching_up`] that come after `live_after`; from then on the member gets live
+    /// frames directly. Done under the lock deliveries take, so nothing interleaves.
+    pub fn finish_catch_up(
+        &self,
+        room: RoomId,
+        conn: ConnId,
+        joined: Frame,
+        missed: Vec<ChatMessage>,
+        live_after: Seq,
+    ) {
+        let Ok(rooms) = self.rooms.read() else {
+            return;
+        };
+        let Some(local) = rooms.get(&room) else {
+            return;
+        };
+        // Same lock order as deliveries: rooms, connections, then the held frames.
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        let Ok(mut waiting) = local.catching_up.lock() else {
+            return;
+        };
+        let held = waiting.remove(&conn).unwrap_or_default();
+        let Some(outbox) = connections.get(&conn) else {
+            return;
+        };
+        outbox.push(joined);
+        let mut last = live_after.0;
+        for message in missed {
+            last = last.max(message.seq.0);
+            outbox.push(frame(&ServerFrame::Message(message)));
+        }
+        for (seq, held_frame) in held {
+            if seq > last {
+                outbox.push(held_frame);
+            }
+        }
     }
 
     /// Removes a member; returns how many local members remain.
@@ -132,6 +175,9 @@ impl Hub {
             return 0;
         };
         local.members.remove(&conn);
+        if let Ok(mut waiting) = local.catching_up.lock() {
+            waiting.remove(&conn);
+        }
         let remaining = local.members.len();
         if remaining == 0 {
             rooms.remove(&room);
@@ -186,7 +232,14 @@ impl Hub {
             }
             let shared = frame(&ServerFrame::Message(message));
             let mut delivered = 0;
+            let Ok(mut waiting) = local.catching_up.lock() else {
+                return;
+            };
             for member in &local.members {
+                if let Some(held) = waiting.get_mut(member) {
+                    held.push((seq.0, shared.clone()));
+                    continue;
+                }
                 if let Some(outbox) = connections.get(member) {
                     if outbox.push(shared.clone()) {
                         delivered += 1;

@@ -10,7 +10,10 @@ use crate::bus::BusError;
 use crate::directory::Access;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
 use chat_protocol::bus::{IngestMessage, Origin};
-use chat_protocol::{ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, ServerFrame, UserId};
+use chat_protocol::frame::Resume;
+use chat_protocol::{
+    ChatMessage, ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, Seq, ServerFrame, UserId,
+};
 use futures::{SinkExt, StreamExt};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -26,6 +29,9 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOO_SLOW: u16 = 1008;
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
+/// Most missed messages a resume sends; beyond it the client reloads recent history instead.
+/// Well under the outbox's capacity, so a resume never trips the slow-client rule.
+pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 
 struct Session {
     app: Arc<App>,
@@ -172,7 +178,7 @@ impl Session {
             Err(error) => return self.reply_error(&error),
         };
         let result = match frame {
-            ClientFrame::Join { room_id } => self.join(room_id).await,
+            ClientFrame::Join { room_id, after } => self.join(room_id, after).await,
             ClientFrame::Leave { room_id } => self.leave(room_id).await,
             ClientFrame::Send {
                 room_id,
@@ -185,9 +191,14 @@ impl Session {
         }
     }
 
-    /// Subscribes the connection to a room the user is a member of. Rooms that do not exist
-    /// and rooms the user is not in get the same answer.
-    async fn join(&mut self, room_id: RoomId) -> Result<(), FrameError> {
+    /// Subscribes the connection to a room the user is a member of, after sending what was
+    /// missed since `after` when asked. Rooms that do not exist and rooms the user is not in get
+    /// the same answer.
+    ///
+    /// Gap-free: the connection is added to the room (its live frames held back) before the
+    /// room's newest sequence number is read, so every message is either at or below that number
+    /// (read from the store) or arrives live after it (held, then released in order).
+    async fn join(&mut self, room_id: RoomId, after: Option<Seq>) -> Result<(), FrameError> {
         let access = self
             .app
             .directory
@@ -197,37 +208,96 @@ impl Session {
         let Access::Member(info, _) = access else {
             return Err(not_member(room_id, None));
         };
+        if self.rooms.contains(&room_id) {
+            // Joining again is a resume on the same connection: start over cleanly.
+            self.leave_room(room_id).await;
+            self.rooms.remove(&room_id);
+        }
+        let starting_seq = self
+            .app
+            .store
+            .last_seq(room_id)
+            .await
+            .map_err(|error| internal("could not load the room", &error))?;
+        {
+            let lock = self.app.hub.membership_lock(room_id);
+            let _guard = lock.lock().await;
+            if self.app.hub.local_members(room_id) == 0 {
+                match self.app.bus.bind_room(room_id).await {
+                    // The room is remembered and bound again as soon as RabbitMQ is back.
+                    Ok(()) | Err(BusError::NotConnected) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, %room_id, "binding the node queue failed");
+                        return Err(unavailable(None));
+                    }
+                }
+            }
+            self.app
+                .hub
+                .join_catching_up(room_id, self.conn, starting_seq);
+            self.rooms.insert(room_id);
+        }
+        match self.catch_up(room_id, after).await {
+            Ok((last_seq, missed, resume)) => {
+                let joined = hub::frame(&ServerFrame::Joined {
+                    room_id,
+                    room: info.name,
+                    last_seq,
+                    resume,
+                });
+                let live_after = Seq(last_seq.0.max(after.map_or(0, |a| a.0)));
+                self.app
+                    .hub
+                    .finish_catch_up(room_id, self.conn, joined, missed, live_after);
+                Ok(())
+            }
+            Err(error) => {
+                self.rooms.remove(&room_id);
+                self.leave_room(room_id).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// The room's newest sequence number, and what the client missed after `after`.
+    async fn catch_up(
+        &self,
+        room_id: RoomId,
+        after: Option<Seq>,
+    ) -> Result<(Seq, Vec<ChatMessage>, Option<Resume>), FrameError> {
         let last_seq = self
             .app
             .store
             .last_seq(room_id)
             .await
             .map_err(|error| internal("could not load the room", &error))?;
-        let room = info.name;
-        let joined = hub::frame(&ServerFrame::Joined {
-            room_id,
-            room,
-            last_seq,
-        });
-        if self.rooms.contains(&room_id) {
-            self.app.hub.push_to(self.conn, joined);
-            return Ok(());
+        let Some(after) = after else {
+            return Ok((last_seq, Vec::new(), None));
+        };
+        let missed = (last_seq.0 - after.0).max(0);
+        if missed > MAX_RESUME_MESSAGES {
+            let resume = Resume {
+                after,
+                missed,
+                complete: false,
+            };
+            return Ok((last_seq, Vec::new(), Some(resume)));
         }
-        let lock = self.app.hub.membership_lock(room_id);
-        let _guard = lock.lock().await;
-        if self.app.hub.local_members(room_id) == 0 {
-            match self.app.bus.bind_room(room_id).await {
-                // The room is remembered and bound again as soon as RabbitMQ is back.
-                Ok(()) | Err(BusError::NotConnected) => {}
-                Err(error) => {
-                    tracing::warn!(%error, %room_id, "binding the node queue failed");
-                    return Err(unavailable(None));
-                }
-            }
-        }
-        self.app.hub.join(room_id, self.conn, joined, last_seq);
-        self.rooms.insert(room_id);
-        Ok(())
+        let messages = if missed == 0 {
+            Vec::new()
+        } else {
+            self.app
+                .store
+                .messages_after(room_id, after, missed)
+                .await
+                .map_err(|error| internal("could not read missed messages", &error))?
+        };
+        let resume = Resume {
+            after,
+            missed,
+            complete: true,
+        };
+        Ok((last_seq, messages, Some(resume)))
     }
 
     async fn leave(&mut self, room_id: RoomId) -> Result<(), FrameError> {

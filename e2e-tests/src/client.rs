@@ -142,7 +142,11 @@ impl WsClient {
 
     /// Subscribes this connection to a room the user is a member of.
     pub async fn subscribe(&mut self, room_id: RoomId) -> anyhow::Result<(RoomId, Seq)> {
-        self.send(&ClientFrame::Join { room_id }).await?;
+        self.send(&ClientFrame::Join {
+            room_id,
+            after: None,
+        })
+        .await?;
         self.recv_until(|frame| match frame {
             ServerFrame::Joined {
                 room_id: joined,
@@ -152,6 +156,33 @@ impl WsClient {
             ServerFrame::Error { code, message, .. } => Some(Err(anyhow!(
                 "subscribing to {room_id} failed: {code}: {message}"
             ))),
+            _ => None,
+        })
+        .await?
+    }
+
+    /// Resumes a room after `after`: sends `join` with it and returns the `joined` frame's
+    /// newest sequence number and resume report. Missed messages follow as `message` frames.
+    pub async fn resume(
+        &mut self,
+        room_id: RoomId,
+        after: Seq,
+    ) -> anyhow::Result<(Seq, Option<chat_protocol::frame::Resume>)> {
+        self.send(&ClientFrame::Join {
+            room_id,
+            after: Some(after),
+        })
+        .await?;
+        self.recv_until(|frame| match frame {
+            ServerFrame::Joined {
+                room_id: joined,
+                last_seq,
+                resume,
+                ..
+            } if *joined == room_id => Some(Ok((*last_seq, *resume))),
+            ServerFrame::Error { code, message, .. } => {
+                Some(Err(anyhow!("resuming {room_id} failed: {code}: {message}")))
+            }
             _ => None,
         })
         .await?

@@ -117,7 +117,14 @@ pub async fn join(
 
 /// Follows a room the user is already a member of on this connection (after a reconnect).
 pub async fn follow(session: &mut Session, room_id: RoomId) -> anyhow::Result<JoinedRoom> {
-    send_frame(&mut session.socket, &ClientFrame::Join { room_id }).await?;
+    send_frame(
+        &mut session.socket,
+        &ClientFrame::Join {
+            room_id,
+            after: None,
+        },
+    )
+    .await?;
     recv_until(&mut session.socket, |frame| match frame {
         ServerFrame::Joined {
             room_id: joined,

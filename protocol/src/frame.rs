@@ -10,8 +10,14 @@ use std::fmt;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Start receiving a room's new messages on this connection. The user must be a member
-    /// (rooms are joined, created and left over the REST API).
-    Join { room_id: RoomId },
+    /// (rooms are joined, created and left over the REST API). With `after`, the server first
+    /// sends every message after that sequence number (a resume), then the live stream, with
+    /// nothing skipped and nothing twice.
+    Join {
+        room_id: RoomId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Seq>,
+    },
     /// Stop receiving a room's messages on this connection.
     Leave { room_id: RoomId },
     /// Send a message to a joined room.
@@ -54,6 +60,9 @@ pub enum ServerFrame {
         room: String,
         /// The sequence number of the room's newest stored message (0 when empty).
         last_seq: Seq,
+        /// The answer to a resume (`join` with `after`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Resume>,
     },
     /// The answer to `leave`.
     Left { room_id: RoomId },
@@ -82,6 +91,18 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+}
+
+/// How a resume went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The sequence number the client asked to resume after.
+    pub after: Seq,
+    /// Messages missed since `after` (those up to `last_seq`).
+    pub missed: i64,
+    /// True when every missed message follows this frame. False when too many were missed: the
+    /// client should reload the room's recent history instead; live messages follow either way.
+    pub complete: bool,
 }
 
 /// Stable error codes. Clients match on these, never on the message text.
@@ -407,7 +428,10 @@ mod tests {
     fn parses_every_client_frame() {
         assert_eq!(
             ClientFrame::parse(r#"{"type":"join","room_id":3}"#),
-            Ok(ClientFrame::Join { room_id: RoomId(3) })
+            Ok(ClientFrame::Join {
+                room_id: RoomId(3),
+                after: None
+            })
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"leave","room_id":3}"#),

@@ -70,7 +70,14 @@ pub async fn join(socket: &mut WebSocket, room_id: RoomId) -> Result<Membership,
             _ => continue,
         }
     };
-    send(socket, &ClientFrame::Join { room_id }).await?;
+    send(
+        socket,
+        &ClientFrame::Join {
+            room_id,
+            after: None,
+        },
+    )
+    .await?;
     loop {
         match receive(socket).await? {
             ServerFrame::Joined { room_id, room, .. } => {

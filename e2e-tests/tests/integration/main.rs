@@ -11,5 +11,6 @@ mod pipeline_failures;
 mod pipeline_order;
 mod profiles_cache;
 mod rate_limits;
+mod resume;
 mod rooms;
 mod two_nodes;
