@@ -12,7 +12,8 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use tokio::sync::oneshot;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "chat_session";
@@ -78,18 +79,18 @@ pub fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
-/// Hashes a password with argon2id (the crate's default parameters) on the blocking pool.
+/// Hashes a password with argon2id (the crate's default parameters) on a password thread.
 pub async fn hash_password(password: String) -> Result<String, PasswordError> {
-    spawn_blocking(move || hash_password_now(&password)).await?
+    on_password_thread(move || hash_password_now(&password)).await?
 }
 
-/// Checks a password against a stored hash on the blocking pool. With no hash (an unknown user)
+/// Checks a password against a stored hash on a password thread. With no hash (an unknown user)
 /// it checks against a fixed one, so the answer takes as long either way.
 pub async fn verify_password(
     password: String,
     hash: Option<String>,
 ) -> Result<bool, PasswordError> {
-    spawn_blocking(move || {
+    on_password_thread(move || {
         let known_user = hash.is_some();
         let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
         let parsed = PasswordHash::new(hash).map_err(|e| PasswordError(e.to_string()))?;
@@ -106,9 +107,9 @@ pub async fn verify_password(
 #[error("password hashing failed: {0}")]
 pub struct PasswordError(String);
 
-impl From<tokio::task::JoinError> for PasswordError {
-    fn from(error: tokio::task::JoinError) -> Self {
-        PasswordError(error.to_string())
+impl From<oneshot::error::RecvError> for PasswordError {
+    fn from(_: oneshot::error::RecvError) -> Self {
+        PasswordError("the password thread stopped".into())
     }
 }
 
@@ -125,15 +126,58 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password_now("not a password anyone has").unwrap_or_default())
 }
 
-async fn spawn_blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || {
-        let _entered = span.enter();
-        work()
+/// Threads that hash and verify passwords.
+///
+/// argon2id uses 19 MiB per hash. On tokio's blocking pool each hash may land on a different
+/// thread, and glibc keeps each thread's freed memory in that thread's arena: a node grew by
+/// about 17 MiB per sign-up. A fixed pair of threads bounds that memory (and the CPU a sign-up
+/// storm can take); further hashes wait their turn.
+const PASSWORD_THREADS: usize = 2;
+
+type PasswordJob = Box<dyn FnOnce() + Send>;
+
+fn password_queue() -> &'static Mutex<std::sync::mpsc::Sender<PasswordJob>> {
+    static QUEUE: OnceLock<Mutex<std::sync::mpsc::Sender<PasswordJob>>> = OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<PasswordJob>();
+        let receiver = std::sync::Arc::new(Mutex::new(receiver));
+        for index in 0..PASSWORD_THREADS {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-{index}"))
+                .spawn(move || loop {
+                    let job = match receiver.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a password thread");
+            }
+        }
+        Mutex::new(sender)
     })
-    .await
+}
+
+async fn on_password_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, oneshot::error::RecvError> {
+    let span = tracing::Span::current();
+    let (answer, outcome) = oneshot::channel();
+    let job: PasswordJob = Box::new(move || {
+        let _entered = span.enter();
+        let _ = answer.send(work());
+    });
+    if let Ok(queue) = password_queue().lock() {
+        // A send fails only when every password thread failed to start; the dropped answer
+        // then reports the failure below.
+        let _ = queue.send(job);
+    }
+    outcome.await
 }
 
 /// The `Set-Cookie` value that stores a session in the browser.

@@ -8,12 +8,15 @@
 
 use crate::app::App;
 use chat_protocol::bus::Delivery;
-use chat_protocol::{RoomId, Seq};
+use chat_protocol::{RoomId, Seq, ServerFrame};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Most messages read from PostgreSQL to fill one gap; a longer gap is left to the client's resume.
 const MAX_GAP_FILL: i64 = 1_000;
+
+/// How long a typing indicator shows without renewal. Senders renew every 2 s while typing.
+pub const TYPING_EXPIRES_MS: u64 = 5_000;
 
 /// What the fan-out task is asked to do.
 pub enum FanoutEvent {
@@ -40,6 +43,21 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
             }
             FanoutEvent::Delivery(Delivery::Duplicates { receipts }) => {
                 app.hub.answer_duplicates(&receipts);
+            }
+            FanoutEvent::Delivery(Delivery::Typing {
+                room_id,
+                user_id,
+                name,
+                origin,
+            }) => {
+                let frame = ServerFrame::Typing {
+                    room_id,
+                    user_id,
+                    name,
+                    expires_in_ms: TYPING_EXPIRES_MS,
+                };
+                let except = (origin.node_id == app.node_id()).then_some(origin.conn_id);
+                app.hub.broadcast(room_id, &frame, except);
             }
             FanoutEvent::Resync => {
                 for room_id in app.hub.rooms() {

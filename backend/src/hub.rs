@@ -252,6 +252,29 @@ impl Hub {
         }
     }
 
+    /// Queues an ephemeral frame to a room's local members, except one connection. Members
+    /// still catching up skip it: it would be stale by the time they are live.
+    pub fn broadcast(&self, room_id: RoomId, event: &ServerFrame, except: Option<ConnId>) {
+        let Ok(rooms) = self.rooms.read() else {
+            return;
+        };
+        let Some(local) = rooms.get(&room_id) else {
+            return;
+        };
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        let shared = frame(event);
+        for member in &local.members {
+            if Some(*member) == except {
+                continue;
+            }
+            if let Some(outbox) = connections.get(member) {
+                outbox.push(shared.clone());
+            }
+        }
+    }
+
     /// Answers resends whose sending connection is on this node.
     pub fn answer_duplicates(&self, receipts: &[DuplicateReceipt]) {
         for receipt in receipts {

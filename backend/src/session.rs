@@ -9,13 +9,13 @@ use crate::auth::Identity;
 use crate::bus::BusError;
 use crate::directory::Access;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
-use chat_protocol::bus::{IngestMessage, Origin};
+use chat_protocol::bus::{Delivery, IngestMessage, Origin};
 use chat_protocol::frame::Resume;
 use chat_protocol::{
     ChatMessage, ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, Seq, ServerFrame, UserId,
 };
 use futures::{SinkExt, StreamExt};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +32,8 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most missed messages a resume sends; beyond it the client reloads recent history instead.
 /// Well under the outbox's capacity, so a resume never trips the slow-client rule.
 pub const MAX_RESUME_MESSAGES: i64 = 1_000;
+/// Least time between two typing indicators forwarded for one room and connection.
+const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Session {
     app: Arc<App>,
@@ -41,6 +43,8 @@ struct Session {
     name: String,
     peer: Option<IpAddr>,
     rooms: HashSet<RoomId>,
+    /// When a typing indicator was last forwarded, per room.
+    typing_sent: HashMap<RoomId, Instant>,
     replies: mpsc::Sender<Frame>,
 }
 
@@ -69,6 +73,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
         name: identity.user.display_name,
         peer,
         rooms: HashSet::new(),
+        typing_sent: HashMap::new(),
         replies: frames_tx,
     };
     session.reply(&ServerFrame::Welcome {
@@ -180,6 +185,7 @@ impl Session {
         let result = match frame {
             ClientFrame::Join { room_id, after } => self.join(room_id, after).await,
             ClientFrame::Leave { room_id } => self.leave(room_id).await,
+            ClientFrame::Typing { room_id } => self.typing(room_id).await,
             ClientFrame::Send {
                 room_id,
                 client_msg_id,
@@ -298,6 +304,34 @@ impl Session {
             complete: true,
         };
         Ok((last_seq, messages, Some(resume)))
+    }
+
+    /// Forwards a typing indicator to the room's other members, at most one per interval.
+    async fn typing(&mut self, room_id: RoomId) -> Result<(), FrameError> {
+        if !self.rooms.contains(&room_id) {
+            return Err(not_joined(room_id, None));
+        }
+        let now = Instant::now();
+        if let Some(last) = self.typing_sent.get(&room_id) {
+            if now.duration_since(*last) < TYPING_INTERVAL {
+                return Ok(());
+            }
+        }
+        self.typing_sent.insert(room_id, now);
+        let event = Delivery::Typing {
+            room_id,
+            user_id: self.user_id,
+            name: self.name.clone(),
+            origin: Origin {
+                node_id: self.app.node_id().to_owned(),
+                conn_id: self.conn,
+            },
+        };
+        if let Err(error) = self.app.bus.publish_ephemeral(room_id, &event).await {
+            // Best effort by design: a lost indicator is renewed by the next keystroke.
+            tracing::debug!(%error, "typing indicator dropped");
+        }
+        Ok(())
     }
 
     async fn leave(&mut self, room_id: RoomId) -> Result<(), FrameError> {

@@ -76,6 +76,13 @@ pub enum Delivery {
     },
     /// Answers to resends, routed to the node the resend came through.
     Duplicates { receipts: Vec<DuplicateReceipt> },
+    /// Someone is typing in a room: ephemeral, published without persistence, never stored.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        name: String,
+        origin: Origin,
+    },
 }
 
 #[cfg(test)]

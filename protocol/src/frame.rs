@@ -20,6 +20,9 @@ pub enum ClientFrame {
     },
     /// Stop receiving a room's messages on this connection.
     Leave { room_id: RoomId },
+    /// The user is typing in a joined room. Send it while typing; the server forwards at most
+    /// one every 2 seconds per room, and others show it until `expires_in_ms` passes.
+    Typing { room_id: RoomId },
     /// Send a message to a joined room.
     Send {
         room_id: RoomId,
@@ -29,7 +32,7 @@ pub enum ClientFrame {
 }
 
 /// The `type` values a client may send.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["join", "leave", "send"];
+pub const CLIENT_FRAME_TYPES: &[&str] = &["join", "leave", "send", "typing"];
 
 /// A stored chat message as every member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +84,13 @@ pub enum ServerFrame {
     },
     /// A new message in a joined room.
     Message(ChatMessage),
+    /// Someone else in a joined room is typing; forget it after `expires_in_ms` unless renewed.
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        name: String,
+        expires_in_ms: u64,
+    },
     /// Something the client sent could not be handled. The connection stays usable.
     Error {
         code: ErrorCode,
@@ -319,7 +329,9 @@ impl ClientFrame {
 
     fn validate(&self) -> Result<(), FrameError> {
         match self {
-            ClientFrame::Join { .. } | ClientFrame::Leave { .. } => Ok(()),
+            ClientFrame::Join { .. } | ClientFrame::Leave { .. } | ClientFrame::Typing { .. } => {
+                Ok(())
+            }
             ClientFrame::Send {
                 client_msg_id,
                 body,

@@ -418,6 +418,28 @@ impl Bus {
             .await?)
     }
 
+    /// Publishes an ephemeral event to a room's nodes: not persistent, no confirm awaited, and
+    /// dropped while RabbitMQ is away.
+    pub async fn publish_ephemeral(&self, room: RoomId, event: &Delivery) -> Result<(), BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        if !self.is_ready() {
+            return Err(BusError::NotConnected);
+        }
+        let payload = serde_json::to_vec(event).unwrap_or_default();
+        // The confirm is dropped unawaited: an ephemeral event is worth no wait.
+        let _confirm = session
+            .publish
+            .basic_publish(
+                &self.inner.names.delivery_exchange(),
+                &Names::room_key(room),
+                BasicPublishOptions::default(),
+                &payload,
+                transient_json(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Binds the node queue to a room. Remembered, so a reconnect binds it again.
     pub async fn bind_room(&self, room: RoomId) -> Result<(), BusError> {
         if let Ok(mut rooms) = self.inner.rooms.lock() {

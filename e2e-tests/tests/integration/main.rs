@@ -14,3 +14,4 @@ mod rate_limits;
 mod resume;
 mod rooms;
 mod two_nodes;
+mod typing;
