@@ -4,6 +4,7 @@
 //! - `conn`: WebSockets to the nodes from several loopback source addresses.
 //! - `identity`: signing in and joining rooms — the only module that knows how (see there).
 //! - `stats`: counters, HDR latency histograms, per-room sequence checks.
+//! - `database`: what PostgreSQL stored, for the storm workload's loss check.
 //! - `procstat`: CPU and memory of the processes involved, from /proc.
 //! - `rooms`, `idle`, `storm`: the workloads; each returns a [`report::RunReport`].
 //! - `report`: the JSON report, the progress bar and the latency-over-time plot.
@@ -12,6 +13,7 @@
 //! Workloads are library functions so a test can run one against in-process nodes.
 
 pub mod conn;
+pub mod database;
 pub mod identity;
 pub mod idle;
 pub mod procstat;
