@@ -43,6 +43,8 @@ pub struct Node {
 pub struct Target {
     pub nodes: Vec<Node>,
     pub dialer: Arc<Dialer>,
+    /// Accounts to reuse instead of signing up again.
+    pub accounts: Arc<identity::AccountBook>,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
 }
@@ -65,7 +67,7 @@ impl Target {
     }
 }
 
-/// A short id that makes this run's user and room names unique in a reused database.
+/// A short id that makes this run's room names unique in a reused database.
 pub fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

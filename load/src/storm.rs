@@ -27,6 +27,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+/// Accounts the observers are spread over.
+const OBSERVER_ACCOUNTS: usize = 20;
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StormConfig {
     pub clients: usize,
@@ -105,8 +108,14 @@ pub async fn run_storm(
     let mut room_ids = Vec::new();
     for room in 0..rooms {
         let node = survivors[room % survivors.len()];
-        let mut session =
-            identity::sign_in(&target.dialer, node, &format!("{run}-o{room}")).await?;
+        let mut session = identity::sign_in(
+            &target.dialer,
+            &target.accounts,
+            node,
+            // Observers share a few accounts: each is still its own connection.
+            &format!("load-o{}", room % OBSERVER_ACCOUNTS),
+        )
+        .await?;
         let joined = identity::join(&target.dialer, &mut session, &room_name(room)).await?;
         room_ids.push(joined.room_id.0);
         observers.push((session, joined));
@@ -115,8 +124,10 @@ pub async fn run_storm(
     let accounts: Vec<Account> =
         futures::stream::iter(0..config.accounts.clamp(1, config.clients.max(1)))
             .map(|n| {
-                let name = format!("{run}-a{n}");
-                async move { identity::sign_up(&target.dialer, victim.addr, &name).await }
+                let name = format!("load-a{n}");
+                async move {
+                    identity::sign_up(&target.dialer, &target.accounts, victim.addr, &name).await
+                }
             })
             .buffer_unordered(16)
             .try_collect()
