@@ -2,6 +2,7 @@
 //! works end to end, and under load every member sees every message once, in order.
 //! Not a benchmark: nothing here is timed.
 
+use chat_load::identity::AccountBook;
 use chat_load::{run_rooms, Dialer, Node, Pace, RoomsConfig, Target};
 use e2e_tests::{TestEnv, TestNode};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
                 pid: None,
             })
             .collect(),
+        accounts: Arc::new(AccountBook::default()),
         dialer: Arc::new(Dialer::loopback(2)),
         progress: false,
     };

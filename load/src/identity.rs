@@ -14,13 +14,16 @@ use chat_protocol::api::{
 };
 use chat_protocol::{ClientFrame, RoomId, Seq, ServerFrame, UserId};
 use reqwest::StatusCode;
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Every load user's password (the tool's users live in a benchmark database).
 const PASSWORD: &str = "load-test-password";
 
 /// A user with a session token, usable for any number of connections to any node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     pub user_id: UserId,
     pub username: String,
@@ -41,8 +44,64 @@ pub struct JoinedRoom {
     pub last_seq: Seq,
 }
 
-/// Registers `username` through `node`'s REST API, or logs in if the name is taken.
-pub async fn sign_up(dialer: &Dialer, node: SocketAddr, username: &str) -> anyhow::Result<Account> {
+/// Accounts already signed up, kept in a file between runs of the tool: a node hashes each
+/// password with argon2 on purpose, and a benchmark of chat traffic should not pay for that on
+/// every run (nor grow the nodes' memory with it).
+#[derive(Debug, Default)]
+pub struct AccountBook {
+    path: Option<PathBuf>,
+    accounts: Mutex<HashMap<String, Account>>,
+}
+
+impl AccountBook {
+    /// A book kept in `path` (empty if the file does not exist yet).
+    pub fn open(path: &Path) -> anyhow::Result<AccountBook> {
+        let accounts = match std::fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("{} is not an account book", path.display()))?,
+            Err(_) => HashMap::new(),
+        };
+        Ok(AccountBook {
+            path: Some(path.to_owned()),
+            accounts: Mutex::new(accounts),
+        })
+    }
+
+    fn get(&self, username: &str) -> Option<Account> {
+        self.accounts.lock().ok()?.get(username).cloned()
+    }
+
+    fn insert(&self, account: &Account) {
+        if let Ok(mut accounts) = self.accounts.lock() {
+            accounts.insert(account.username.clone(), account.clone());
+        }
+    }
+
+    /// Writes the book back to its file, if it has one.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let text = match self.accounts.lock() {
+            Ok(accounts) => serde_json::to_string(&*accounts)?,
+            Err(_) => bail!("the account book is poisoned"),
+        };
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+}
+
+/// The account `username`, from the book, else registered through `node`'s REST API (or
+/// logged in if the name is taken).
+pub async fn sign_up(
+    dialer: &Dialer,
+    book: &AccountBook,
+    node: SocketAddr,
+    username: &str,
+) -> anyhow::Result<Account> {
+    if let Some(account) = book.get(username) {
+        return Ok(account);
+    }
     let http = dialer.http();
     let register = RegisterRequest {
         username: username.to_owned(),
@@ -68,11 +127,13 @@ pub async fn sign_up(dialer: &Dialer, node: SocketAddr, username: &str) -> anyho
         response
     };
     let info: SessionInfo = answer(response, "sign-up").await?;
-    Ok(Account {
+    let account = Account {
         user_id: info.profile.user_id,
         username: username.to_owned(),
         token: info.token,
-    })
+    };
+    book.insert(&account);
+    Ok(account)
 }
 
 /// Opens a WebSocket to `node` as `account` and waits for `welcome`.
@@ -98,8 +159,13 @@ pub async fn connect(
 }
 
 /// [`sign_up`] then [`connect`].
-pub async fn sign_in(dialer: &Dialer, node: SocketAddr, username: &str) -> anyhow::Result<Session> {
-    let account = sign_up(dialer, node, username).await?;
+pub async fn sign_in(
+    dialer: &Dialer,
+    book: &AccountBook,
+    node: SocketAddr,
+    username: &str,
+) -> anyhow::Result<Session> {
+    let account = sign_up(dialer, book, node, username).await?;
     connect(dialer, node, &account).await
 }
 

@@ -44,15 +44,19 @@ pub async fn run_idle(
         .nodes
         .get(config.node)
         .ok_or_else(|| anyhow::anyhow!("no node {}", config.node))?;
-    let run = crate::run_id();
     let cpu = CpuMeter::start(target.watched());
+    // Sign up through another node when there is one: password hashing grows the heap of
+    // the node that does it, and freed heap would then absorb the connections' memory.
+    let sign_up_at = target.nodes[(config.node + 1) % target.nodes.len()].addr;
     // Connections share a few accounts: registering is slow on purpose (argon2), and what is
     // measured is the cost of a connection, not of a user.
     let accounts: Vec<Account> =
         futures::stream::iter(0..config.accounts.clamp(1, config.connections.max(1)))
             .map(|n| {
-                let name = format!("{run}-i{n}");
-                async move { identity::sign_up(&target.dialer, node.addr, &name).await }
+                let name = format!("load-i{n}");
+                async move {
+                    identity::sign_up(&target.dialer, &target.accounts, sign_up_at, &name).await
+                }
             })
             .buffer_unordered(16)
             .try_collect()

@@ -4,6 +4,7 @@
 //! - `conn`: WebSockets to the nodes from several loopback source addresses.
 //! - `identity`: signing in and joining rooms — the only module that knows how (see there).
 //! - `stats`: counters, HDR latency histograms, per-room sequence checks.
+//! - `database`: what PostgreSQL stored, for the storm workload's loss check.
 //! - `procstat`: CPU and memory of the processes involved, from /proc.
 //! - `rooms`, `idle`, `storm`: the workloads; each returns a [`report::RunReport`].
 //! - `report`: the JSON report, the progress bar and the latency-over-time plot.
@@ -12,6 +13,7 @@
 //! Workloads are library functions so a test can run one against in-process nodes.
 
 pub mod conn;
+pub mod database;
 pub mod identity;
 pub mod idle;
 pub mod procstat;
@@ -41,6 +43,8 @@ pub struct Node {
 pub struct Target {
     pub nodes: Vec<Node>,
     pub dialer: Arc<Dialer>,
+    /// Accounts to reuse instead of signing up again.
+    pub accounts: Arc<identity::AccountBook>,
     /// Draw a progress bar on the terminal.
     pub progress: bool,
 }
@@ -63,7 +67,7 @@ impl Target {
     }
 }
 
-/// A short id that makes this run's user and room names unique in a reused database.
+/// A short id that makes this run's room names unique in a reused database.
 pub fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

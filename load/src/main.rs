@@ -1,6 +1,7 @@
 //! `chat-load`: runs one workload against running chat nodes and writes its report.
 
 use anyhow::{bail, Context};
+use chat_load::identity::AccountBook;
 use chat_load::idle::{run_idle, IdleConfig};
 use chat_load::storm::{run_storm, StormConfig};
 use chat_load::{report, run_rooms, Dialer, Node, Pace, RoomsConfig, RunReport, Target};
@@ -38,6 +39,10 @@ struct Common {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// A file of accounts to reuse between runs (created if missing), so that runs do not
+    /// sign up (and hash passwords) again.
+    #[arg(long)]
+    accounts: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -115,14 +120,20 @@ fn target(common: &Common) -> anyhow::Result<Target> {
     let nodes = (common.nodes.iter().enumerate())
         .map(|(i, text)| parse_node(i, text))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let accounts = match &common.accounts {
+        Some(path) => AccountBook::open(path)?,
+        None => AccountBook::default(),
+    };
     Ok(Target {
         nodes,
+        accounts: Arc::new(accounts),
         dialer: Arc::new(Dialer::loopback(common.sources)),
         progress: !common.quiet,
     })
 }
 
-fn finish(common: &Common, report: &RunReport) -> anyhow::Result<()> {
+fn finish(common: &Common, target: &Target, report: &RunReport) -> anyhow::Result<()> {
+    target.accounts.save()?;
     println!("{}", report.summary());
     if !report.extra.is_null() {
         println!("  {}", report.extra);
@@ -130,7 +141,8 @@ fn finish(common: &Common, report: &RunReport) -> anyhow::Result<()> {
     if let Some(path) = &common.json {
         report.save_json(path)?;
     }
-    if let Some(path) = &common.svg {
+    // A run without traffic (idle) has no latency to draw.
+    if let (Some(path), false) = (&common.svg, report.timeline.is_empty()) {
         report::plot_svg(report, path)?;
     }
     Ok(())
@@ -161,8 +173,9 @@ async fn main() -> anyhow::Result<()> {
                 ..RoomsConfig::default()
             };
             let label = common.label.clone().unwrap_or_else(|| "rooms".into());
-            let report = run_rooms(&target(&common)?, &config, &label).await?;
-            finish(&common, &report)
+            let target = target(&common)?;
+            let report = run_rooms(&target, &config, &label).await?;
+            finish(&common, &target, &report)
         }
         Workload::Idle {
             common,
@@ -180,8 +193,9 @@ async fn main() -> anyhow::Result<()> {
                 accounts: 100,
             };
             let label = common.label.clone().unwrap_or_else(|| "idle".into());
-            let report = run_idle(&target(&common)?, &config, &label).await?;
-            finish(&common, &report)
+            let target = target(&common)?;
+            let report = run_idle(&target, &config, &label).await?;
+            finish(&common, &target, &report)
         }
         Workload::Storm {
             common,
@@ -204,8 +218,9 @@ async fn main() -> anyhow::Result<()> {
                 database_url,
             };
             let label = common.label.clone().unwrap_or_else(|| "storm".into());
-            let report = run_storm(&target(&common)?, &config, &label).await?;
-            finish(&common, &report)
+            let target = target(&common)?;
+            let report = run_storm(&target, &config, &label).await?;
+            finish(&common, &target, &report)
         }
         Workload::Tables { reports } => {
             if reports.is_empty() {

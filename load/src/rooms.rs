@@ -42,6 +42,10 @@ pub struct RoomsConfig {
     pub body_bytes: usize,
     /// Sign-ins and joins in flight at once during set-up.
     pub setup_concurrency: usize,
+    /// Accounts the users are drawn from (user i is account i mod this). Signing up hashes a
+    /// password with argon2, slow and memory-hungry on purpose; the members of a room are
+    /// distinct accounts as long as `members` ≤ `accounts`.
+    pub accounts: usize,
 }
 
 impl Default for RoomsConfig {
@@ -55,6 +59,7 @@ impl Default for RoomsConfig {
             drain: Duration::from_secs(15),
             body_bytes: 64,
             setup_concurrency: 64,
+            accounts: 200,
         }
     }
 }
@@ -84,7 +89,8 @@ pub async fn run_rooms(
         config.members <= config.users && config.members > 0,
         "a room cannot have more members than there are users"
     );
-    let members = set_up(target, config).await?;
+    let run = crate::run_id();
+    let members = set_up(target, config, &run).await?;
 
     let recorder = Arc::new(Recorder::new());
     let stop = CancellationToken::new();
@@ -117,6 +123,7 @@ pub async fn run_rooms(
                 highest_stored: HashMap::new(),
                 samples: Samples::default(),
                 body_padding: "x".repeat(config.body_bytes.saturating_sub(24).max(1)),
+                id_prefix: format!("{run}-{}-", member.index),
             };
             let first_send = started
                 + match config.pace {
@@ -206,8 +213,7 @@ async fn wait_drained(recorder: &Recorder, config: &RoomsConfig) -> bool {
 }
 
 /// Signs every user in on its node and joins its rooms.
-async fn set_up(target: &Target, config: &RoomsConfig) -> anyhow::Result<Vec<Member>> {
-    let run = crate::run_id();
+async fn set_up(target: &Target, config: &RoomsConfig, run: &str) -> anyhow::Result<Vec<Member>> {
     let mut rooms_of_user: Vec<Vec<usize>> = vec![Vec::new(); config.users];
     for room in 0..config.rooms {
         for k in 0..config.members {
@@ -215,15 +221,20 @@ async fn set_up(target: &Target, config: &RoomsConfig) -> anyhow::Result<Vec<Mem
         }
     }
     let node_count = target.nodes.len();
+    let accounts = config.accounts.max(config.members).max(1);
     let dialer = &*target.dialer;
     let mut members: Vec<Member> = futures::stream::iter(rooms_of_user.into_iter().enumerate())
         .map(|(index, rooms)| {
             let node = index % node_count;
             let addr = target.nodes[node].addr;
-            let run = run.clone();
             async move {
-                let mut session =
-                    identity::sign_in(dialer, addr, &format!("{run}-u{index}")).await?;
+                let mut session = identity::sign_in(
+                    dialer,
+                    &target.accounts,
+                    addr,
+                    &format!("load-u{}", index % accounts),
+                )
+                .await?;
                 let mut joined = Vec::with_capacity(rooms.len());
                 for room in rooms {
                     let room_name = format!("{run}-r{room}");
@@ -260,6 +271,9 @@ struct UserLoop {
     highest_stored: HashMap<usize, i64>,
     samples: Samples,
     body_padding: String,
+    /// Starts every client message id: accounts are reused across runs, and a reused id
+    /// would be taken for a resend.
+    id_prefix: String,
 }
 
 impl UserLoop {
@@ -327,7 +341,7 @@ impl UserLoop {
             let sent_at = now_micros();
             let frame = ClientFrame::Send {
                 room_id,
-                client_msg_id: ClientMsgId(number.to_string()),
+                client_msg_id: ClientMsgId(format!("{}{number}", self.id_prefix)),
                 body: format!("{sent_at}:{}:{}", self.node, self.body_padding),
             };
             self.pending.insert(*number, sent_at);
@@ -387,7 +401,11 @@ impl UserLoop {
     }
 
     fn take_pending(&mut self, client_msg_id: &ClientMsgId) -> Option<u64> {
-        let number = client_msg_id.0.parse::<u64>().ok()?;
+        let number = client_msg_id
+            .0
+            .strip_prefix(&self.id_prefix)?
+            .parse::<u64>()
+            .ok()?;
         self.pending.remove(&number)
     }
 }

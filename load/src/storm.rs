@@ -9,6 +9,7 @@
 //! are not delivered to it and are not counted as lost for it.
 
 use crate::conn::Socket;
+use crate::database::stored_messages;
 use crate::identity::{self, Account, JoinedRoom};
 use crate::procstat::CpuMeter;
 use crate::report::{self, RunReport, SequenceChecks};
@@ -17,7 +18,7 @@ use crate::Target;
 use anyhow::{bail, Context};
 use chat_protocol::{ClientFrame, ClientMsgId, RoomId, ServerFrame, UserId};
 use futures::{SinkExt, StreamExt, TryStreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
+
+/// Accounts the observers are spread over.
+const OBSERVER_ACCOUNTS: usize = 20;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StormConfig {
@@ -104,8 +108,14 @@ pub async fn run_storm(
     let mut room_ids = Vec::new();
     for room in 0..rooms {
         let node = survivors[room % survivors.len()];
-        let mut session =
-            identity::sign_in(&target.dialer, node, &format!("{run}-o{room}")).await?;
+        let mut session = identity::sign_in(
+            &target.dialer,
+            &target.accounts,
+            node,
+            // Observers share a few accounts: each is still its own connection.
+            &format!("load-o{}", room % OBSERVER_ACCOUNTS),
+        )
+        .await?;
         let joined = identity::join(&target.dialer, &mut session, &room_name(room)).await?;
         room_ids.push(joined.room_id.0);
         observers.push((session, joined));
@@ -114,8 +124,10 @@ pub async fn run_storm(
     let accounts: Vec<Account> =
         futures::stream::iter(0..config.accounts.clamp(1, config.clients.max(1)))
             .map(|n| {
-                let name = format!("{run}-a{n}");
-                async move { identity::sign_up(&target.dialer, victim.addr, &name).await }
+                let name = format!("load-a{n}");
+                async move {
+                    identity::sign_up(&target.dialer, &target.accounts, victim.addr, &name).await
+                }
             })
             .buffer_unordered(16)
             .try_collect()
@@ -453,43 +465,4 @@ impl StormClient {
             }
         }
     }
-}
-
-/// The rooms' stored messages, read with `psql`.
-struct Stored {
-    ids: HashSet<(i64, String)>,
-    max_seq: HashMap<i64, i64>,
-}
-
-async fn stored_messages(database_url: &str, room_ids: &[i64]) -> anyhow::Result<Stored> {
-    let list: Vec<String> = room_ids.iter().map(i64::to_string).collect();
-    let query = format!(
-        "SELECT room_id, seq, sender_id, client_msg_id FROM messages WHERE room_id IN ({})",
-        list.join(",")
-    );
-    let output = tokio::process::Command::new("psql")
-        .args([database_url, "-tA", "-F", "\t", "-c", &query])
-        .output()
-        .await
-        .context("cannot run psql")?;
-    if !output.status.success() {
-        bail!("psql failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let mut stored = Stored {
-        ids: HashSet::new(),
-        max_seq: HashMap::new(),
-    };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let fields: Vec<&str> = line.split('\t').collect();
-        if let [room, seq, sender, id] = fields[..] {
-            let (Ok(room), Ok(seq), Ok(sender)) = (room.parse(), seq.parse(), sender.parse())
-            else {
-                continue;
-            };
-            let max = stored.max_seq.entry(room).or_insert(0);
-            *max = (*max).max(seq);
-            stored.ids.insert((sender, id.to_owned()));
-        }
-    }
-    Ok(stored)
 }

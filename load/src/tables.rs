@@ -113,11 +113,18 @@ pub fn tables(reports: &[RunReport]) -> String {
         let c = &r.checks;
         let _ = writeln!(
             out,
-            "| {} | {offered} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} | {} / {} / {} / {}{} | {} |",
+            "| {} | {offered} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} | {} | {} |",
             r.label, r.sent_per_s, r.accepted_per_s, r.deliveries_per_s, a.p50, a.p99,
             d.p50, d.p90, d.p99, d.p999, d.max, r.deliver_remote_latency.p99,
-            c.lost, c.duplicated, c.out_of_order, c.unconfirmed,
-            if r.drained { "" } else { " (not drained)" },
+            if r.drained {
+                format!("{} / {} / {} / {}", c.lost, c.duplicated, c.out_of_order, c.unconfirmed)
+            } else {
+                // Still in flight when the drain time ran out: not a loss verdict.
+                format!(
+                    "not drained: {} deliveries, {} stores missing at stop / {} / {}",
+                    c.lost, c.unconfirmed, c.duplicated, c.out_of_order
+                )
+            },
             cpu(r)
         );
     }

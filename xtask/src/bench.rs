@@ -36,6 +36,7 @@ fn run(label: &str, args: &str) -> Run {
 fn standard_set(quick: bool) -> Vec<Run> {
     if quick {
         return vec![
+            run("idle", "idle --connections 1000 --on 0"),
             run(
                 "rooms-2000",
                 "rooms --rate 2000 --seconds 4 --users 200 --rooms 20",
@@ -44,22 +45,20 @@ fn standard_set(quick: bool) -> Vec<Run> {
                 "rooms-saturation",
                 "rooms --seconds 4 --users 200 --rooms 20",
             ),
-            run("idle", "idle --connections 1000 --on 0"),
             run("storm", "storm --clients 500 --victim 1"),
         ];
     }
-    let mut runs: Vec<Run> = [2_000, 5_000, 10_000, 15_000, 20_000]
-        .iter()
-        .map(|rate| {
-            run(
-                &format!("rooms-{rate}"),
-                &format!("rooms --rate {rate} --seconds 15"),
-            )
-        })
-        .collect();
-    runs.push(run("rooms-saturation", "rooms --seconds 15 --window 16"));
-    // One process holds at most ~20,000 open files here: the node needs some for itself.
-    runs.push(run("idle", "idle --connections 18000 --on 0"));
+    // Idle first, while node-1's heap is fresh: memory freed by earlier runs would absorb the
+    // connections' memory and hide it. One process holds at most ~20,000 open files here, and
+    // the node needs some for itself.
+    let mut runs = vec![run("idle", "idle --connections 18000 --on 0")];
+    for rate in [1_000, 2_000, 3_000, 5_000, 10_000, 15_000] {
+        runs.push(run(
+            &format!("rooms-{rate}"),
+            &format!("rooms --rate {rate} --seconds 10"),
+        ));
+    }
+    runs.push(run("rooms-saturation", "rooms --seconds 10 --window 16"));
     runs.push(run("storm", "storm --clients 10000 --victim 1"));
     runs
 }
@@ -87,6 +86,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     std::fs::create_dir_all(&plots)?;
     for entry in std::fs::read_dir(&reports)? {
         let path = entry?.path();
+        // Reports and the account book: the database is new, so are its accounts.
         if path.extension().is_some_and(|ext| ext == "json") {
             std::fs::remove_file(path)?;
         }
@@ -114,6 +114,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&reports)?
         .filter_map(|entry| Some(entry.ok()?.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .filter(|path| !path.ends_with("accounts.json"))
         .collect();
     paths.sort_by_key(|path| order_of(path));
     if paths.is_empty() {
@@ -236,6 +237,8 @@ fn run_workloads(
             args.push(format!("{}={}@{}", node.name, node.addr, node.child.id()));
         }
         args.extend([
+            "--accounts".into(),
+            reports.join("accounts.json").display().to_string(),
             "--label".into(),
             workload.label.clone(),
             "--json".into(),
