@@ -3,7 +3,7 @@
 
 use crate::bus::{Bus, BusEvents, IngestShard, Names};
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::directory::Directory;
 use crate::fanout::{self, FanoutEvent};
 use crate::http;
@@ -55,6 +55,7 @@ impl App {
             prefix: config.amqp_prefix.clone(),
             node_id: config.node_id.clone(),
             shards: config.ingest_shards.max(1),
+            quorum: config.queue_type == QueueType::Quorum,
         };
         let bus = Bus::new(config.amqp_url.expose(), names);
         let hub = Hub::new(config.node_id.clone(), metrics.clone());

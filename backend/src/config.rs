@@ -6,6 +6,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The kind of RabbitMQ queue the durable queues are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -79,6 +86,12 @@ pub struct Config {
     /// Number of ingest shards. Every node of a deployment must use the same number.
     #[arg(long, env = "CHAT_INGEST_SHARDS", default_value_t = 8)]
     pub ingest_shards: u16,
+
+    /// Type of the durable queues (ingest shards, dead letters): `classic`, or `quorum` on a
+    /// replicated RabbitMQ cluster. Every node of a deployment must use the same type, and a
+    /// queue's type cannot change once it exists.
+    #[arg(long, env = "CHAT_QUEUE_TYPE", value_enum, default_value = "classic")]
+    pub queue_type: QueueType,
 
     /// Most messages the persister stores in one transaction.
     #[arg(long, env = "CHAT_PERSIST_BATCH", default_value_t = 500)]

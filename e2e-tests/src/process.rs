@@ -49,6 +49,13 @@ impl ProcessNode {
             .env("AMQP_URL", config.amqp_url.expose())
             .env("CHAT_AMQP_PREFIX", &config.amqp_prefix)
             .env("CHAT_INGEST_SHARDS", config.ingest_shards.to_string())
+            .env(
+                "CHAT_QUEUE_TYPE",
+                match config.queue_type {
+                    chat_backend::config::QueueType::Classic => "classic",
+                    chat_backend::config::QueueType::Quorum => "quorum",
+                },
+            )
             .env("CHAT_PERSIST_BATCH", config.persist_batch.to_string())
             .env("CHAT_WEB_DIR", &config.web_dir)
             .env(

@@ -48,6 +48,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         amqp_url: Secret(amqp_url()),
         amqp_prefix: prefix.to_owned(),
         ingest_shards: TEST_SHARDS,
+        queue_type: chat_backend::config::QueueType::Classic,
         persist_batch: 500,
         memcached_servers: memcached_servers(),
         // Keys of their own per test, so tests share one memcached without seeing each other.

@@ -12,6 +12,8 @@ pub struct Names {
     pub prefix: String,
     pub node_id: String,
     pub shards: u16,
+    /// Durable queues are quorum queues (replicated) rather than classic ones.
+    pub quorum: bool,
 }
 
 impl Names {
@@ -97,9 +99,15 @@ pub struct SharedTopology {
 impl SharedTopology {
     pub fn of(names: &Names) -> SharedTopology {
         let exchange = |name: String, kind| ExchangeSpec { name, kind };
+        let queue_type = |mut arguments: serde_json::Map<String, serde_json::Value>| {
+            if names.quorum {
+                arguments.insert("x-queue-type".into(), "quorum".into());
+            }
+            arguments
+        };
         let mut queues = vec![QueueSpec {
             name: names.dead_letter_queue(),
-            arguments: serde_json::Map::new(),
+            arguments: queue_type(serde_json::Map::new()),
         }];
         let mut bindings = vec![BindingSpec {
             exchange: names.dead_letter_exchange(),
@@ -115,7 +123,7 @@ impl SharedTopology {
             );
             queues.push(QueueSpec {
                 name: names.ingest_queue(shard),
-                arguments,
+                arguments: queue_type(arguments),
             });
             bindings.push(BindingSpec {
                 exchange: names.ingest_exchange(),
@@ -228,6 +236,7 @@ mod tests {
             prefix: "chat".into(),
             node_id: "n1".into(),
             shards: 8,
+            quorum: false,
         };
         assert_eq!(names.shard_of(RoomId(9)), 1);
         assert_eq!(names.shard_of(RoomId(16)), 0);
@@ -250,6 +259,7 @@ mod tests {
             prefix: "chat".into(),
             node_id: "unused".into(),
             shards: 8,
+            quorum: false,
         };
         let expected = SharedTopology::of(&names);
         let list = |key: &str| definitions[key].as_array().cloned().unwrap_or_default();

@@ -55,3 +55,20 @@ async fn a_resend_through_another_node_is_stored_and_delivered_once() -> anyhow:
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_carry_the_pipeline_too() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("quorum");
+    config.queue_type = chat_backend::config::QueueType::Quorum;
+    let node = e2e_tests::TestNode::start(config).await?;
+    let mut ada = node.user("ada").await?;
+    let (room, _) = ada.join("replicated").await?;
+    ada.send_message(room, "q-1", "through a quorum queue").await?;
+    assert_eq!(ada.recv_until(stored_answer).await?, (1, false));
+    ada.send_message(room, "q-1", "through a quorum queue").await?;
+    assert_eq!(ada.recv_until(stored_answer).await?, (1, true));
+    assert_eq!(stored_messages(&env.db, room).await?, vec![(1, "q-1".to_string())]);
+    node.stop().await?;
+    Ok(())
+}
