@@ -5,6 +5,7 @@ mod accounts;
 mod authorization;
 mod bad_input;
 mod node;
+mod openapi;
 mod pipeline_dead_letter;
 mod pipeline_dedup;
 mod pipeline_failures;
