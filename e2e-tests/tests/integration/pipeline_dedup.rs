@@ -64,11 +64,16 @@ async fn quorum_queues_carry_the_pipeline_too() -> anyhow::Result<()> {
     let node = e2e_tests::TestNode::start(config).await?;
     let mut ada = node.user("ada").await?;
     let (room, _) = ada.join("replicated").await?;
-    ada.send_message(room, "q-1", "through a quorum queue").await?;
+    ada.send_message(room, "q-1", "through a quorum queue")
+        .await?;
     assert_eq!(ada.recv_until(stored_answer).await?, (1, false));
-    ada.send_message(room, "q-1", "through a quorum queue").await?;
+    ada.send_message(room, "q-1", "through a quorum queue")
+        .await?;
     assert_eq!(ada.recv_until(stored_answer).await?, (1, true));
-    assert_eq!(stored_messages(&env.db, room).await?, vec![(1, "q-1".to_string())]);
+    assert_eq!(
+        stored_messages(&env.db, room).await?,
+        vec![(1, "q-1".to_string())]
+    );
     node.stop().await?;
     Ok(())
 }
