@@ -44,6 +44,9 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
             FanoutEvent::Delivery(Delivery::Duplicates { receipts }) => {
                 app.hub.answer_duplicates(&receipts);
             }
+            FanoutEvent::Delivery(Delivery::MemberLeft { room_id, user_id }) => {
+                app.hub.remove_user(room_id, user_id);
+            }
             FanoutEvent::Delivery(Delivery::Typing {
                 room_id,
                 user_id,

@@ -5,7 +5,7 @@
 //! keep up; it is disconnected rather than allowed to hold memory or stall the room.
 
 use chat_protocol::bus::{DuplicateReceipt, Origin};
-use chat_protocol::{ChatMessage, RoomId, Seq, ServerFrame};
+use chat_protocol::{ChatMessage, RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,11 +29,13 @@ pub struct Outbox {
     frames: mpsc::Sender<Frame>,
     /// Cancelled to disconnect a connection that cannot keep up.
     kick: CancellationToken,
+    /// The signed-in user, so a membership that ends can end this connection's deliveries.
+    user: UserId,
 }
 
 impl Outbox {
-    pub fn new(frames: mpsc::Sender<Frame>, kick: CancellationToken) -> Self {
-        Outbox { frames, kick }
+    pub fn new(frames: mpsc::Sender<Frame>, kick: CancellationToken, user: UserId) -> Self {
+        Outbox { frames, kick, user }
     }
 
     /// Queues a frame; false if the connection is gone or was too slow and is being closed.
@@ -273,6 +275,33 @@ impl Hub {
                 outbox.push(shared.clone());
             }
         }
+    }
+
+    /// Stops delivering a room to every local connection of a user who left it, and tells each
+    /// of them with `left`.
+    pub fn remove_user(&self, room_id: RoomId, user: UserId) {
+        let Ok(mut rooms) = self.rooms.write() else {
+            return;
+        };
+        let Some(local) = rooms.get_mut(&room_id) else {
+            return;
+        };
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        let left = frame(&ServerFrame::Left { room_id });
+        local
+            .members
+            .retain(|member| match connections.get(member) {
+                Some(outbox) if outbox.user == user => {
+                    outbox.push(left.clone());
+                    false
+                }
+                _ => true,
+            });
+        if let Ok(mut waiting) = local.catching_up.lock() {
+            waiting.retain(|member, _| local.members.contains(member));
+        };
     }
 
     /// Answers resends whose sending connection is on this node.

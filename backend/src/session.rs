@@ -54,8 +54,10 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
     let conn = app.next_conn_id();
     let (frames_tx, frames_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     let kick = app.shutdown.child_token();
-    app.hub
-        .register(conn, Outbox::new(frames_tx.clone(), kick.clone()));
+    app.hub.register(
+        conn,
+        Outbox::new(frames_tx.clone(), kick.clone(), identity.user.user_id),
+    );
     app.metrics.connections.inc();
 
     let (sink, mut stream) = socket.split();

@@ -76,6 +76,9 @@ pub enum Delivery {
     },
     /// Answers to resends, routed to the node the resend came through.
     Duplicates { receipts: Vec<DuplicateReceipt> },
+    /// A user is no longer a member of a room: every node stops delivering the room to that
+    /// user's open connections at once.
+    MemberLeft { room_id: RoomId, user_id: UserId },
     /// Someone is typing in a room: ephemeral, published without persistence, never stored.
     Typing {
         room_id: RoomId,

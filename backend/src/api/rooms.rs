@@ -14,6 +14,7 @@ use chat_protocol::api::{
     validate_room, CreateRoomRequest, MemberList, MessagePage, Role, Room, RoomKind, RoomList,
     UserRef,
 };
+use chat_protocol::bus::Delivery;
 use chat_protocol::limits::MAX_PAGE;
 use chat_protocol::{ErrorCode, RoomId, Seq};
 use std::collections::HashMap;
@@ -290,6 +291,14 @@ async fn leave(request: Request, room_id: RoomId) -> Result<Response> {
         .remove_member(room_id, me.user.user_id)
         .await
         .map_err(RequestError::from)?;
+    // Open connections of the user, on every node, stop receiving the room now.
+    let left = Delivery::MemberLeft {
+        room_id,
+        user_id: me.user.user_id,
+    };
+    if let Err(error) = request.app.bus.publish_ephemeral(room_id, &left).await {
+        tracing::warn!(%error, %room_id, "could not tell the nodes about a member who left");
+    }
     Ok(no_content())
 }
 

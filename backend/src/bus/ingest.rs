@@ -71,7 +71,9 @@ impl IngestShard {
         for delivery in deliveries {
             let routing_key = match delivery {
                 Delivery::Room { room_id, .. } => Names::room_key(*room_id),
-                Delivery::Typing { room_id, .. } => Names::room_key(*room_id),
+                Delivery::Typing { room_id, .. } | Delivery::MemberLeft { room_id, .. } => {
+                    Names::room_key(*room_id)
+                }
                 Delivery::Duplicates { receipts } => match receipts.first() {
                     Some(receipt) => Names::node_key(&receipt.origin.node_id),
                     None => continue,

@@ -4,6 +4,7 @@
 mod accounts;
 mod authorization;
 mod bad_input;
+mod leave_across_nodes;
 mod node;
 mod openapi;
 mod pipeline_dead_letter;
