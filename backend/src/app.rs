@@ -6,10 +6,12 @@ use crate::cache::Cache;
 use crate::config::{Config, QueueType};
 use crate::directory::Directory;
 use crate::fanout::{self, FanoutEvent};
+use crate::history::History;
 use crate::http;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::persister;
+use crate::presence::{self, Presence, PresenceEvent};
 use crate::rate_limit::RateLimits;
 use crate::store::Store;
 use chat_protocol::bus::Delivery;
@@ -44,6 +46,11 @@ pub struct App {
     fanout_events: Mutex<Option<mpsc::UnboundedReceiver<FanoutEvent>>>,
     /// Profiles, rooms and memberships, read through the cache.
     pub directory: Directory,
+    /// History pages, the newest through the cache.
+    pub history: History,
+    pub presence: Presence,
+    presence_tx: mpsc::UnboundedSender<PresenceEvent>,
+    presence_events: Mutex<Option<mpsc::UnboundedReceiver<PresenceEvent>>>,
     pub limits: RateLimits,
 }
 
@@ -66,7 +73,10 @@ impl App {
             config.cache_ttl_secs,
             metrics.clone(),
         );
-        let directory = Directory::new(store.clone(), cache, metrics.clone());
+        let directory = Directory::new(store.clone(), cache.clone(), metrics.clone());
+        let history = History::new(store.clone(), cache, metrics.clone());
+        let presence = Presence::new(Duration::from_millis(config.presence_ttl_ms.max(1)));
+        let (presence_tx, presence_events) = mpsc::unbounded_channel();
         let limits = RateLimits::new(&config, metrics.clone());
         Arc::new(App {
             config,
@@ -82,8 +92,17 @@ impl App {
             fanout,
             fanout_events: Mutex::new(Some(fanout_events)),
             directory,
+            history,
+            presence,
+            presence_tx,
+            presence_events: Mutex::new(Some(presence_events)),
             limits,
         })
+    }
+
+    /// Tells the presence task that a local user's state here changed.
+    pub fn presence_changed(&self, event: PresenceEvent) {
+        let _ = self.presence_tx.send(event);
     }
 
     pub fn node_id(&self) -> &str {
@@ -121,7 +140,18 @@ impl App {
 
 impl BusEvents for App {
     fn deliver(&self, delivery: Delivery) {
-        let _ = self.fanout.send(FanoutEvent::Delivery(delivery));
+        match delivery {
+            // About users, not rooms: handled apart so they never delay messages.
+            Delivery::Presence { .. }
+            | Delivery::PresenceSnapshot { .. }
+            | Delivery::PresenceSync { .. }
+            | Delivery::ReadMarker { .. } => {
+                let _ = self.presence_tx.send(PresenceEvent::Delivery(delivery));
+            }
+            _ => {
+                let _ = self.fanout.send(FanoutEvent::Delivery(delivery));
+            }
+        }
     }
 
     fn connected(&self) {
@@ -129,12 +159,14 @@ impl BusEvents for App {
             self.metrics.bus_reconnects.inc();
         }
         let _ = self.fanout.send(FanoutEvent::Resync);
+        let _ = self.presence_tx.send(PresenceEvent::Connected);
     }
 
     fn shard_started(&self, shard: IngestShard) {
         self.persisters.spawn(persister::run_shard(
             shard,
             self.store.clone(),
+            self.history.clone(),
             self.metrics.clone(),
             self.config.persist_batch,
             self.shutdown.clone(),
@@ -175,6 +207,14 @@ pub async fn run(
         .and_then(|mut slot| slot.take())
     {
         tokio::spawn(fanout::run(app.clone(), events));
+    }
+    if let Some(events) = app
+        .presence_events
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take())
+    {
+        tokio::spawn(presence::run(app.clone(), events));
     }
 
     let bus_task = if app.migrate().await {

@@ -38,6 +38,10 @@ pub enum CacheKey {
     Profile(UserId),
     Room(RoomId),
     Membership(RoomId, UserId),
+    /// The newest messages of a room, tagged with the version they were read at.
+    Recent(RoomId),
+    /// A room's message version: bumped after every change to its messages.
+    RecentVersion(RoomId),
 }
 
 /// A handle to the cache; cheap to clone.
@@ -87,6 +91,7 @@ enum Op {
     Get,
     Set,
     Delete,
+    Bump,
 }
 
 impl Op {
@@ -95,8 +100,19 @@ impl Op {
             Op::Get => "get",
             Op::Set => "set",
             Op::Delete => "delete",
+            Op::Bump => "bump",
         }
     }
+}
+
+/// Answers that are outcomes, not failures: a key that is (not) there.
+fn absent_or_present(error: &memcache::MemcacheError) -> bool {
+    matches!(
+        error,
+        memcache::MemcacheError::CommandError(
+            memcache::CommandError::KeyNotFound | memcache::CommandError::KeyExists
+        )
+    )
 }
 
 impl Cache {
@@ -186,12 +202,97 @@ impl Cache {
         }
     }
 
+    /// Reads a versioned entry in one round trip: the current version of `version` (created
+    /// when missing) and the entry at `key`. `None` when the cache is unusable.
+    ///
+    /// Writers change PostgreSQL first and then [`Cache::bump`] the version; readers read the
+    /// version before PostgreSQL and tag what they store with it. An entry filled from a read
+    /// that raced a change carries the old version and is never served.
+    pub async fn get_versioned<T: DeserializeOwned + Send + 'static>(
+        &self,
+        version: CacheKey,
+        key: CacheKey,
+    ) -> Option<(u64, Option<T>)> {
+        let (version, key) = (self.key(version), self.key(key));
+        let fresh: u64 = rand::random::<u64>() >> 1;
+        let found = self
+            .call(Op::Get, move |servers| {
+                let (current, text) =
+                    if std::ptr::eq(servers.for_key(&version)?, servers.for_key(&key)?) {
+                        let mut found: std::collections::HashMap<String, String> = servers
+                            .for_key(&key)?
+                            .gets(&[version.as_str(), key.as_str()])?;
+                        (found.remove(&version), found.remove(&key))
+                    } else {
+                        (
+                            servers.for_key(&version)?.get::<String>(&version)?,
+                            servers.for_key(&key)?.get::<String>(&key)?,
+                        )
+                    };
+                let current = match current.and_then(|v| v.trim().parse::<u64>().ok()) {
+                    Some(current) => current,
+                    None => {
+                        // Versions do not expire; a lost one starts again from a random value,
+                        // which no stored entry carries.
+                        let client = servers.for_key(&version)?;
+                        match client.add(&version, fresh, 0) {
+                            Ok(()) => {}
+                            Err(error) if absent_or_present(&error) => {}
+                            Err(error) => return Err(error),
+                        }
+                        match client
+                            .get::<String>(&version)?
+                            .and_then(|v| v.trim().parse().ok())
+                        {
+                            Some(current) => current,
+                            None => fresh,
+                        }
+                    }
+                };
+                Ok((current, text))
+            })
+            .await?;
+        let (current, text) = found;
+        self.count(Op::Get, if text.is_some() { "hit" } else { "miss" });
+        Some((
+            current,
+            text.and_then(|text| serde_json::from_str(&text).ok()),
+        ))
+    }
+
+    /// Moves a version on, so entries tagged with the old one are never served again. If
+    /// memcached cannot be told, `key` (the entry) is deleted before anything else once it
+    /// answers again.
+    pub async fn bump(&self, version: CacheKey, key: CacheKey) {
+        let version = self.key(version);
+        let remembered = self.key(key);
+        let outcome = self
+            .call(Op::Bump, move |servers| {
+                match servers.for_key(&version)?.increment(&version, 1) {
+                    Ok(_) => Ok(()),
+                    // No version: no reader has tagged an entry with one still valid.
+                    Err(error) if absent_or_present(&error) => Ok(()),
+                    Err(error) => Err(error),
+                }
+            })
+            .await;
+        if outcome.is_some() {
+            self.count(Op::Bump, "ok");
+        } else if let Ok(mut state) = self.inner.state.lock() {
+            if state.pending_deletes.len() < MAX_PENDING_DELETES {
+                state.pending_deletes.insert(remembered);
+            }
+        }
+    }
+
     fn key(&self, key: CacheKey) -> String {
         let prefix = &self.inner.prefix;
         match key {
             CacheKey::Profile(user) => format!("{prefix}:profile:{user}"),
             CacheKey::Room(room) => format!("{prefix}:room:{room}"),
             CacheKey::Membership(room, user) => format!("{prefix}:member:{room}:{user}"),
+            CacheKey::Recent(room) => format!("{prefix}:recent:{room}"),
+            CacheKey::RecentVersion(room) => format!("{prefix}:recent-version:{room}"),
         }
     }
 

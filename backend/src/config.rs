@@ -110,6 +110,15 @@ pub struct Config {
     #[arg(long, env = "CHAT_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u32,
 
+    /// How often this node tells the others who is connected to it, in milliseconds.
+    #[arg(long, env = "CHAT_PRESENCE_INTERVAL_MS", default_value_t = 10_000)]
+    pub presence_interval_ms: u64,
+
+    /// How long another node's presence report holds without renewal, in milliseconds: the users
+    /// of a node that died go offline elsewhere within this time.
+    #[arg(long, env = "CHAT_PRESENCE_TTL_MS", default_value_t = 25_000)]
+    pub presence_ttl_ms: u64,
+
     /// Origins (scheme://host[:port]) allowed besides the node's own, comma separated. Browser
     /// requests and WebSocket upgrades from any other `Origin` are refused.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", value_delimiter = ',')]

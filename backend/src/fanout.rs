@@ -62,6 +62,38 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
                 let except = (origin.node_id == app.node_id()).then_some(origin.conn_id);
                 app.hub.broadcast(room_id, &frame, except);
             }
+            FanoutEvent::Delivery(Delivery::MessageChanged {
+                room_id,
+                seq,
+                body,
+                changed_at_ms,
+                by,
+            }) => {
+                // The message itself first, if this node has not shown it yet: read from
+                // PostgreSQL, it already carries the change.
+                fill_gap(&app, room_id, Some(Seq(seq.0.saturating_add(1)))).await;
+                let frame = match body {
+                    Some(body) => ServerFrame::MessageEdited {
+                        room_id,
+                        seq,
+                        body,
+                        edited_at_ms: changed_at_ms,
+                    },
+                    None => ServerFrame::MessageDeleted {
+                        room_id,
+                        seq,
+                        deleted_by: by,
+                    },
+                };
+                app.hub.deliver_event(room_id, &frame);
+            }
+            // User-scoped deliveries go to the presence task.
+            FanoutEvent::Delivery(
+                Delivery::Presence { .. }
+                | Delivery::PresenceSnapshot { .. }
+                | Delivery::PresenceSync { .. }
+                | Delivery::ReadMarker { .. },
+            ) => {}
             FanoutEvent::Resync => {
                 for room_id in app.hub.rooms() {
                     fill_gap(&app, room_id, None).await;

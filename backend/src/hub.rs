@@ -277,6 +277,69 @@ impl Hub {
         }
     }
 
+    /// Queues an event about a stored message (an edit or delete) to a room's local members.
+    /// Members still catching up get it after their missed messages, whatever they are.
+    pub fn deliver_event(&self, room_id: RoomId, event: &ServerFrame) {
+        let Ok(rooms) = self.rooms.read() else {
+            return;
+        };
+        let Some(local) = rooms.get(&room_id) else {
+            return;
+        };
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        let shared = frame(event);
+        let Ok(mut waiting) = local.catching_up.lock() else {
+            return;
+        };
+        for member in &local.members {
+            if let Some(held) = waiting.get_mut(member) {
+                held.push((i64::MAX, shared.clone()));
+                continue;
+            }
+            if let Some(outbox) = connections.get(member) {
+                outbox.push(shared.clone());
+            }
+        }
+    }
+
+    /// Queues a frame once to every local connection in any of `rooms`; returns how many.
+    pub fn broadcast_rooms(&self, rooms: &[RoomId], shared: &Frame) -> u64 {
+        let Ok(local_rooms) = self.rooms.read() else {
+            return 0;
+        };
+        let Ok(connections) = self.connections.read() else {
+            return 0;
+        };
+        let mut told: HashSet<ConnId> = HashSet::new();
+        for room in rooms {
+            let Some(local) = local_rooms.get(room) else {
+                continue;
+            };
+            for member in &local.members {
+                if told.insert(*member) {
+                    if let Some(outbox) = connections.get(member) {
+                        outbox.push(shared.clone());
+                    }
+                }
+            }
+        }
+        told.len() as u64
+    }
+
+    /// Queues a frame to every local connection of a user, except one.
+    pub fn push_to_user(&self, user: UserId, shared: &Frame, except: Option<ConnId>) {
+        let Ok(connections) = self.connections.read() else {
+            return;
+        };
+        for (conn, outbox) in connections.iter() {
+            if outbox.user == user && Some(*conn) != except {
+                outbox.push(shared.clone());
+            }
+        }
+    }
+
     /// Stops delivering a room to every local connection of a user who left it, and tells each
     /// of them with `left`.
     pub fn remove_user(&self, room_id: RoomId, user: UserId) {

@@ -14,6 +14,9 @@
 //! Who may do what: [`auth`] (passwords, sessions, origins) and [`api`] (the REST API) sign users
 //! in; [`directory`] answers profile, room and membership questions through the [`cache`];
 //! [`rate_limit`] bounds sends and login attempts.
+//!
+//! Around messages: [`history`] serves history pages (the newest from the cache); [`presence`]
+//! tracks who is online across nodes and syncs read markers to each user's connections.
 
 pub mod api;
 pub mod app;
@@ -23,10 +26,12 @@ pub mod cache;
 pub mod config;
 pub mod directory;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod persister;
+pub mod presence;
 pub mod rate_limit;
 pub mod session;
 pub mod store;

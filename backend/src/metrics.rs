@@ -32,6 +32,10 @@ pub struct Metrics {
     pub directory_loads: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub auth_failures: IntCounter,
+    pub history_cache: IntCounterVec,
+    pub messages_changed: IntCounterVec,
+    pub presence_frames: IntCounter,
+    pub presence_expired: IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +167,34 @@ impl Metrics {
             auth_failures: counter(
                 "auth_failures_total",
                 "Failed logins and requests with a missing, expired or unknown session.",
+            ),
+            history_cache: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "history_cache_total",
+                        "Reads of a room's newest messages, by result (hit, miss).",
+                    ),
+                    &["result"],
+                ),
+            ),
+            messages_changed: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "messages_changed_total",
+                        "Stored messages edited or deleted, by kind (edit, delete).",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            presence_frames: counter(
+                "presence_frames_total",
+                "`presence` frames queued to local connections.",
+            ),
+            presence_expired: counter(
+                "presence_expired_total",
+                "Users whose presence on another node expired because its snapshots stopped.",
             ),
             registry,
         }

@@ -8,6 +8,7 @@
 //! batch comes back; the client message ids make storing it again a no-op, and it is delivered.
 
 use crate::bus::{BusError, IngestItem, IngestShard};
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::store::{MessageOutcome, Store};
 use chat_protocol::bus::{Delivery, DuplicateReceipt, IngestMessage, Origin, StoredMessage};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run_shard(
     mut shard: IngestShard,
     store: Store,
+    history: History,
     metrics: Metrics,
     max_batch: usize,
     stop: CancellationToken,
@@ -37,7 +39,7 @@ pub async fn run_shard(
             }
             return;
         };
-        if let Err(error) = process_batch(&shard, &store, &metrics, batch, &stop).await {
+        if let Err(error) = process_batch(&shard, &store, &history, &metrics, batch, &stop).await {
             // Unacknowledged messages return to the queue; the bus reconnects and starts a new
             // consumer for the shard.
             tracing::warn!(shard = shard.shard, %error, "persister stopped");
@@ -50,6 +52,7 @@ pub async fn run_shard(
 async fn process_batch(
     shard: &IngestShard,
     store: &Store,
+    history: &History,
     metrics: &Metrics,
     batch: Vec<IngestItem>,
     stop: &CancellationToken,
@@ -118,6 +121,8 @@ async fn process_batch(
         }
     }
 
+    // Cached history pages of these rooms are out of date before anyone hears of the messages.
+    futures::future::join_all(rooms.keys().map(|room| history.changed(*room))).await;
     let mut deliveries: Vec<Delivery> = rooms
         .into_iter()
         .map(|(room_id, mut messages)| {

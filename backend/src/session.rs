@@ -9,10 +9,14 @@ use crate::auth::Identity;
 use crate::bus::BusError;
 use crate::directory::Access;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
+use crate::presence::PresenceEvent;
+use crate::store::ChangeOutcome;
+use chat_protocol::api::Role;
 use chat_protocol::bus::{Delivery, IngestMessage, Origin};
 use chat_protocol::frame::Resume;
 use chat_protocol::{
-    ChatMessage, ClientFrame, ClientMsgId, ErrorCode, FrameError, RoomId, Seq, ServerFrame, UserId,
+    ChatMessage, ClientFrame, ClientMsgId, ErrorCode, FrameError, PresenceStatus, RoomId, Seq,
+    ServerFrame, UserId,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
@@ -83,6 +87,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
         user_id: session.user_id,
         name: session.name.clone(),
     });
+    session.set_presence(PresenceStatus::Online).await;
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
@@ -111,6 +116,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
     }
 
     session.leave_all().await;
+    session.set_presence(PresenceStatus::Offline).await;
     app.hub.unregister(conn);
     app.metrics.connections.dec();
     kick.cancel();
@@ -193,6 +199,13 @@ impl Session {
                 client_msg_id,
                 body,
             } => self.send(room_id, client_msg_id, body).await,
+            ClientFrame::Edit { room_id, seq, body } => self.change(room_id, seq, Some(body)).await,
+            ClientFrame::Delete { room_id, seq } => self.change(room_id, seq, None).await,
+            ClientFrame::MarkRead { room_id, seq } => self.mark_read(room_id, seq).await,
+            ClientFrame::Presence { status } => {
+                self.set_presence(status).await;
+                Ok(())
+            }
         };
         if let Err(error) = result {
             self.reply_error(&error);
@@ -332,6 +345,122 @@ impl Session {
         if let Err(error) = self.app.bus.publish_ephemeral(room_id, &event).await {
             // Best effort by design: a lost indicator is renewed by the next keystroke.
             tracing::debug!(%error, "typing indicator dropped");
+        }
+        Ok(())
+    }
+
+    /// Records this connection's presence; when the user's state on this node changes, every
+    /// node hears of it.
+    async fn set_presence(&self, status: PresenceStatus) {
+        let Some(changed) = self.app.presence.set_local(self.user_id, self.conn, status) else {
+            return;
+        };
+        self.app
+            .presence_changed(PresenceEvent::Local(self.user_id));
+        let report = Delivery::Presence {
+            node_id: self.app.node_id().to_owned(),
+            user_id: self.user_id,
+            status: changed,
+        };
+        if let Err(error) = self.app.bus.publish_to_everyone(&report).await {
+            // The next snapshot carries it.
+            tracing::debug!(%error, "presence report not sent");
+        }
+    }
+
+    /// Edits (`body`) or deletes (`None`) a stored message, then tells every member.
+    async fn change(
+        &mut self,
+        room_id: RoomId,
+        seq: Seq,
+        body: Option<String>,
+    ) -> Result<(), FrameError> {
+        let access = self
+            .app
+            .directory
+            .access(room_id, self.user_id)
+            .await
+            .map_err(|error| internal("could not check the membership", &error))?;
+        let Access::Member(_, role) = access else {
+            return Err(not_member(room_id, None));
+        };
+        let store = &self.app.store;
+        let kind = if body.is_some() { "edit" } else { "delete" };
+        let outcome = match body.clone() {
+            Some(body) => store.edit_message(room_id, seq, self.user_id, body).await,
+            None => {
+                store
+                    .delete_message(room_id, seq, self.user_id, role == Role::Owner)
+                    .await
+            }
+        }
+        .map_err(|error| internal("could not change a message", &error))?;
+        let changed_at_ms = match outcome {
+            ChangeOutcome::Changed { at_ms } => at_ms,
+            ChangeOutcome::NotFound => {
+                return Err(FrameError::new(
+                    ErrorCode::MessageNotFound,
+                    format!("room {room_id} has no message {seq}"),
+                ))
+            }
+            ChangeOutcome::NotAllowed => {
+                return Err(FrameError::new(
+                    ErrorCode::NotAllowed,
+                    match body {
+                        Some(_) => "only the sender may edit a message",
+                        None => "only the sender or a room owner may delete a message",
+                    },
+                ))
+            }
+        };
+        self.app
+            .metrics
+            .messages_changed
+            .with_label_values(&[kind])
+            .inc();
+        self.app.history.changed(room_id).await;
+        let event = Delivery::MessageChanged {
+            room_id,
+            seq,
+            body,
+            changed_at_ms,
+            by: self.user_id,
+        };
+        if let Err(error) = self.app.bus.publish_ephemeral(room_id, &event).await {
+            // Stored: history shows it; live members see it when they reload.
+            tracing::warn!(%error, "a message change was stored but not broadcast");
+            return Err(unavailable(None));
+        }
+        Ok(())
+    }
+
+    /// Moves the user's read marker and tells every connection of the user.
+    async fn mark_read(&mut self, room_id: RoomId, seq: Seq) -> Result<(), FrameError> {
+        let state = self
+            .app
+            .store
+            .mark_read(room_id, self.user_id, seq)
+            .await
+            .map_err(|error| internal("could not move the read marker", &error))?
+            .ok_or_else(|| not_member(room_id, None))?;
+        let seq = Seq(state.last_read_seq);
+        self.reply(&ServerFrame::ReadMarker {
+            room_id,
+            seq,
+            unread: state.unread,
+        });
+        let event = Delivery::ReadMarker {
+            user_id: self.user_id,
+            room_id,
+            seq,
+            unread: state.unread,
+            origin: Origin {
+                node_id: self.app.node_id().to_owned(),
+                conn_id: self.conn,
+            },
+        };
+        if let Err(error) = self.app.bus.publish_to_everyone(&event).await {
+            tracing::debug!(%error, "read marker not synced to other connections");
         }
         Ok(())
     }

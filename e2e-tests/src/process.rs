@@ -57,6 +57,14 @@ impl ProcessNode {
                 },
             )
             .env("CHAT_PERSIST_BATCH", config.persist_batch.to_string())
+            .env("MEMCACHED_SERVERS", &config.memcached_servers)
+            // The test's own keys: ids of different test databases must not meet in the cache.
+            .env("CHAT_CACHE_PREFIX", &config.cache_prefix)
+            .env(
+                "CHAT_PRESENCE_INTERVAL_MS",
+                config.presence_interval_ms.to_string(),
+            )
+            .env("CHAT_PRESENCE_TTL_MS", config.presence_ttl_ms.to_string())
             .env("CHAT_WEB_DIR", &config.web_dir)
             .env(
                 "RUST_LOG",

@@ -117,7 +117,7 @@ pub async fn send_frame(socket: &mut Socket, frame: &ClientFrame) -> anyhow::Res
 /// Reads frames until `pick` accepts one, skipping the others, within [`ANSWER_TIMEOUT`].
 pub async fn recv_until<T>(
     socket: &mut Socket,
-    mut pick: impl FnMut(ServerFrame) -> Result<Option<T>, ServerFrame>,
+    mut pick: impl FnMut(ServerFrame) -> Result<Option<T>, Box<ServerFrame>>,
 ) -> anyhow::Result<T> {
     let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
     loop {
@@ -136,8 +136,10 @@ pub async fn recv_until<T>(
         match pick(frame) {
             Ok(Some(value)) => return Ok(value),
             Ok(None) => continue,
-            Err(ServerFrame::Error { code, message, .. }) => bail!("{code}: {message}"),
-            Err(frame) => bail!("unexpected frame {frame:?}"),
+            Err(frame) => match *frame {
+                ServerFrame::Error { code, message, .. } => bail!("{code}: {message}"),
+                frame => bail!("unexpected frame {frame:?}"),
+            },
         }
     }
 }

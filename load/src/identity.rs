@@ -147,7 +147,7 @@ pub async fn connect(
         .await?;
     recv_until(&mut socket, |frame| match frame {
         ServerFrame::Welcome { .. } => Ok(Some(())),
-        error @ ServerFrame::Error { .. } => Err(error),
+        error @ ServerFrame::Error { .. } => Err(Box::new(error)),
         _ => Ok(None),
     })
     .await?;
@@ -197,7 +197,7 @@ pub async fn follow(session: &mut Session, room_id: RoomId) -> anyhow::Result<Jo
             last_seq,
             ..
         } if joined == room_id => Ok(Some(JoinedRoom { room_id, last_seq })),
-        error @ ServerFrame::Error { .. } => Err(error),
+        error @ ServerFrame::Error { .. } => Err(Box::new(error)),
         _ => Ok(None),
     })
     .await

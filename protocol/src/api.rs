@@ -3,8 +3,8 @@
 //! Every error answer is an [`ApiError`] with a stable [`ErrorCode`]; the HTTP status says the
 //! class (400, 401, 403, 404, 409, 413, 429, 500).
 
-use crate::frame::{validate_name, validate_room_name, ChatMessage, ErrorCode};
-use crate::ids::{RoomId, UserId};
+use crate::frame::{validate_name, validate_room_name, ChatMessage, ErrorCode, PresenceStatus};
+use crate::ids::{RoomId, Seq, UserId};
 use crate::limits;
 use serde::{Deserialize, Serialize};
 
@@ -145,6 +145,20 @@ pub struct Room {
     /// The caller's role, when the caller is a member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// In `GET /api/me/rooms`: the caller's read state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unread: Option<Unread>,
+}
+
+/// A member's read state of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unread {
+    /// The room's newest sequence number.
+    pub last_seq: Seq,
+    /// Everything up to here is read.
+    pub last_read_seq: Seq,
+    /// Messages after `last_read_seq` from other members, not deleted.
+    pub count: i64,
 }
 
 /// A list of rooms.
@@ -166,6 +180,8 @@ pub struct Member {
     pub username: String,
     pub display_name: String,
     pub role: Role,
+    /// As this node sees it now; presence changes arrive as `presence` frames.
+    pub presence: PresenceStatus,
 }
 
 /// `GET /api/rooms/{id}/members`.
@@ -174,7 +190,8 @@ pub struct MemberList {
     pub members: Vec<Member>,
 }
 
-/// `GET /api/rooms/{id}/messages`: stored messages in sequence order.
+/// `GET /api/rooms/{id}/messages`: stored messages in sequence order (oldest first), including
+/// deleted ones (with an empty body), so sequence numbers have no holes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessagePage {
     pub messages: Vec<ChatMessage>,

@@ -4,7 +4,7 @@
 //! that owns the room's shard stores it and publishes a [`Delivery`] to the delivery exchange,
 //! from where every node with members in the room receives it.
 
-use crate::frame::ChatMessage;
+use crate::frame::{ChatMessage, PresenceStatus};
 use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +86,39 @@ pub enum Delivery {
         name: String,
         origin: Origin,
     },
+    /// A stored message was edited (`body` is the new text) or deleted (`body` is `None`).
+    /// Routed by the room's key; already in PostgreSQL when published.
+    MessageChanged {
+        room_id: RoomId,
+        seq: Seq,
+        body: Option<String>,
+        changed_at_ms: i64,
+        by: UserId,
+    },
+    /// A member's read marker moved; every node tells that user's connections. Routed to every
+    /// node.
+    ReadMarker {
+        user_id: UserId,
+        room_id: RoomId,
+        seq: Seq,
+        unread: i64,
+        /// The connection that moved it, which has its answer already.
+        origin: Origin,
+    },
+    /// A user's presence on one node changed. Routed to every node; ephemeral.
+    Presence {
+        node_id: String,
+        user_id: UserId,
+        status: PresenceStatus,
+    },
+    /// Every user connected to a node, with their presence there: sent every heartbeat interval
+    /// and on request. A node's users go offline elsewhere when its snapshots stop.
+    PresenceSnapshot {
+        node_id: String,
+        users: Vec<(UserId, PresenceStatus)>,
+    },
+    /// A node (re)joined and asks every node for a snapshot.
+    PresenceSync { node_id: String },
 }
 
 #[cfg(test)]

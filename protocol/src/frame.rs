@@ -29,10 +29,54 @@ pub enum ClientFrame {
         client_msg_id: ClientMsgId,
         body: String,
     },
+    /// Replace the body of one of the user's own messages in a joined room. Every member sees
+    /// `message_edited`; the message keeps its sequence number.
+    Edit {
+        room_id: RoomId,
+        seq: Seq,
+        body: String,
+    },
+    /// Delete one of the user's own messages in a joined room (the room's owners may delete any
+    /// message). Every member sees `message_deleted`; the sequence number stays taken.
+    Delete { room_id: RoomId, seq: Seq },
+    /// The user has read the room up to `seq`. Markers only move forward; every connection of
+    /// the user, on every node, gets `read_marker`.
+    MarkRead { room_id: RoomId, seq: Seq },
+    /// The user's presence on this connection: `online` or `away` (a hidden or idle tab). A user
+    /// is online if any connection is, away if all are away, offline without connections.
+    Presence { status: PresenceStatus },
 }
 
 /// The `type` values a client may send.
-pub const CLIENT_FRAME_TYPES: &[&str] = &["join", "leave", "send", "typing"];
+pub const CLIENT_FRAME_TYPES: &[&str] = &[
+    "join",
+    "leave",
+    "send",
+    "typing",
+    "edit",
+    "delete",
+    "mark_read",
+    "presence",
+];
+
+/// Whether a user can be reached. Ordered: `offline` < `away` < `online`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    Offline,
+    Away,
+    Online,
+}
+
+impl PresenceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceStatus::Offline => "offline",
+            PresenceStatus::Away => "away",
+            PresenceStatus::Online => "online",
+        }
+    }
+}
 
 /// A stored chat message as every member sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,9 +86,20 @@ pub struct ChatMessage {
     pub sender_id: UserId,
     pub sender_name: String,
     pub client_msg_id: ClientMsgId,
+    /// Empty when the message was deleted.
     pub body: String,
     /// Milliseconds since the Unix epoch, as stored.
     pub sent_at_ms: i64,
+    /// When the body was last edited, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at_ms: Option<i64>,
+    /// The message was deleted: its sequence number stays, its body is gone.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// A frame sent by a chat node to a client.
@@ -84,6 +139,32 @@ pub enum ServerFrame {
     },
     /// A new message in a joined room.
     Message(ChatMessage),
+    /// A message of a joined room was edited (by its sender).
+    MessageEdited {
+        room_id: RoomId,
+        seq: Seq,
+        body: String,
+        edited_at_ms: i64,
+    },
+    /// A message of a joined room was deleted, by its sender or a room owner.
+    MessageDeleted {
+        room_id: RoomId,
+        seq: Seq,
+        deleted_by: UserId,
+    },
+    /// The user's read marker of a room moved (on this or another connection): everything up
+    /// to `seq` is read, `unread` messages from others are left.
+    ReadMarker {
+        room_id: RoomId,
+        seq: Seq,
+        unread: i64,
+    },
+    /// A user who shares a joined room with this connection came online, went away or went
+    /// offline.
+    Presence {
+        user_id: UserId,
+        status: PresenceStatus,
+    },
     /// Someone else in a joined room is typing; forget it after `expires_in_ms` unless renewed.
     Typing {
         room_id: RoomId,
@@ -183,6 +264,8 @@ pub enum ErrorCode {
     NotFound,
     /// The endpoint exists but not with this method.
     MethodNotAllowed,
+    /// No message with that sequence number in the room, or it was deleted.
+    MessageNotFound,
 }
 
 impl ErrorCode {
@@ -221,6 +304,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::MessageNotFound => "message_not_found",
         }
     }
 }
@@ -329,9 +413,19 @@ impl ClientFrame {
 
     fn validate(&self) -> Result<(), FrameError> {
         match self {
-            ClientFrame::Join { .. } | ClientFrame::Leave { .. } | ClientFrame::Typing { .. } => {
-                Ok(())
-            }
+            ClientFrame::Join { .. }
+            | ClientFrame::Leave { .. }
+            | ClientFrame::Typing { .. }
+            | ClientFrame::Delete { .. }
+            | ClientFrame::MarkRead { .. } => Ok(()),
+            ClientFrame::Edit { body, .. } => validate_body(body),
+            ClientFrame::Presence { status } => match status {
+                PresenceStatus::Online | PresenceStatus::Away => Ok(()),
+                PresenceStatus::Offline => Err(FrameError::new(
+                    ErrorCode::BadFrame,
+                    "a connection is online or away; closing it goes offline",
+                )),
+            },
             ClientFrame::Send {
                 client_msg_id,
                 body,
@@ -460,6 +554,52 @@ mod tests {
     }
 
     #[test]
+    fn parses_edits_markers_and_presence() {
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"edit","room_id":3,"seq":4,"body":"fixed"}"#),
+            Ok(ClientFrame::Edit {
+                room_id: RoomId(3),
+                seq: Seq(4),
+                body: "fixed".into()
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"delete","room_id":3,"seq":4}"#),
+            Ok(ClientFrame::Delete {
+                room_id: RoomId(3),
+                seq: Seq(4)
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"mark_read","room_id":3,"seq":9}"#),
+            Ok(ClientFrame::MarkRead {
+                room_id: RoomId(3),
+                seq: Seq(9)
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"presence","status":"away"}"#),
+            Ok(ClientFrame::Presence {
+                status: PresenceStatus::Away
+            })
+        );
+        assert_eq!(
+            code_of(r#"{"type":"presence","status":"offline"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"presence","status":"asleep"}"#),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"edit","room_id":3,"seq":4,"body":" "}"#),
+            ErrorCode::BodyEmpty
+        );
+        assert!(PresenceStatus::Online > PresenceStatus::Away);
+        assert!(PresenceStatus::Away > PresenceStatus::Offline);
+    }
+
+    #[test]
     fn tells_malformed_input_apart() {
         assert_eq!(code_of("not json"), ErrorCode::BadJson);
         assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
@@ -525,6 +665,8 @@ mod tests {
             client_msg_id: ClientMsgId("c".into()),
             body: "hi".into(),
             sent_at_ms: 5,
+            edited_at_ms: None,
+            deleted: false,
         });
         assert_eq!(
             message.to_json(),

@@ -14,5 +14,5 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 
-pub use frame::{ChatMessage, ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use frame::{ChatMessage, ClientFrame, ErrorCode, FrameError, PresenceStatus, ServerFrame};
 pub use ids::{ClientMsgId, RoomId, Seq, UserId};

@@ -10,9 +10,10 @@
 use super::{body, finish, json, no_content, parse, request, ApiFailure, Request, RequestError};
 use crate::app::App;
 use crate::directory::{Access, RoomInfo};
+use crate::history::Page;
 use chat_protocol::api::{
     validate_room, CreateRoomRequest, MemberList, MessagePage, Role, Room, RoomKind, RoomList,
-    UserRef,
+    Unread, UserRef,
 };
 use chat_protocol::bus::Delivery;
 use chat_protocol::limits::MAX_PAGE;
@@ -170,6 +171,7 @@ fn room(info: RoomInfo, role: Option<Role>) -> Room {
         name: info.name,
         kind: info.kind,
         role,
+        unread: None,
     }
 }
 
@@ -244,15 +246,28 @@ async fn create(request: Request, body: Bytes) -> Result<Response> {
 
 async fn my_rooms(request: Request) -> Result<Response> {
     let me = request.identify().await?;
-    let rows = request
-        .app
-        .store
+    let store = &request.app.store;
+    let rows = store
         .rooms_of(me.user.user_id)
+        .await
+        .map_err(RequestError::from)?;
+    let states = store
+        .read_states(me.user.user_id)
         .await
         .map_err(RequestError::from)?;
     let rooms = rows
         .into_iter()
-        .map(|(row, role)| room(row.into(), Some(role)))
+        .map(|(row, role)| {
+            let unread = states.get(&row.room_id).map(|state| Unread {
+                last_seq: Seq(state.last_seq),
+                last_read_seq: Seq(state.last_read_seq),
+                count: state.unread,
+            });
+            Room {
+                unread,
+                ..room(row.into(), Some(role))
+            }
+        })
         .collect();
     Ok(json(StatusCode::OK, &RoomList { rooms }))
 }
@@ -326,27 +341,43 @@ async fn invite(request: Request, room_id: RoomId, body: Bytes) -> Result<Respon
 
 async fn members(request: Request, room_id: RoomId) -> Result<Response> {
     membership(&request, room_id).await?;
-    let members = request
+    let mut members = request
         .app
         .store
         .members(room_id)
         .await
         .map_err(RequestError::from)?;
+    for member in &mut members {
+        member.presence = request.app.presence.status(member.user_id);
+    }
     Ok(json(StatusCode::OK, &MemberList { members }))
 }
 
 async fn history(request: Request, room_id: RoomId, query: Query) -> Result<Response> {
     membership(&request, room_id).await?;
-    let after = number(&query, "after", 0)?;
     let limit = number(&query, "limit", DEFAULT_HISTORY_PAGE)?.clamp(1, MAX_PAGE);
+    let seq = |name: &str| -> Result<Option<Seq>> {
+        match query.get(name) {
+            None => Ok(None),
+            Some(_) => Ok(Some(Seq(
+                i64::try_from(number(&query, name, 0)?).unwrap_or(i64::MAX)
+            ))),
+        }
+    };
+    let page = match (seq("before")?, seq("after")?) {
+        (Some(_), Some(_)) => {
+            return Err(RoomError::Request(RequestError::BadRequest(
+                "give `before` or `after`, not both".into(),
+            )))
+        }
+        (Some(before), None) => Page::Before { before, limit },
+        (None, Some(after)) => Page::After { after, limit },
+        (None, None) => Page::Latest { limit },
+    };
     let messages = request
         .app
-        .store
-        .messages_after(
-            room_id,
-            Seq(i64::try_from(after).unwrap_or(i64::MAX)),
-            i64::try_from(limit).unwrap_or(50),
-        )
+        .history
+        .page(room_id, page)
         .await
         .map_err(RequestError::from)?;
     Ok(json(StatusCode::OK, &MessagePage { messages }))

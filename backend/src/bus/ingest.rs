@@ -71,9 +71,13 @@ impl IngestShard {
         for delivery in deliveries {
             let routing_key = match delivery {
                 Delivery::Room { room_id, .. } => Names::room_key(*room_id),
-                Delivery::Typing { room_id, .. } | Delivery::MemberLeft { room_id, .. } => {
-                    Names::room_key(*room_id)
-                }
+                Delivery::Typing { room_id, .. }
+                | Delivery::MemberLeft { room_id, .. }
+                | Delivery::MessageChanged { room_id, .. } => Names::room_key(*room_id),
+                Delivery::ReadMarker { .. }
+                | Delivery::Presence { .. }
+                | Delivery::PresenceSnapshot { .. }
+                | Delivery::PresenceSync { .. } => Names::everyone_key().to_owned(),
                 Delivery::Duplicates { receipts } => match receipts.first() {
                     Some(receipt) => Names::node_key(&receipt.origin.node_id),
                     None => continue,

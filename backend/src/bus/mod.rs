@@ -421,6 +421,15 @@ impl Bus {
     /// Publishes an ephemeral event to a room's nodes: not persistent, no confirm awaited, and
     /// dropped while RabbitMQ is away.
     pub async fn publish_ephemeral(&self, room: RoomId, event: &Delivery) -> Result<(), BusError> {
+        self.publish_transient(&Names::room_key(room), event).await
+    }
+
+    /// Publishes an ephemeral event to every node, this one included.
+    pub async fn publish_to_everyone(&self, event: &Delivery) -> Result<(), BusError> {
+        self.publish_transient(Names::everyone_key(), event).await
+    }
+
+    async fn publish_transient(&self, routing_key: &str, event: &Delivery) -> Result<(), BusError> {
         let session = self.session().ok_or(BusError::NotConnected)?;
         if !self.is_ready() {
             return Err(BusError::NotConnected);
@@ -431,7 +440,7 @@ impl Bus {
             .publish
             .basic_publish(
                 &self.inner.names.delivery_exchange(),
-                &Names::room_key(room),
+                routing_key,
                 BasicPublishOptions::default(),
                 &payload,
                 transient_json(),

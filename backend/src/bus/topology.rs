@@ -62,6 +62,11 @@ impl Names {
     pub fn node_key(node_id: &str) -> String {
         format!("node.{node_id}")
     }
+
+    /// Every node queue is bound to this key: user-scoped events (presence, read markers).
+    pub fn everyone_key() -> &'static str {
+        "everyone"
+    }
 }
 
 /// An exchange of the shared topology.
@@ -220,6 +225,15 @@ pub async fn declare_node_queue(channel: &Channel, names: &Names) -> Result<(), 
             &names.node_queue(),
             &names.delivery_exchange(),
             &Names::node_key(&names.node_id),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            &names.node_queue(),
+            &names.delivery_exchange(),
+            Names::everyone_key(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )

@@ -5,7 +5,7 @@ use chat_protocol::bus::IngestMessage;
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, UserId};
 use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz};
 use std::collections::{HashMap, HashSet};
 
 /// What became of one message of a batch.
@@ -36,7 +36,15 @@ pub struct StoredRow {
     pub body: String,
     #[diesel(sql_type = Timestamptz)]
     pub sent_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub edited_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
+
+/// The columns every message read selects, for `FROM messages m JOIN users u`.
+const MESSAGE_COLUMNS: &str = "m.room_id, m.seq, m.sender_id, u.display_name AS sender_name, \
+     m.client_msg_id, m.body, m.sent_at, m.edited_at, m.deleted_at";
 
 impl StoredRow {
     pub fn into_message(self) -> ChatMessage {
@@ -48,8 +56,46 @@ impl StoredRow {
             client_msg_id: ClientMsgId(self.client_msg_id),
             body: self.body,
             sent_at_ms: self.sent_at.timestamp_millis(),
+            edited_at_ms: self.edited_at.map(|at| at.timestamp_millis()),
+            deleted: self.deleted_at.is_some(),
         }
     }
+}
+
+/// What an edit or delete changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOutcome {
+    /// Changed at this time.
+    Changed { at_ms: i64 },
+    /// No such message in the room, or already deleted.
+    NotFound,
+    /// The message is someone else's (and, for deletes, the caller does not own the room).
+    NotAllowed,
+}
+
+/// A member's read state after moving the marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct ReadState {
+    #[diesel(sql_type = BigInt)]
+    pub last_seq: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_read_seq: i64,
+    #[diesel(sql_type = BigInt)]
+    pub unread: i64,
+}
+
+#[derive(QueryableByName)]
+struct SenderRow {
+    #[diesel(sql_type = BigInt)]
+    sender_id: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(QueryableByName)]
+struct ChangedRow {
+    #[diesel(sql_type = Timestamptz)]
+    at: DateTime<Utc>,
 }
 
 #[derive(QueryableByName)]
@@ -90,12 +136,10 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ChatMessage>, StoreError> {
         self.run(move |conn| {
-            let rows = diesel::sql_query(
-                "SELECT m.room_id, m.seq, m.sender_id, u.display_name AS sender_name, \
-                        m.client_msg_id, m.body, m.sent_at \
-                 FROM messages m JOIN users u ON u.id = m.sender_id \
-                 WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
-            )
+            let rows = diesel::sql_query(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
+                 WHERE m.room_id = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3"
+            ))
             .bind::<BigInt, _>(room_id.0)
             .bind::<BigInt, _>(after.0)
             .bind::<BigInt, _>(limit)
@@ -104,6 +148,178 @@ impl Store {
         })
         .await
     }
+
+    /// The `limit` messages of a room right below `before` (the newest ones without it), oldest
+    /// first.
+    pub async fn messages_before(
+        &self,
+        room_id: RoomId,
+        before: Option<Seq>,
+        limit: i64,
+    ) -> Result<Vec<ChatMessage>, StoreError> {
+        self.run(move |conn| {
+            let rows = diesel::sql_query(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
+                 WHERE m.room_id = $1 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+            ))
+            .bind::<BigInt, _>(room_id.0)
+            .bind::<BigInt, _>(before.map_or(i64::MAX, |seq| seq.0))
+            .bind::<BigInt, _>(limit)
+            .load::<StoredRow>(conn)?;
+            Ok(rows
+                .into_iter()
+                .rev()
+                .map(StoredRow::into_message)
+                .collect())
+        })
+        .await
+    }
+
+    /// Replaces the body of `editor`'s own message.
+    pub async fn edit_message(
+        &self,
+        room_id: RoomId,
+        seq: Seq,
+        editor: UserId,
+        body: String,
+    ) -> Result<ChangeOutcome, StoreError> {
+        self.run(move |conn| {
+            conn.transaction(|conn| {
+                let Some(row) = sender_of(conn, room_id, seq)? else {
+                    return Ok(ChangeOutcome::NotFound);
+                };
+                if row.deleted_at.is_some() {
+                    return Ok(ChangeOutcome::NotFound);
+                }
+                if row.sender_id != editor.0 {
+                    return Ok(ChangeOutcome::NotAllowed);
+                }
+                let changed = diesel::sql_query(
+                    "UPDATE messages SET body = $3, edited_at = now() \
+                     WHERE room_id = $1 AND seq = $2 RETURNING edited_at AS at",
+                )
+                .bind::<BigInt, _>(room_id.0)
+                .bind::<BigInt, _>(seq.0)
+                .bind::<Text, _>(&body)
+                .get_result::<ChangedRow>(conn)?;
+                Ok(ChangeOutcome::Changed {
+                    at_ms: changed.at.timestamp_millis(),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Deletes a message: its sender may, and so may the room's owners (`is_owner`).
+    pub async fn delete_message(
+        &self,
+        room_id: RoomId,
+        seq: Seq,
+        by: UserId,
+        is_owner: bool,
+    ) -> Result<ChangeOutcome, StoreError> {
+        self.run(move |conn| {
+            conn.transaction(|conn| {
+                let Some(row) = sender_of(conn, room_id, seq)? else {
+                    return Ok(ChangeOutcome::NotFound);
+                };
+                if row.deleted_at.is_some() {
+                    return Ok(ChangeOutcome::NotFound);
+                }
+                if row.sender_id != by.0 && !is_owner {
+                    return Ok(ChangeOutcome::NotAllowed);
+                }
+                let changed = diesel::sql_query(
+                    "UPDATE messages SET body = '', deleted_at = now(), deleted_by = $3 \
+                     WHERE room_id = $1 AND seq = $2 RETURNING deleted_at AS at",
+                )
+                .bind::<BigInt, _>(room_id.0)
+                .bind::<BigInt, _>(seq.0)
+                .bind::<BigInt, _>(by.0)
+                .get_result::<ChangedRow>(conn)?;
+                Ok(ChangeOutcome::Changed {
+                    at_ms: changed.at.timestamp_millis(),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Moves a member's read marker forward to `seq` (never past the room's newest message,
+    /// never back). `None` if the user is not a member.
+    pub async fn mark_read(
+        &self,
+        room_id: RoomId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Option<ReadState>, StoreError> {
+        self.run(move |conn| {
+            let state = diesel::sql_query(
+                "WITH moved AS ( \
+                   UPDATE memberships ms \
+                   SET last_read_seq = GREATEST(ms.last_read_seq, LEAST($3, r.last_seq)) \
+                   FROM rooms r WHERE r.id = ms.room_id AND ms.room_id = $1 AND ms.user_id = $2 \
+                   RETURNING ms.last_read_seq, r.last_seq) \
+                 SELECT moved.last_seq, moved.last_read_seq, \
+                        (SELECT count(*) FROM messages m WHERE m.room_id = $1 \
+                           AND m.seq > moved.last_read_seq AND m.sender_id <> $2 \
+                           AND m.deleted_at IS NULL) AS unread \
+                 FROM moved",
+            )
+            .bind::<BigInt, _>(room_id.0)
+            .bind::<BigInt, _>(user.0)
+            .bind::<BigInt, _>(seq.0.max(0))
+            .get_result::<ReadState>(conn)
+            .optional()?;
+            Ok(state)
+        })
+        .await
+    }
+
+    /// The read state of every room the user is in, by room.
+    pub async fn read_states(
+        &self,
+        user: UserId,
+    ) -> Result<HashMap<RoomId, ReadState>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = BigInt)]
+            room_id: i64,
+            #[diesel(embed)]
+            state: ReadState,
+        }
+        self.run(move |conn| {
+            let rows = diesel::sql_query(
+                "SELECT ms.room_id, r.last_seq, ms.last_read_seq, \
+                        (SELECT count(*) FROM messages m WHERE m.room_id = ms.room_id \
+                           AND m.seq > ms.last_read_seq AND m.sender_id <> $1 \
+                           AND m.deleted_at IS NULL) AS unread \
+                 FROM memberships ms JOIN rooms r ON r.id = ms.room_id \
+                 WHERE ms.user_id = $1",
+            )
+            .bind::<BigInt, _>(user.0)
+            .load::<Row>(conn)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| (RoomId(row.room_id), row.state))
+                .collect())
+        })
+        .await
+    }
+}
+
+fn sender_of(
+    conn: &mut PgConnection,
+    room_id: RoomId,
+    seq: Seq,
+) -> Result<Option<SenderRow>, diesel::result::Error> {
+    diesel::sql_query(
+        "SELECT sender_id, deleted_at FROM messages WHERE room_id = $1 AND seq = $2 FOR UPDATE",
+    )
+    .bind::<BigInt, _>(room_id.0)
+    .bind::<BigInt, _>(seq.0)
+    .get_result::<SenderRow>(conn)
+    .optional()
 }
 
 type DedupKey = (i64, String);
@@ -117,13 +333,11 @@ fn persist_in_transaction(
     let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
 
     // Resends of messages stored by an earlier batch.
-    let mut known: HashMap<DedupKey, ChatMessage> = diesel::sql_query(
-        "SELECT m.room_id, m.seq, m.sender_id, u.display_name AS sender_name, \
-                m.client_msg_id, m.body, m.sent_at \
-         FROM messages m JOIN users u ON u.id = m.sender_id \
+    let mut known: HashMap<DedupKey, ChatMessage> = diesel::sql_query(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
          JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_msg_id) \
-           ON m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id",
-    )
+           ON m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id"
+    ))
     .bind::<Array<BigInt>, _>(&sender_ids)
     .bind::<Array<Text>, _>(&client_ids)
     .load::<StoredRow>(conn)?
@@ -204,6 +418,8 @@ fn persist_in_transaction(
                 client_msg_id: message.client_msg_id.clone(),
                 body: message.body.clone(),
                 sent_at_ms: message.sent_at_ms,
+                edited_at_ms: None,
+                deleted: false,
             };
             *seq += 1;
             columns.push(message, stored.seq.0);

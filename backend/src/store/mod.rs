@@ -9,7 +9,7 @@ mod rooms;
 pub mod schema;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
-pub use messages::{MessageOutcome, StoredRow};
+pub use messages::{ChangeOutcome, MessageOutcome, ReadState, StoredRow};
 pub use rooms::RoomRow;
 
 use diesel::pg::PgConnection;

@@ -3,9 +3,10 @@
 use super::schema::{memberships, rooms, users};
 use super::{Store, StoreError};
 use chat_protocol::api::{Member, Role, RoomKind};
-use chat_protocol::{RoomId, Seq, UserId};
+use chat_protocol::{PresenceStatus, RoomId, Seq, UserId};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use std::collections::HashMap;
 
 /// A room's metadata, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +151,29 @@ impl Store {
         .await
     }
 
+    /// For each of `users`, which of `rooms` they are a member of.
+    pub async fn shared_rooms(
+        &self,
+        users: Vec<UserId>,
+        rooms: Vec<RoomId>,
+    ) -> Result<HashMap<UserId, Vec<RoomId>>, StoreError> {
+        let users: Vec<i64> = users.into_iter().map(|user| user.0).collect();
+        let rooms: Vec<i64> = rooms.into_iter().map(|room| room.0).collect();
+        self.run(move |conn| {
+            let rows = memberships::table
+                .filter(memberships::user_id.eq_any(&users))
+                .filter(memberships::room_id.eq_any(&rooms))
+                .select((memberships::user_id, memberships::room_id))
+                .load::<(i64, i64)>(conn)?;
+            let mut shared: HashMap<UserId, Vec<RoomId>> = HashMap::new();
+            for (user, room) in rows {
+                shared.entry(UserId(user)).or_default().push(RoomId(room));
+            }
+            Ok(shared)
+        })
+        .await
+    }
+
     /// The user's role in the room, if a member.
     pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, StoreError> {
         self.run(move |conn| {
@@ -215,6 +239,7 @@ impl Store {
                     username,
                     display_name,
                     role: role_of(&role),
+                    presence: PresenceStatus::Offline,
                 })
                 .collect())
         })

@@ -40,6 +40,7 @@ diesel::table! {
         user_id -> Int8,
         role -> Text,
         joined_at -> Timestamptz,
+        last_read_seq -> Int8,
     }
 }
 
@@ -52,6 +53,9 @@ diesel::table! {
         body -> Text,
         sent_at -> Timestamptz,
         stored_at -> Timestamptz,
+        edited_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
+        deleted_by -> Nullable<Int8>,
     }
 }
 

@@ -1,0 +1,124 @@
+//! Read markers and unread counts: synced to every connection of the user on every node, and
+//! what an offline user finds when they come back.
+
+use chat_protocol::api::{MessagePage, RoomList};
+use chat_protocol::{ClientFrame, ErrorCode, RoomId, Seq, ServerFrame};
+use e2e_tests::api::Api;
+use e2e_tests::{TestEnv, WsClient};
+
+async fn next_marker(client: &mut WsClient, room: RoomId) -> anyhow::Result<(i64, i64)> {
+    client
+        .recv_until(|frame| match frame {
+            ServerFrame::ReadMarker {
+                room_id,
+                seq,
+                unread,
+            } if *room_id == room => Some((seq.0, *unread)),
+            _ => None,
+        })
+        .await
+}
+
+/// (last_seq, last_read_seq, unread count) of a room in `GET /api/me/rooms`.
+async fn unread(api: &Api, room: RoomId) -> anyhow::Result<(i64, i64, i64)> {
+    let rooms: RoomList = api.get("/api/me/rooms").await?.into()?;
+    let found = rooms
+        .rooms
+        .iter()
+        .find(|r| r.room_id == room)
+        .and_then(|r| r.unread)
+        .ok_or_else(|| anyhow::anyhow!("room {room} has no read state"))?;
+    Ok((found.last_seq.0, found.last_read_seq.0, found.count))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_markers_sync_across_connections_and_nodes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node_a = env.start_node("read-a").await?;
+    let node_b = env.start_node("read-b").await?;
+    let mut bob = node_a.user("bob").await?;
+    let (room, _) = bob.join("reading").await?;
+    // Ada has a tab on each node; the second never joins the room over WebSocket.
+    let mut ada_a = node_a.user("ada").await?;
+    ada_a.join("reading").await?;
+    let ada_api = ada_a.api()?.clone();
+    let mut ada_b = WsClient::connect_as(&node_b.ws_url(), ada_api.clone()).await?;
+
+    for n in 1..=5 {
+        bob.send_message(room, &format!("b{n}"), &format!("news {n}"))
+            .await?;
+    }
+    for _ in 0..5 {
+        ada_a.next_message(room).await?;
+    }
+    // Bob's own messages are not unread for him; all five are for ada.
+    assert_eq!(unread(&ada_api, room).await?, (5, 0, 5));
+    assert_eq!(unread(bob.api()?, room).await?, (5, 0, 0));
+
+    ada_a
+        .send(&ClientFrame::MarkRead {
+            room_id: room,
+            seq: Seq(3),
+        })
+        .await?;
+    assert_eq!(next_marker(&mut ada_a, room).await?, (3, 2));
+    assert_eq!(next_marker(&mut ada_b, room).await?, (3, 2));
+    assert_eq!(unread(&ada_api, room).await?, (5, 3, 2));
+
+    // Markers never move back, and never past the newest message.
+    ada_b
+        .send(&ClientFrame::MarkRead {
+            room_id: room,
+            seq: Seq(1),
+        })
+        .await?;
+    assert_eq!(next_marker(&mut ada_b, room).await?, (3, 2));
+    ada_b
+        .send(&ClientFrame::MarkRead {
+            room_id: room,
+            seq: Seq(1_000),
+        })
+        .await?;
+    assert_eq!(next_marker(&mut ada_b, room).await?, (5, 0));
+    assert_eq!(next_marker(&mut ada_a, room).await?, (3, 2));
+    assert_eq!(next_marker(&mut ada_a, room).await?, (5, 0));
+
+    // Offline: ada closes both tabs, bob writes on; back, she sees the count and reads it.
+    drop(ada_a);
+    drop(ada_b);
+    for n in 6..=8 {
+        bob.send_message(room, &format!("b{n}"), &format!("news {n}"))
+            .await?;
+    }
+    bob.recv_until(|frame| match frame {
+        ServerFrame::Message(message) if message.seq == Seq(8) => Some(()),
+        _ => None,
+    })
+    .await?;
+    let (last_seq, last_read, count) = unread(&ada_api, room).await?;
+    assert_eq!((last_seq, last_read, count), (8, 5, 3));
+    let missed: MessagePage = ada_api
+        .get(&format!("/api/rooms/{room}/messages?after={last_read}"))
+        .await?
+        .into()?;
+    let seqs: Vec<i64> = missed.messages.iter().map(|m| m.seq.0).collect();
+    assert_eq!(seqs, vec![6, 7, 8]);
+
+    // Not a member: refused, nothing moves.
+    let mut eve = node_b.user("eve").await?;
+    eve.send(&ClientFrame::MarkRead {
+        room_id: room,
+        seq: Seq(8),
+    })
+    .await?;
+    let code = eve
+        .recv_until(|frame| match frame {
+            ServerFrame::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(code, ErrorCode::NotMember);
+    node_a.stop().await?;
+    node_b.stop().await?;
+    Ok(())
+}
