@@ -23,6 +23,7 @@ pub mod cache;
 pub mod config;
 pub mod directory;
 pub mod fanout;
+pub mod forwarded;
 pub mod http;
 pub mod hub;
 pub mod metrics;

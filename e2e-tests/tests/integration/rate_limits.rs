@@ -1,8 +1,11 @@
 //! Rate limits on sending (per user) and on login attempts (per user name and per IP address),
-//! answered with `rate_limited` and how long to wait.
+//! answered with `rate_limited` and how long to wait; behind a trusted proxy, the IP address is
+//! the one the proxy forwards for.
 
+use chat_backend::forwarded::IpNet;
 use chat_protocol::ServerFrame;
-use e2e_tests::{TestEnv, TestNode};
+use e2e_tests::api::Reply;
+use e2e_tests::{Api, TestEnv, TestNode};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,6 +102,88 @@ async fn login_attempts_are_limited_per_user_and_per_ip() -> anyhow::Result<()> 
     )
     .await?
     .expect_error(429, "rate_limited")?;
+    api.post(
+        "/api/register",
+        json!({"username": "dave", "password": "correct horse"}),
+    )
+    .await?
+    .expect_error(429, "rate_limited")?;
+    node.stop().await?;
+    Ok(())
+}
+
+/// A failed login attempt for `username`, as if forwarded by a proxy for `forwarded_for`.
+async fn attempt(api: &Api, forwarded_for: &str, username: &str) -> anyhow::Result<Reply> {
+    let request = api
+        .http()
+        .post(format!("{}/api/login", api.base()))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": username, "password": "guess guess"}));
+    api.send(request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_budget(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("trusted-proxy");
+    config.login_attempts_per_ip = 3;
+    // Every test client connects from 127.0.0.1: here, that is the proxy.
+    config.trusted_proxies = vec!["127.0.0.1".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    let node = TestNode::start(config).await?;
+    let api = node.api();
+
+    for client in ["203.0.113.1", "203.0.113.2"] {
+        for index in 0..3 {
+            attempt(&api, client, &format!("user{index}"))
+                .await?
+                .expect_error(401, "bad_credentials")?;
+        }
+        attempt(&api, client, "user9")
+            .await?
+            .expect_error(429, "rate_limited")?;
+    }
+    // A client that writes an address of its own in front of the one the proxy appends is
+    // still counted as the address the proxy saw.
+    attempt(&api, "198.51.100.7, 203.0.113.1", "user0")
+        .await?
+        .expect_error(429, "rate_limited")?;
+    // Nonsense to the left of the proxy's entry changes nothing either.
+    attempt(&api, "nonsense, 203.0.113.2", "user0")
+        .await?
+        .expect_error(429, "rate_limited")?;
+    // The proxy itself (no header) and a third client have budgets of their own.
+    api.post(
+        "/api/login",
+        json!({"username": "user0", "password": "guess guess"}),
+    )
+    .await?
+    .expect_error(401, "bad_credentials")?;
+    attempt(&api, "203.0.113.3", "user0")
+        .await?
+        .expect_error(401, "bad_credentials")?;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peer_cannot_choose_its_address_with_x_forwarded_for() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("untrusted-proxy");
+    config.login_attempts_per_ip = 3;
+    config.trusted_proxies = vec!["192.0.2.1".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    let node = TestNode::start(config).await?;
+    let api = node.api();
+
+    for index in 0..3 {
+        attempt(&api, "203.0.113.1", &format!("user{index}"))
+            .await?
+            .expect_error(401, "bad_credentials")?;
+    }
+    // The header is ignored: every attempt from this peer shares one budget.
+    attempt(&api, "203.0.113.2", "user0")
+        .await?
+        .expect_error(429, "rate_limited")?;
     api.post(
         "/api/register",
         json!({"username": "dave", "password": "correct horse"}),
