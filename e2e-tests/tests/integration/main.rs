@@ -15,5 +15,6 @@ mod profiles_cache;
 mod rate_limits;
 mod resume;
 mod rooms;
+mod rooms_cache;
 mod two_nodes;
 mod typing;
