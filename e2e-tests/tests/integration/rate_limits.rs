@@ -5,7 +5,7 @@
 use chat_backend::forwarded::IpNet;
 use chat_protocol::ServerFrame;
 use e2e_tests::api::Reply;
-use e2e_tests::{Api, TestEnv, TestNode};
+use e2e_tests::{Api, TestEnv, TestNode, WsClient};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,6 +190,74 @@ async fn an_untrusted_peer_cannot_choose_its_address_with_x_forwarded_for() -> a
     )
     .await?
     .expect_error(429, "rate_limited")?;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_websocket_sends_are_limited_per_forwarded_client(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("trusted-proxy-ws");
+    config.send_rate_per_ip = 1;
+    config.send_burst_per_ip = 2;
+    config.trusted_proxies = vec!["127.0.0.0/8".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    let node = TestNode::start(config).await?;
+    let room = node.sign_in("ada").await?.public_room("proxied").await?;
+
+    // Ada and carol behind the proxy from one address, bob from another.
+    let mut clients = Vec::new();
+    for (name, address) in [
+        ("ada", "203.0.113.1"),
+        ("carol", "203.0.113.1"),
+        ("bob", "203.0.113.2"),
+    ] {
+        let api = node.sign_in(name).await?;
+        let joined = api.post_empty(&format!("/api/rooms/{room}/join")).await?;
+        assert_eq!(joined.status, 200, "{}", joined.body);
+        let mut client =
+            WsClient::connect_with_headers(&node.ws_url(), api, &[("x-forwarded-for", address)])
+                .await?;
+        client.subscribe(room).await?;
+        clients.push(client);
+    }
+    let mut answers = Vec::new();
+    for (index, client) in clients.iter_mut().enumerate() {
+        let sends = if index == 1 { 1 } else { 3 };
+        for send in 0..sends {
+            let id = format!("c{index}-{send}");
+            client.send_message(room, &id, "hello").await?;
+            let answer = client
+                .recv_until(|frame| match frame {
+                    ServerFrame::Accepted { client_msg_id, .. } if client_msg_id.0 == id => {
+                        Some("accepted".to_owned())
+                    }
+                    ServerFrame::Error {
+                        code,
+                        client_msg_id: Some(refused),
+                        ..
+                    } if refused.0 == id => Some(code.as_str().to_owned()),
+                    _ => None,
+                })
+                .await?;
+            answers.push((id, answer));
+        }
+    }
+    let expected = [
+        ("c0-0", "accepted"),
+        ("c0-1", "accepted"),
+        ("c0-2", "rate_limited"),
+        // Carol shares ada's address, whose burst is spent; bob has a burst of his own.
+        ("c1-0", "rate_limited"),
+        ("c2-0", "accepted"),
+        ("c2-1", "accepted"),
+        ("c2-2", "rate_limited"),
+    ];
+    let answers: Vec<(&str, &str)> = answers
+        .iter()
+        .map(|(id, answer)| (id.as_str(), answer.as_str()))
+        .collect();
+    assert_eq!(answers, expected);
     node.stop().await?;
     Ok(())
 }
