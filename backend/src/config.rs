@@ -1,7 +1,7 @@
 //! Layered configuration: built-in defaults that point at the local services, then
 //! environment variables, then command-line flags (clap applies them in that order).
 
-use crate::forwarded::IpNet;
+use crate::forwarded::TrustedProxies;
 use clap::{Parser, ValueEnum};
 use std::fmt;
 use std::net::SocketAddr;
@@ -150,8 +150,8 @@ pub struct Config {
 
     /// Proxies (IP addresses or CIDR ranges, comma separated) whose `X-Forwarded-For` names the
     /// client; the per-IP limits then count the client, not the proxy. Empty: nobody is.
-    #[arg(long, env = "CHAT_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<IpNet>,
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
 
     /// Directory with the built web client (index.html and the WebAssembly bundle).
     #[arg(long, env = "CHAT_WEB_DIR", default_value = "web-client/dist")]
@@ -193,7 +193,7 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.ingest_shards, 8);
         assert!(config.allowed_origins.is_empty());
-        assert!(config.trusted_proxies.is_empty());
+        assert!(config.trusted_proxies.0.is_empty());
         assert!(!config.cookie_secure);
     }
 
@@ -225,7 +225,7 @@ mod tests {
             Ok(config) => config,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(config.trusted_proxies.len(), 3);
+        assert_eq!(config.trusted_proxies.0.len(), 3);
         assert!(Config::try_parse_from(["chat-server", "--trusted-proxies", "lb"]).is_err());
     }
 

@@ -73,6 +73,23 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// The trusted proxies: addresses and ranges, comma separated; an empty list trusts nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl FromStr for TrustedProxies {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<TrustedProxies, String> {
+        text.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<IpNet>, String>>()
+            .map(TrustedProxies)
+    }
+}
+
 /// The client's address: `peer`, or, when `peer` is a trusted proxy, what the proxies say in
 /// `forwarded_for` (every `X-Forwarded-For` header, in order).
 pub fn client_ip<'a>(
@@ -162,6 +179,15 @@ mod tests {
         ] {
             assert!(bad.parse::<IpNet>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn proxy_lists_may_be_empty() {
+        let parse = |text: &str| text.parse::<TrustedProxies>().map(|list| list.0.len());
+        assert_eq!(parse(""), Ok(0));
+        assert_eq!(parse(" , "), Ok(0));
+        assert_eq!(parse("10.0.0.0/8, 192.0.2.7,"), Ok(2));
+        assert!(parse("10.0.0.0/8,lb").is_err());
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn request(app: Arc<App>) -> impl Filter<Extract = (Request,), Error = Rejec
                     forwarded::client_ip(
                         addr.ip(),
                         headers.get_all(X_FORWARDED_FOR),
-                        &app.config.trusted_proxies,
+                        &app.config.trusted_proxies.0,
                     )
                 });
                 Request {

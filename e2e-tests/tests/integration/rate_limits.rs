@@ -2,7 +2,7 @@
 //! answered with `rate_limited` and how long to wait; behind a trusted proxy, the IP address is
 //! the one the proxy forwards for.
 
-use chat_backend::forwarded::IpNet;
+use chat_backend::forwarded::TrustedProxies;
 use chat_protocol::ServerFrame;
 use e2e_tests::api::Reply;
 use e2e_tests::{Api, TestEnv, TestNode, WsClient};
@@ -129,7 +129,9 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_login_budget(
     let mut config = env.config("trusted-proxy");
     config.login_attempts_per_ip = 3;
     // Every test client connects from 127.0.0.1: here, that is the proxy.
-    config.trusted_proxies = vec!["127.0.0.1".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    config.trusted_proxies = "127.0.0.1"
+        .parse::<TrustedProxies>()
+        .map_err(anyhow::Error::msg)?;
     let node = TestNode::start(config).await?;
     let api = node.api();
 
@@ -171,7 +173,9 @@ async fn an_untrusted_peer_cannot_choose_its_address_with_x_forwarded_for() -> a
     let env = TestEnv::new().await?;
     let mut config = env.config("untrusted-proxy");
     config.login_attempts_per_ip = 3;
-    config.trusted_proxies = vec!["192.0.2.1".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    config.trusted_proxies = "192.0.2.1"
+        .parse::<TrustedProxies>()
+        .map_err(anyhow::Error::msg)?;
     let node = TestNode::start(config).await?;
     let api = node.api();
 
@@ -201,7 +205,9 @@ async fn behind_a_trusted_proxy_websocket_sends_are_limited_per_forwarded_client
     let mut config = env.config("trusted-proxy-ws");
     config.send_rate_per_ip = 1;
     config.send_burst_per_ip = 2;
-    config.trusted_proxies = vec!["127.0.0.0/8".parse::<IpNet>().map_err(anyhow::Error::msg)?];
+    config.trusted_proxies = "127.0.0.0/8"
+        .parse::<TrustedProxies>()
+        .map_err(anyhow::Error::msg)?;
     let node = TestNode::start(config).await?;
     let room = node.sign_in("ada").await?.public_room("proxied").await?;
 
