@@ -12,7 +12,7 @@ use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::persister;
 use crate::presence::{self, Presence, PresenceEvent};
-use crate::rate_limit::RateLimits;
+use crate::rate_limit::{self, RateLimits};
 use crate::store::Store;
 use chat_protocol::bus::Delivery;
 use std::future::Future;
@@ -191,6 +191,15 @@ pub async fn run(
             shutdown.await;
             tracing::info!("shutting down");
             app.shutdown.cancel();
+        });
+    }
+
+    {
+        // Limits forget the keys of clients that have been quiet long enough.
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stop = app.shutdown.clone();
+            rate_limit::forget_idle_every(&app.limits, rate_limit::FORGET_IDLE_EVERY, stop).await
         });
     }
 

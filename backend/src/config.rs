@@ -1,6 +1,7 @@
 //! Layered configuration: built-in defaults that point at the local services, then
 //! environment variables, then command-line flags (clap applies them in that order).
 
+use crate::forwarded::TrustedProxies;
 use clap::{Parser, ValueEnum};
 use std::fmt;
 use std::net::SocketAddr;
@@ -156,6 +157,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_LOGIN_ATTEMPTS_PER_USER", default_value_t = 10)]
     pub login_attempts_per_user: u32,
 
+    /// Proxies (IP addresses or CIDR ranges, comma separated) whose `X-Forwarded-For` names the
+    /// client; the per-IP limits then count the client, not the proxy. Empty: nobody is.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
     /// Directory with the built web client (index.html and the WebAssembly bundle).
     #[arg(long, env = "CHAT_WEB_DIR", default_value = "web-client/dist")]
     pub web_dir: PathBuf,
@@ -196,6 +202,7 @@ mod tests {
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.ingest_shards, 8);
         assert!(config.allowed_origins.is_empty());
+        assert!(config.trusted_proxies.0.is_empty());
         assert!(!config.cookie_secure);
     }
 
@@ -214,6 +221,21 @@ mod tests {
         };
         assert_eq!(config.allowed_origins.len(), 2);
         assert!(config.cookie_secure);
+    }
+
+    #[test]
+    fn trusted_proxies_are_a_list_of_ranges() {
+        let config = Config::try_parse_from([
+            "chat-server",
+            "--trusted-proxies",
+            "10.0.0.0/8,192.0.2.7, fd00::/8",
+        ]);
+        let config = match config {
+            Ok(config) => config,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(config.trusted_proxies.0.len(), 3);
+        assert!(Config::try_parse_from(["chat-server", "--trusted-proxies", "lb"]).is_err());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub mod directory;
 pub mod fanout;
+pub mod forwarded;
 pub mod history;
 pub mod http;
 pub mod hub;

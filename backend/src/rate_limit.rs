@@ -10,6 +10,11 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+/// How often a node forgets the keys whose limits are back to full.
+pub const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 
 /// Every limit this node enforces.
 pub struct RateLimits {
@@ -90,6 +95,14 @@ impl RateLimits {
         self.logins_per_user.retain_recent();
     }
 
+    /// Keys currently remembered, over every limit.
+    pub fn tracked_keys(&self) -> usize {
+        self.sends_per_user.len()
+            + self.sends_per_ip.len()
+            + self.logins_per_ip.len()
+            + self.logins_per_user.len()
+    }
+
     fn check<K: Hash + Eq + Clone>(
         &self,
         limiter: &DefaultKeyedRateLimiter<K>,
@@ -105,4 +118,83 @@ impl RateLimits {
 
 fn nonzero(value: u32) -> NonZeroU32 {
     NonZeroU32::new(value).unwrap_or(NonZeroU32::MIN)
+}
+
+/// Calls [`RateLimits::forget_idle`] every `period` until `stop` is cancelled.
+pub async fn forget_idle_every(limits: &RateLimits, period: Duration, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => limits.forget_idle(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use clap::Parser;
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    /// Limits whose budgets refill within a millisecond.
+    fn fast_limits() -> RateLimits {
+        let config = Config::try_parse_from([
+            "chat-server",
+            "--send-rate-per-user",
+            "100000",
+            "--send-rate-per-ip",
+            "100000",
+            "--login-attempts-per-ip",
+            "1000000",
+            "--login-attempts-per-user",
+            "1000000",
+        ]);
+        match config {
+            Ok(config) => RateLimits::new(&config, Metrics::new()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_keys_are_forgotten_periodically_until_stopped() {
+        let limits = Arc::new(fast_limits());
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        assert_eq!(limits.check_send(UserId(1), Some(ip)), Ok(()));
+        assert_eq!(limits.check_login(Some(ip), Some("ada")), Ok(()));
+        assert_eq!(limits.tracked_keys(), 4);
+
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let limits = limits.clone();
+            let stop = stop.clone();
+            async move { forget_idle_every(&limits, Duration::from_millis(10), stop).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while limits.tracked_keys() > 0 {
+            assert!(Instant::now() < deadline, "idle keys were not forgotten");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(matches!(stopped, Ok(Ok(()))), "the task did not stop");
+    }
+
+    #[test]
+    fn busy_keys_are_kept() {
+        let config = Config::try_parse_from(["chat-server", "--login-attempts-per-ip", "1"]);
+        let limits = match config {
+            Ok(config) => RateLimits::new(&config, Metrics::new()),
+            Err(e) => panic!("{e}"),
+        };
+        let ip = IpAddr::from([192, 0, 2, 1]);
+        assert_eq!(limits.check_login(Some(ip), None), Ok(()));
+        // A minute must pass before this address has its attempt back: it is remembered.
+        limits.forget_idle();
+        assert_eq!(limits.tracked_keys(), 1);
+        assert!(limits.check_login(Some(ip), None).is_err());
+    }
 }

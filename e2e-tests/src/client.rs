@@ -33,12 +33,26 @@ impl WsClient {
 
     /// Opens a WebSocket with `api`'s bearer token and waits for `welcome`.
     pub async fn connect_as(url: &str, api: Api) -> anyhow::Result<WsClient> {
+        WsClient::connect_with_headers(url, api, &[]).await
+    }
+
+    /// Like [`WsClient::connect_as`], with more request headers.
+    pub async fn connect_with_headers(
+        url: &str,
+        api: Api,
+        headers: &[(&'static str, &str)],
+    ) -> anyhow::Result<WsClient> {
         let mut request = url.into_client_request()?;
         let token = api.token().context("the API client is not signed in")?;
         request.headers_mut().insert(
             "authorization",
             HeaderValue::from_str(&format!("Bearer {token}"))?,
         );
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_str(value)?);
+        }
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;

@@ -67,6 +67,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         send_burst_per_ip: 100_000,
         login_attempts_per_ip: 100_000,
         login_attempts_per_user: 100_000,
+        trusted_proxies: Default::default(),
         web_dir: web_dir().unwrap_or_else(|_| PathBuf::from("web-client/dist")),
         log_format: LogFormat::Human,
     }

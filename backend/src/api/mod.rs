@@ -13,6 +13,7 @@ mod rooms;
 
 use crate::app::App;
 use crate::auth::{self, Credentials, Identity};
+use crate::forwarded;
 use crate::http::Peer;
 use crate::rate_limit::RetryAfter;
 use crate::store::StoreError;
@@ -25,7 +26,7 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
-use warp::http::header::{HeaderValue, RETRY_AFTER, SET_COOKIE};
+use warp::http::header::{HeaderMap, HeaderValue, RETRY_AFTER, SET_COOKIE};
 use warp::http::StatusCode;
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
@@ -49,6 +50,8 @@ pub struct Request {
     pub credentials: Credentials,
     pub origin: Option<String>,
     pub host: Option<String>,
+    /// The client's address: the connection's peer, or behind a trusted proxy the address it
+    /// forwards for. The per-IP limits count it (REST and WebSocket sessions alike).
     pub ip: Option<IpAddr>,
 }
 
@@ -86,19 +89,32 @@ pub fn request(app: Arc<App>) -> impl Filter<Extract = (Request,), Error = Rejec
         .and(warp::header::optional::<String>("origin"))
         .and(warp::header::optional::<String>("host"))
         .and(warp::ext::optional::<Peer>())
+        .and(warp::header::headers_cloned())
         .map(
-            move |cookie, authorization, origin, host, peer: Option<Peer>| Request {
-                app: app.clone(),
-                credentials: Credentials {
-                    cookie,
-                    authorization,
-                },
-                origin,
-                host,
-                ip: peer.map(|Peer(addr)| addr.ip()),
+            move |cookie, authorization, origin, host, peer: Option<Peer>, headers: HeaderMap| {
+                let ip = peer.map(|Peer(addr)| {
+                    forwarded::client_ip(
+                        addr.ip(),
+                        headers.get_all(X_FORWARDED_FOR),
+                        &app.config.trusted_proxies.0,
+                    )
+                });
+                Request {
+                    app: app.clone(),
+                    credentials: Credentials {
+                        cookie,
+                        authorization,
+                    },
+                    origin,
+                    host,
+                    ip,
+                }
             },
         )
 }
+
+/// Where proxies say whom they forward for (see [`forwarded`]).
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// A JSON request body, at most [`MAX_REQUEST_BYTES`].
 pub fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {

@@ -68,7 +68,11 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
 
 async fn my_profile(request: Request) -> Result<Response> {
     let me = request.identify().await?;
-    profile(request, me.user.user_id).await
+    match profile(request, me.user.user_id).await {
+        // The session's user is gone: that session signs nobody in.
+        Err(ProfileError::UserNotFound) => Err(RequestError::Unauthenticated.into()),
+        answer => answer,
+    }
 }
 
 async fn profile(request: Request, user: UserId) -> Result<Response> {
@@ -93,6 +97,6 @@ async fn update_profile(request: Request, body: Bytes) -> Result<Response> {
         .update_profile(me.user.user_id, update)
         .await
         .map_err(RequestError::from)?
-        .ok_or(ProfileError::UserNotFound)?;
+        .ok_or(RequestError::Unauthenticated)?;
     Ok(json(StatusCode::OK, &profile))
 }

@@ -12,8 +12,7 @@ use crate::app::App;
 use crate::directory::{Access, RoomInfo};
 use crate::history::Page;
 use chat_protocol::api::{
-    validate_room, CreateRoomRequest, MemberList, MessagePage, Role, Room, RoomKind, RoomList,
-    Unread, UserRef,
+    validate_room, MemberList, MessagePage, Role, Room, RoomKind, RoomList, Unread, UserRef,
 };
 use chat_protocol::bus::Delivery;
 use chat_protocol::limits::MAX_PAGE;
@@ -28,6 +27,8 @@ use warp::Filter;
 
 /// Messages per history page when the client does not say.
 const DEFAULT_HISTORY_PAGE: usize = 50;
+/// Rooms per search answer when the client does not say.
+const DEFAULT_SEARCH_PAGE: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 enum RoomError {
@@ -215,7 +216,7 @@ async fn membership(
 
 async fn search(request: Request, query: Query) -> Result<Response> {
     request.identify().await?;
-    let limit = number(&query, "limit", MAX_PAGE)?.clamp(1, MAX_PAGE);
+    let limit = number(&query, "limit", DEFAULT_SEARCH_PAGE)?.clamp(1, MAX_PAGE);
     let text = query.get("q").cloned().unwrap_or_default();
     let rows = request
         .app
@@ -227,17 +228,26 @@ async fn search(request: Request, query: Query) -> Result<Response> {
     Ok(json(StatusCode::OK, &RoomList { rooms }))
 }
 
+/// A [`CreateRoomRequest`](chat_protocol::api::CreateRoomRequest) as sent, with `visibility` as text: a value that is no room kind
+/// gets `invalid_visibility` like `direct` does, not `bad_request`.
+#[derive(serde::Deserialize)]
+struct CreateRoomForm {
+    name: String,
+    visibility: String,
+}
+
 async fn create(request: Request, body: Bytes) -> Result<Response> {
     let me = request.identify().await?;
-    let form: CreateRoomRequest = parse(&body)?;
+    let form: CreateRoomForm = parse(&body)?;
     validate_room(&form.name).map_err(RequestError::from)?;
-    if form.visibility == RoomKind::Direct {
-        return Err(RoomError::InvalidVisibility);
-    }
+    let visibility = match RoomKind::parse(&form.visibility) {
+        Some(kind @ (RoomKind::Public | RoomKind::Private)) => kind,
+        Some(RoomKind::Direct) | None => return Err(RoomError::InvalidVisibility),
+    };
     let created = request
         .app
         .directory
-        .create_room(form.name, form.visibility, me.user.user_id)
+        .create_room(form.name, visibility, me.user.user_id)
         .await
         .map_err(RequestError::from)?
         .ok_or(RoomError::NameTaken)?;

@@ -3,6 +3,7 @@
 
 use e2e_tests::{Api, TestEnv, TestNode, WsClient};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
@@ -213,6 +214,19 @@ async fn unknown_endpoints_and_methods_answer_json() -> anyhow::Result<()> {
     api.get("/api/rooms/not-a-number")
         .await?
         .expect_error(404, "not_found")?;
+
+    // A body without a Content-Length (chunked) is refused before it is read.
+    let mut socket = tokio::net::TcpStream::connect(node.addr).await?;
+    socket
+        .write_all(
+            b"POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+              Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+        )
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(e2e_tests::DEADLINE, socket.read_to_string(&mut answer)).await??;
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+    assert!(answer.contains(r#""code":"bad_request""#), "{answer}");
     node.stop().await?;
     Ok(())
 }

@@ -19,5 +19,6 @@ mod rate_limits;
 mod read_markers;
 mod resume;
 mod rooms;
+mod rooms_cache;
 mod two_nodes;
 mod typing;

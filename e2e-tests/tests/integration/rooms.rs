@@ -67,6 +67,12 @@ async fn public_rooms_are_created_found_joined_and_left() -> anyhow::Result<()> 
         .expect_error(400, "invalid_visibility")?;
     ada.post("/api/rooms", json!({"name": "x", "visibility": "secret"}))
         .await?
+        .expect_error(400, "invalid_visibility")?;
+    ada.post("/api/rooms", json!({"name": "x", "visibility": 1}))
+        .await?
+        .expect_error(400, "bad_request")?;
+    ada.post("/api/rooms", json!({"name": "x"}))
+        .await?
         .expect_error(400, "bad_request")?;
 
     // Search is by substring, any case, public rooms only; LIKE wildcards are literal.
@@ -310,6 +316,38 @@ async fn what_users_type_is_stored_and_returned_verbatim() -> anyhow::Result<()>
     let updated = ada.patch("/api/me", json!({"status_text": status})).await?;
     assert_eq!(updated.body["status_text"], status);
     assert_eq!(ada.get("/api/me").await?.body["status_text"], status);
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_search_answers_fifty_rooms_unless_asked_for_another_number() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start_node("search-page").await?;
+    let ada = node.sign_in("ada").await?;
+    for index in 0..55 {
+        let created = ada
+            .post(
+                "/api/rooms",
+                json!({"name": format!("room {index:02}"), "visibility": "public"}),
+            )
+            .await?;
+        assert_eq!(created.status, 201, "{}", created.body);
+    }
+    for (query, expected) in [
+        ("", 50),
+        ("?limit=55", 55),
+        ("?limit=3", 3),
+        ("?limit=0", 1),
+        ("?limit=1000", 55),
+    ] {
+        let found = ada.get(&format!("/api/rooms{query}")).await?;
+        assert_eq!(
+            names(&found.body, "rooms", "name").len(),
+            expected,
+            "GET /api/rooms{query}"
+        );
+    }
     node.stop().await?;
     Ok(())
 }
