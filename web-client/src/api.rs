@@ -1,8 +1,10 @@
 //! The REST API of the node that served this page. The session cookie is set by the server
 //! (HttpOnly) and sent by the browser with every same-origin request, the WebSocket included.
 
-use chat_protocol::api::{ApiError, Profile, Room, RoomList, SessionInfo};
-use chat_protocol::RoomId;
+use chat_protocol::api::{
+    ApiError, Member, MemberList, MessagePage, Profile, Room, RoomList, SessionInfo,
+};
+use chat_protocol::{ChatMessage, ErrorCode, RoomId, Seq};
 use gloo_net::http::{Request, Response};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -15,6 +17,13 @@ pub enum ApiFailure {
     Refused(ApiError),
     /// No answer, or not the expected one.
     Transport(String),
+}
+
+impl ApiFailure {
+    /// The session is gone (signed out, expired or revoked).
+    pub fn is_unauthenticated(&self) -> bool {
+        matches!(self, ApiFailure::Refused(error) if error.code == ErrorCode::Unauthenticated)
+    }
 }
 
 impl fmt::Display for ApiFailure {
@@ -133,4 +142,42 @@ pub async fn create_private(name: &str) -> Result<RoomId, ApiFailure> {
     )
     .await?;
     Ok(created.room_id)
+}
+
+/// How many messages a history page asks for.
+pub const PAGE_SIZE: u32 = 50;
+
+/// A page of a room's history, oldest first: the newest messages, or those right below
+/// `before` when scrolling back.
+pub async fn messages(
+    room_id: RoomId,
+    before: Option<Seq>,
+) -> Result<Vec<ChatMessage>, ApiFailure> {
+    let limit = PAGE_SIZE.to_string();
+    let before = before.map(|seq| seq.to_string());
+    let mut query = vec![("limit", limit.as_str())];
+    if let Some(before) = &before {
+        query.push(("before", before.as_str()));
+    }
+    let page: MessagePage = answer(
+        Request::get(&format!("/api/rooms/{room_id}/messages"))
+            .query(query)
+            .send()
+            .await
+            .map_err(transport)?,
+    )
+    .await?;
+    Ok(page.messages)
+}
+
+/// The members of a room, with their presence.
+pub async fn members(room_id: RoomId) -> Result<Vec<Member>, ApiFailure> {
+    let list: MemberList = answer(
+        Request::get(&format!("/api/rooms/{room_id}/members"))
+            .send()
+            .await
+            .map_err(transport)?,
+    )
+    .await?;
+    Ok(list.members)
 }

@@ -1,7 +1,8 @@
 //! The WebSocket to a chat node: where it is, how frames go over it, and the
 //! `welcome`/`join` handshake. Only this module turns frames into text and back.
 
-use chat_protocol::{ClientFrame, ErrorCode, RoomId, ServerFrame, UserId};
+use chat_protocol::frame::Resume;
+use chat_protocol::{ClientFrame, ErrorCode, RoomId, Seq, ServerFrame, UserId};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use gloo_net::websocket::futures::WebSocket;
 use gloo_net::websocket::{Message, WebSocketError};
@@ -22,6 +23,18 @@ pub enum ConnectionError {
     Refused { code: ErrorCode, message: String },
     /// A frame could not be encoded.
     Encode(serde_json::Error),
+    /// The user's membership of the room ended (left from another tab or node).
+    Left,
+}
+
+impl ConnectionError {
+    /// Whether connecting again cannot help.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            ConnectionError::Refused { .. } | ConnectionError::Left
+        )
+    }
 }
 
 impl fmt::Display for ConnectionError {
@@ -32,6 +45,7 @@ impl fmt::Display for ConnectionError {
             ConnectionError::Ended => f.write_str("the connection ended"),
             ConnectionError::Refused { code, message } => write!(f, "{code}: {message}"),
             ConnectionError::Encode(error) => write!(f, "cannot encode a frame: {error}"),
+            ConnectionError::Left => f.write_str("you are no longer a member of this room"),
         }
     }
 }
@@ -42,6 +56,8 @@ pub struct Membership {
     pub name: String,
     pub room_id: RoomId,
     pub room: String,
+    /// How a resume went, when the join continued after a seq.
+    pub resume: Option<Resume>,
 }
 
 /// The chat endpoint of the server that served this page: `/ws` on the same host,
@@ -61,8 +77,13 @@ pub fn open(url: &str) -> Result<WebSocket, ConnectionError> {
 }
 
 /// Waits for `welcome` (the session cookie signed the socket in), then subscribes to a room
-/// the user is a member of, and returns once the server has answered both.
-pub async fn join(socket: &mut WebSocket, room_id: RoomId) -> Result<Membership, ConnectionError> {
+/// the user is a member of, and returns once the server has answered both. With `after`, the
+/// missed messages follow the answer on the socket.
+pub async fn join(
+    socket: &mut WebSocket,
+    room_id: RoomId,
+    after: Option<Seq>,
+) -> Result<Membership, ConnectionError> {
     let (user_id, name) = loop {
         match receive(socket).await? {
             ServerFrame::Welcome { user_id, name, .. } => break (user_id, name),
@@ -70,22 +91,21 @@ pub async fn join(socket: &mut WebSocket, room_id: RoomId) -> Result<Membership,
             _ => continue,
         }
     };
-    send(
-        socket,
-        &ClientFrame::Join {
-            room_id,
-            after: None,
-        },
-    )
-    .await?;
+    send(socket, &ClientFrame::Join { room_id, after }).await?;
     loop {
         match receive(socket).await? {
-            ServerFrame::Joined { room_id, room, .. } => {
+            ServerFrame::Joined {
+                room_id,
+                room,
+                resume,
+                ..
+            } => {
                 return Ok(Membership {
                     user_id,
                     name,
                     room_id,
                     room,
+                    resume,
                 })
             }
             ServerFrame::Error { code, message, .. } => {

@@ -2,7 +2,6 @@
 //!
 //! The ids here are a contract with `static/index.html` and with the browser tests.
 
-use chat_protocol::api::Room;
 use chat_protocol::limits;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -27,6 +26,9 @@ pub struct Page {
     pub status: Element,
     pub error: Element,
     pub messages: Element,
+    pub load_older: HtmlButtonElement,
+    pub members: Element,
+    pub typing: Element,
     pub composer: HtmlInputElement,
 }
 
@@ -50,6 +52,9 @@ impl Page {
             status: by_id(&document, "status")?,
             error: by_id(&document, "error")?,
             messages: by_id(&document, "messages")?,
+            load_older: by_id(&document, "load-older")?,
+            members: by_id(&document, "members")?,
+            typing: by_id(&document, "typing")?,
             composer: by_id(&document, "composer")?,
             document,
         })
@@ -80,20 +85,6 @@ impl Page {
             Some(name) => self.set_status(&format!("signed in as {name}")),
             None => self.set_status("sign in or register to chat"),
         }
-    }
-
-    /// Lists the user's rooms: `<li class="room" data-room-id="…">name</li>`.
-    pub fn show_rooms(&self, rooms: &[Room]) -> Result<(), JsValue> {
-        self.room_list.set_text_content(None);
-        for room in rooms {
-            let item = self.document.create_element("li")?;
-            item.set_class_name("room");
-            item.set_attribute("data-room-id", &room.room_id.to_string())?;
-            item.set_attribute("data-kind", room.kind.as_str())?;
-            item.set_text_content(Some(&room.name));
-            self.room_list.append_child(&item)?;
-        }
-        Ok(())
     }
 
     pub fn set_status(&self, text: &str) {
@@ -133,6 +124,55 @@ where
     // leaking it hands its ownership to the JavaScript side.
     closure.forget();
     Ok(())
+}
+
+/// Runs `callback` once, `millis` from now. Without a window it never runs, which only
+/// happens outside a page.
+pub fn after(millis: u32, callback: impl FnOnce() + 'static) {
+    let callback = Closure::once_into_js(callback);
+    if let Some(window) = web_sys::window() {
+        let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(
+            callback.unchecked_ref(),
+            i32::try_from(millis).unwrap_or(i32::MAX),
+        );
+    }
+}
+
+/// Waits `millis` milliseconds (at once when the timer cannot be set).
+pub async fn sleep(millis: u32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let set = web_sys::window().map(|window| {
+            window.set_timeout_with_callback_and_timeout_and_arguments_0(
+                &resolve,
+                i32::try_from(millis).unwrap_or(i32::MAX),
+            )
+        });
+        if !matches!(set, Some(Ok(_))) {
+            let _ = resolve.call0(&JsValue::UNDEFINED);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Milliseconds since the Unix epoch, by the browser's clock.
+pub fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// Whether the page is hidden (another tab, a minimised window).
+pub fn page_hidden(document: &Document) -> bool {
+    document.hidden()
+}
+
+/// The nearest element at or above the event's target that matches `selector`.
+pub fn closest(event: &Event, selector: &str) -> Option<Element> {
+    event
+        .target()?
+        .dyn_into::<Element>()
+        .ok()?
+        .closest(selector)
+        .ok()
+        .flatten()
 }
 
 /// A readable text for an error thrown by JavaScript.
