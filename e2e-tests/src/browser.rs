@@ -154,6 +154,56 @@ impl Browser {
         }
     }
 
+    /// Waits until the element's text no longer contains `needle` (or the element is gone).
+    pub async fn wait_without_text(&self, selector: &str, needle: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let text = match self.client()?.find(Locator::Css(selector)).await {
+                Ok(element) => element.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if !text.contains(needle) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{selector} still contains {needle:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until exactly `count` elements match the selector.
+    pub async fn wait_for_count(&self, selector: &str, count: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let found = self.client()?.find_all(Locator::Css(selector)).await?.len();
+            if found == count {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{found} elements match {selector}, not {count}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the element is shown (it exists and is not hidden).
+    pub async fn is_displayed(&self, selector: &str) -> anyhow::Result<bool> {
+        match self.client()?.find(Locator::Css(selector)).await {
+            Ok(element) => Ok(element.is_displayed().await?),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The values of an attribute on every element matching the selector.
+    pub async fn attributes(&self, selector: &str, name: &str) -> anyhow::Result<Vec<String>> {
+        let mut values = Vec::new();
+        for element in self.client()?.find_all(Locator::Css(selector)).await? {
+            values.push(element.attr(name).await?.unwrap_or_default());
+        }
+        Ok(values)
+    }
+
     /// The texts of every element matching the selector.
     pub async fn texts(&self, selector: &str) -> anyhow::Result<Vec<String>> {
         let mut texts = Vec::new();
