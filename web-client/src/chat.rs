@@ -320,7 +320,15 @@ impl Chat {
             membership.room, membership.name
         ));
         self.page.set_joined(true);
-        self.report(self.page.composer.focus());
+        // After a reconnect the user may be editing a message: leave the focus there.
+        let editing = self
+            .page
+            .document
+            .active_element()
+            .is_some_and(|element| element.class_list().contains("edit-input"));
+        if !editing {
+            self.report(self.page.composer.focus());
+        }
         let room_id = membership.room_id;
         // A new connection starts online.
         if dom::page_hidden(&self.page.document) {
