@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// How long requests skip memcached after a failure.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
-/// Connections per memcached server.
-const POOL_SIZE: u32 = 8;
+/// Connections per memcached server: enough that a burst of requests does not wait for one.
+const POOL_SIZE: u32 = 16;
 /// Most deletes remembered while memcached is unreachable; beyond that the TTL bounds staleness.
 const MAX_PENDING_DELETES: usize = 10_000;
 
@@ -102,6 +102,15 @@ impl Op {
             Op::Delete => "delete",
             Op::Bump => "bump",
         }
+    }
+}
+
+/// Deletes a key; one that is not there (never cached, expired, evicted) is deleted already.
+fn delete_key(servers: &Servers, key: &str) -> Result<(), memcache::MemcacheError> {
+    match servers.for_key(key)?.delete(key) {
+        Ok(_) => Ok(()),
+        Err(error) if absent_or_present(&error) => Ok(()),
+        Err(error) => Err(error),
     }
 }
 
@@ -188,9 +197,7 @@ impl Cache {
         let key = self.key(key);
         let remembered = key.clone();
         if self
-            .call(Op::Delete, move |servers| {
-                servers.for_key(&key)?.delete(&key)
-            })
+            .call(Op::Delete, move |servers| delete_key(servers, &key))
             .await
             .is_some()
         {
@@ -260,27 +267,38 @@ impl Cache {
         ))
     }
 
-    /// Moves a version on, so entries tagged with the old one are never served again. If
-    /// memcached cannot be told, `key` (the entry) is deleted before anything else once it
-    /// answers again.
-    pub async fn bump(&self, version: CacheKey, key: CacheKey) {
-        let version = self.key(version);
-        let remembered = self.key(key);
+    /// Moves versions on, so entries tagged with the old ones are never served again: pairs of
+    /// (version, entry), in one trip to the blocking pool. If memcached cannot be told, the
+    /// entries are deleted before anything else once it answers again.
+    pub async fn bump(&self, pairs: Vec<(CacheKey, CacheKey)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        let versions: Vec<String> = pairs
+            .iter()
+            .map(|(version, _)| self.key(*version))
+            .collect();
+        let remembered: Vec<String> = pairs.iter().map(|(_, entry)| self.key(*entry)).collect();
         let outcome = self
             .call(Op::Bump, move |servers| {
-                match servers.for_key(&version)?.increment(&version, 1) {
-                    Ok(_) => Ok(()),
-                    // No version: no reader has tagged an entry with one still valid.
-                    Err(error) if absent_or_present(&error) => Ok(()),
-                    Err(error) => Err(error),
+                for version in &versions {
+                    match servers.for_key(version)?.increment(version, 1) {
+                        Ok(_) => {}
+                        // No version: no reader has tagged an entry with one still valid.
+                        Err(error) if absent_or_present(&error) => {}
+                        Err(error) => return Err(error),
+                    }
                 }
+                Ok(())
             })
             .await;
         if outcome.is_some() {
             self.count(Op::Bump, "ok");
         } else if let Ok(mut state) = self.inner.state.lock() {
-            if state.pending_deletes.len() < MAX_PENDING_DELETES {
-                state.pending_deletes.insert(remembered);
+            for entry in remembered {
+                if state.pending_deletes.len() < MAX_PENDING_DELETES {
+                    state.pending_deletes.insert(entry);
+                }
             }
         }
     }
@@ -318,7 +336,7 @@ impl Cache {
         let outcome = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             for key in &pending {
-                servers.for_key(key)?.delete(key)?;
+                delete_key(&servers, key)?;
             }
             work(&servers)
         })

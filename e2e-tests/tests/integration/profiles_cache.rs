@@ -218,3 +218,26 @@ async fn a_node_pointed_at_a_closed_port_works_from_postgres() -> anyhow::Result
     node.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalidating_an_entry_that_is_not_cached_is_no_failure() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start_node("cache-absent").await?;
+    let ada = node.sign_in("ada").await?;
+    // Nothing read the profile yet: the update deletes a key memcached does not have.
+    let updated = ada
+        .patch("/api/me", json!({"status_text": "first words"}))
+        .await?;
+    assert_eq!(updated.status, 200, "{:?}", updated.body);
+    assert_eq!(ada.metric(CACHE_ERRORS).await?, 0.0);
+    // The cache keeps working: the second read is a hit, PostgreSQL is asked once.
+    let hits = ada.metric(CACHE_HITS).await?;
+    for _ in 0..2 {
+        assert_eq!(ada.get("/api/me").await?.body, updated.body);
+    }
+    assert_eq!(ada.metric(CACHE_HITS).await?, hits + 1.0);
+    assert_eq!(ada.metric(PROFILE_LOADS).await?, 1.0);
+    assert_eq!(ada.metric(CACHE_ERRORS).await?, 0.0);
+    node.stop().await?;
+    Ok(())
+}
