@@ -88,12 +88,14 @@ impl History {
         }
     }
 
-    /// Tells the cache that a room's messages changed. Call after PostgreSQL has the change and
-    /// before anyone is told about it.
-    pub async fn changed(&self, room: RoomId) {
-        self.cache
-            .bump(CacheKey::RecentVersion(room), CacheKey::Recent(room))
-            .await;
+    /// Tells the cache that these rooms' messages changed. Call after PostgreSQL has the change
+    /// and before anyone is told about it.
+    pub async fn changed(&self, rooms: impl IntoIterator<Item = RoomId>) {
+        let pairs = rooms
+            .into_iter()
+            .map(|room| (CacheKey::RecentVersion(room), CacheKey::Recent(room)))
+            .collect();
+        self.cache.bump(pairs).await;
     }
 
     /// The room's newest messages, from the cache when it has them at the current version.

@@ -65,6 +65,8 @@ pub struct Hub {
     node_id: String,
     metrics: Metrics,
     connections: RwLock<HashMap<ConnId, Outbox>>,
+    /// Each signed-in user's local connections.
+    by_user: RwLock<HashMap<UserId, HashSet<ConnId>>>,
     rooms: RwLock<HashMap<RoomId, LocalRoom>>,
     /// Serialises the bind/unbind decisions of one room (first member binds, last unbinds).
     membership_locks: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
@@ -76,20 +78,34 @@ impl Hub {
             node_id,
             metrics,
             connections: RwLock::new(HashMap::new()),
+            by_user: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
             membership_locks: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn register(&self, conn: ConnId, outbox: Outbox) {
+        if let Ok(mut by_user) = self.by_user.write() {
+            by_user.entry(outbox.user).or_default().insert(conn);
+        }
         if let Ok(mut connections) = self.connections.write() {
             connections.insert(conn, outbox);
         }
     }
 
     pub fn unregister(&self, conn: ConnId) {
-        if let Ok(mut connections) = self.connections.write() {
-            connections.remove(&conn);
+        let removed = self
+            .connections
+            .write()
+            .ok()
+            .and_then(|mut connections| connections.remove(&conn));
+        if let (Some(outbox), Ok(mut by_user)) = (removed, self.by_user.write()) {
+            if let Some(conns) = by_user.get_mut(&outbox.user) {
+                conns.remove(&conn);
+                if conns.is_empty() {
+                    by_user.remove(&outbox.user);
+                }
+            }
         }
     }
 
@@ -330,11 +346,24 @@ impl Hub {
 
     /// Queues a frame to every local connection of a user, except one.
     pub fn push_to_user(&self, user: UserId, shared: &Frame, except: Option<ConnId>) {
+        let conns: Vec<ConnId> = self
+            .by_user
+            .read()
+            .ok()
+            .and_then(|by_user| {
+                by_user
+                    .get(&user)
+                    .map(|conns| conns.iter().copied().collect())
+            })
+            .unwrap_or_default();
         let Ok(connections) = self.connections.read() else {
             return;
         };
-        for (conn, outbox) in connections.iter() {
-            if outbox.user == user && Some(*conn) != except {
+        for conn in conns {
+            if Some(conn) == except {
+                continue;
+            }
+            if let Some(outbox) = connections.get(&conn) {
                 outbox.push(shared.clone());
             }
         }

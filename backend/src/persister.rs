@@ -122,7 +122,7 @@ async fn process_batch(
     }
 
     // Cached history pages of these rooms are out of date before anyone hears of the messages.
-    futures::future::join_all(rooms.keys().map(|room| history.changed(*room))).await;
+    history.changed(rooms.keys().copied()).await;
     let mut deliveries: Vec<Delivery> = rooms
         .into_iter()
         .map(|(room_id, mut messages)| {

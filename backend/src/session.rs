@@ -418,7 +418,7 @@ impl Session {
             .messages_changed
             .with_label_values(&[kind])
             .inc();
-        self.app.history.changed(room_id).await;
+        self.app.history.changed([room_id]).await;
         let event = Delivery::MessageChanged {
             room_id,
             seq,
