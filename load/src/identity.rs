@@ -42,6 +42,8 @@ pub struct Session {
 pub struct JoinedRoom {
     pub room_id: RoomId,
     pub last_seq: Seq,
+    /// False when a resume missed too much to be sent (the client reloads history instead).
+    pub complete: bool,
 }
 
 /// Accounts already signed up, kept in a file between runs of the tool: a node hashes each
@@ -178,25 +180,28 @@ pub async fn join(
     room_name: &str,
 ) -> anyhow::Result<JoinedRoom> {
     let room_id = become_member(dialer, session, room_name).await?;
-    follow(session, room_id).await
+    follow(session, room_id, None).await
 }
 
-/// Follows a room the user is already a member of on this connection (after a reconnect).
-pub async fn follow(session: &mut Session, room_id: RoomId) -> anyhow::Result<JoinedRoom> {
-    send_frame(
-        &mut session.socket,
-        &ClientFrame::Join {
-            room_id,
-            after: None,
-        },
-    )
-    .await?;
+/// Follows a room the user is already a member of on this connection; with `after`, resumes
+/// it (the missed messages follow the answer).
+pub async fn follow(
+    session: &mut Session,
+    room_id: RoomId,
+    after: Option<Seq>,
+) -> anyhow::Result<JoinedRoom> {
+    send_frame(&mut session.socket, &ClientFrame::Join { room_id, after }).await?;
     recv_until(&mut session.socket, |frame| match frame {
         ServerFrame::Joined {
             room_id: joined,
             last_seq,
+            resume,
             ..
-        } if joined == room_id => Ok(Some(JoinedRoom { room_id, last_seq })),
+        } if joined == room_id => Ok(Some(JoinedRoom {
+            room_id,
+            last_seq,
+            complete: resume.is_none_or(|resume| resume.complete),
+        })),
         error @ ServerFrame::Error { .. } => Err(Box::new(error)),
         _ => Ok(None),
     })

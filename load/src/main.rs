@@ -79,7 +79,7 @@ enum Workload {
         #[arg(long, default_value_t = 0)]
         on: usize,
     },
-    /// N clients on a node that is killed; time until all have re-joined elsewhere.
+    /// N clients on a node that is killed; time until all have resumed elsewhere, nothing lost.
     Storm {
         #[command(flatten)]
         common: Common,

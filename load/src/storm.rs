@@ -1,12 +1,13 @@
 //! The `storm` workload: N clients on one node, in rooms that also have an observer on a
 //! surviving node, sending at a modest rate; the node is killed (SIGKILL) and every client
-//! reconnects to a surviving node, signs in again and re-joins its room.
+//! reconnects to a surviving node, signs in again and resumes its room (`join` with `after`, the
+//! last sequence number it saw), then sends again, with the same ids, what the dead node never
+//! answered.
 //!
-//! Measured: time from the kill until each client has re-joined; what the observers (whose node
-//! did not die) saw, by sequence number; what each client saw after re-joining; and, with a
-//! database URL, that every send answered `accepted` is stored. Not measured yet: resume (the
-//! protocol has no "reconnect with last seen seq"), so messages stored while a client was away
-//! are not delivered to it and are not counted as lost for it.
+//! Measured: time from the kill until each client has resumed; what the observers (whose node
+//! did not die) saw, by sequence number; what each client saw from its first join to the end,
+//! across the kill (every sequence number once, in order); and, with a database URL, that every
+//! send answered `accepted` is stored.
 
 use crate::conn::Socket;
 use crate::database::stored_messages;
@@ -16,7 +17,7 @@ use crate::report::{self, RunReport, SequenceChecks};
 use crate::stats::{now_micros, Recorder, RoomView, Samples};
 use crate::Target;
 use anyhow::{bail, Context};
-use chat_protocol::{ClientFrame, ClientMsgId, RoomId, ServerFrame, UserId};
+use chat_protocol::{ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -63,8 +64,11 @@ pub struct StormResult {
     pub accepted_not_stored: Option<u64>,
     /// Gaps seen by the observers on the surviving node (whose connections never broke).
     pub observers_lost: u64,
-    /// Gaps seen by clients after re-joining (messages stored after their `joined`).
+    /// Gaps seen by the resumed clients, from their first join to the end, across the kill.
     pub rejoined_lost: u64,
+    /// Resumes answered `complete: false` (too much missed to send).
+    #[serde(default)]
+    pub incomplete_resumes: u64,
     pub reconnect_attempts: u64,
 }
 
@@ -78,8 +82,10 @@ struct Shared {
 struct ClientOutcome {
     user_id: UserId,
     accepted: Vec<String>,
-    view: Option<RoomView>,
+    view: RoomView,
     resumed_after: Option<f64>,
+    /// The resume answered `complete: false` (too much missed to send).
+    incomplete: bool,
 }
 
 pub async fn run_storm(
@@ -245,9 +251,7 @@ pub async fn run_storm(
     }
     let observers_lost = checks.lost;
     for (n, outcome) in outcomes.iter().enumerate() {
-        if let Some(view) = &outcome.view {
-            checks.add(view, final_seq[&(n % rooms)]);
-        }
+        checks.add(&outcome.view, final_seq[&(n % rooms)]);
     }
     let rejoined_lost = checks.lost - observers_lost;
     let accepted: u64 = outcomes.iter().map(|o| o.accepted.len() as u64).sum();
@@ -280,6 +284,7 @@ pub async fn run_storm(
         accepted_not_stored,
         observers_lost,
         rejoined_lost,
+        incomplete_resumes: outcomes.iter().filter(|o| o.incomplete).count() as u64,
         reconnect_attempts: shared.attempts.load(Relaxed),
     };
     let totals = shared.recorder.counters.snapshot();
@@ -356,9 +361,13 @@ impl StormClient {
         stop_sending: CancellationToken,
         stop: CancellationToken,
     ) -> ClientOutcome {
-        let mut room_id = joined.room_id;
-        let mut view: Option<RoomView> = None;
+        let room_id = joined.room_id;
+        // The room as this client sees it across the kill: every sequence number after its
+        // first join, once and in order, live or resumed.
+        let mut view = RoomView::new(joined.last_seq.0);
+        let mut last_seen = joined.last_seq;
         let mut resumed_after = None;
+        let mut incomplete = false;
         let mut accepted = Vec::new();
         let mut pending: HashMap<String, u64> = HashMap::new();
         let mut samples = Samples::default();
@@ -384,9 +393,8 @@ impl StormClient {
                                 }
                                 Ok(ServerFrame::Message(message)) => {
                                     self.shared.recorder.counters.delivered.fetch_add(1, Relaxed);
-                                    if let Some(view) = view.as_mut() {
-                                        view.record(message.seq.0);
-                                    }
+                                    view.record(message.seq.0);
+                                    last_seen = last_seen.max(message.seq);
                                 }
                                 _ => {}
                             }
@@ -412,20 +420,31 @@ impl StormClient {
                     }
                 }
             }
-            // The node is gone: sends still waiting for `accepted` stay unknown (the client
-            // would resend them with the same id once resume exists).
-            pending.clear();
             if resumed_after.is_some() {
                 break; // a second loss is not part of this workload
             }
-            match self.resume(&dialer, &stop).await {
+            match self.resume(&dialer, last_seen, &stop).await {
                 Ok((new_socket, joined)) => {
                     let killed_at = self.shared.killed_at.load(Relaxed);
                     resumed_after = Some(now_micros().saturating_sub(killed_at) as f64 / 1e6);
                     self.shared.resumed.fetch_add(1, Relaxed);
-                    room_id = joined.room_id;
-                    view = Some(RoomView::new(joined.last_seq.0));
+                    incomplete = !joined.complete;
                     socket = new_socket;
+                    // Sends the dead node never answered go again with the same ids: stored
+                    // once whatever became of the first attempt.
+                    for id in pending.keys() {
+                        let frame = ClientFrame::Send {
+                            room_id,
+                            client_msg_id: ClientMsgId(id.clone()),
+                            body: format!("{}:0:storm", now_micros()),
+                        };
+                        let Ok(text) = serde_json::to_string(&frame) else {
+                            continue;
+                        };
+                        if socket.send(Message::text(text)).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 Err(_) => break,
             }
@@ -436,13 +455,16 @@ impl StormClient {
             accepted,
             view,
             resumed_after,
+            incomplete,
         }
     }
 
-    /// Reconnects to a surviving node and re-joins the room, retrying until stopped.
+    /// Reconnects to a surviving node and resumes the room after `after`, retrying until
+    /// stopped.
     async fn resume(
         &self,
         dialer: &crate::Dialer,
+        after: Seq,
         stop: &CancellationToken,
     ) -> anyhow::Result<(Socket, JoinedRoom)> {
         let mut attempt = 0usize;
@@ -455,7 +477,7 @@ impl StormClient {
             attempt += 1;
             let result = async {
                 let mut session = identity::connect(dialer, node, &self.account).await?;
-                let joined = identity::follow(&mut session, self.room_id).await?;
+                let joined = identity::follow(&mut session, self.room_id, Some(after)).await?;
                 anyhow::Ok((session.socket, joined))
             }
             .await;

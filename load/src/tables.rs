@@ -88,11 +88,15 @@ pub fn tables(reports: &[RunReport]) -> String {
     if let Some(storm) = &storm {
         let _ = writeln!(
             out,
-            "| storm: clients re-joined after their node's death | 10,000 within 10 s | {} of {} in {} | {} |",
+            "| storm: clients resumed after their node's death, nothing lost | 10,000 within 10 s | {} of {} in {} | {} |",
             storm.resumed,
             storm.clients,
             storm.all_resumed_s.map_or("—".into(), |s| format!("{s:.2} s")),
-            met(storm.clients >= 10_000 && storm.all_resumed_s.is_some_and(|s| s <= 10.0))
+            met(storm.clients >= 10_000
+                && storm.all_resumed_s.is_some_and(|s| s <= 10.0)
+                && storm.rejoined_lost == 0
+                && storm.observers_lost == 0
+                && storm.accepted_not_stored.unwrap_or(0) == 0)
         );
     }
 
@@ -145,10 +149,11 @@ pub fn tables(reports: &[RunReport]) -> String {
             let c = &report.checks;
             let _ = writeln!(
                 out,
-                "\n### storm\n\n| Clients | Re-joined | All re-joined after | p50 / p99 | Reconnect attempts | Accepted sends | Accepted but not in PostgreSQL | Lost: observers / re-joined clients | Dup / out-of-order |\n|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.2} / {:.2} s | {} | {} | {} | {} / {} | {} / {} |",
+                "\n### storm\n\n| Clients | Resumed | All resumed after | p50 / p99 | Reconnect attempts | Incomplete resumes | Accepted sends | Accepted but not in PostgreSQL | Lost: observers / resumed clients | Dup / out-of-order |\n|---|---|---|---|---|---|---|---|---|---|\n| {} | {} | {} | {:.2} / {:.2} s | {} | {} | {} | {} | {} / {} | {} / {} |",
                 storm.clients, storm.resumed,
                 storm.all_resumed_s.map_or("—".into(), |s| format!("{s:.2} s")),
-                storm.resume_p50_s, storm.resume_p99_s, storm.reconnect_attempts, storm.accepted,
+                storm.resume_p50_s, storm.resume_p99_s, storm.reconnect_attempts,
+                storm.incomplete_resumes, storm.accepted,
                 storm.accepted_not_stored.map_or("not checked".into(), |n| n.to_string()),
                 storm.observers_lost, storm.rejoined_lost, c.duplicated, c.out_of_order
             );

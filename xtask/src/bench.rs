@@ -179,6 +179,8 @@ fn start_node(
         .env("CHAT_NODE_ID", &name)
         .env("CHAT_LISTEN", &addr)
         .env("CHAT_AMQP_PREFIX", prefix)
+        // The database is new for every run; cached entries of an earlier run must not be seen.
+        .env("CHAT_CACHE_PREFIX", prefix)
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         // The load comes from four addresses and shares a few accounts: lift the per-user and
