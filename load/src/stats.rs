@@ -262,6 +262,17 @@ impl RoomView {
         self.highest = self.highest.max(seq);
     }
 
+    /// The sequence numbers up to `final_seq` this connection never saw.
+    pub fn missing(&self, final_seq: i64) -> Vec<i64> {
+        (self.first..=final_seq)
+            .filter(|seq| {
+                let offset = (seq - self.first) as usize;
+                let (word, bit) = (offset / 64, 1u64 << (offset % 64));
+                self.seen.get(word).is_none_or(|w| w & bit == 0)
+            })
+            .collect()
+    }
+
     /// Messages between the join and `final_seq` (the room's newest) this connection never saw.
     pub fn lost(&self, final_seq: i64) -> u64 {
         let expected = (final_seq - self.first + 1).max(0) as u64;

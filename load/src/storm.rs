@@ -86,6 +86,8 @@ struct ClientOutcome {
     resumed_after: Option<f64>,
     /// The resume answered `complete: false` (too much missed to send).
     incomplete: bool,
+    debug_after: Option<i64>,
+    debug_joined: Option<i64>,
 }
 
 pub async fn run_storm(
@@ -252,6 +254,19 @@ pub async fn run_storm(
     let observers_lost = checks.lost;
     for (n, outcome) in outcomes.iter().enumerate() {
         checks.add(&outcome.view, final_seq[&(n % rooms)]);
+        if std::env::var_os("CHAT_LOAD_DEBUG").is_some()
+            && (outcome.view.lost(final_seq[&(n % rooms)]) > 0 || outcome.view.duplicated > 0)
+        {
+            eprintln!(
+                "client {n} room {} first {} dup {} missing {:?} resumed after {:?} got {:?}",
+                n % rooms,
+                outcome.view.first,
+                outcome.view.duplicated,
+                outcome.view.missing(final_seq[&(n % rooms)]),
+                outcome.debug_after,
+                outcome.debug_joined,
+            );
+        }
     }
     let rejoined_lost = checks.lost - observers_lost;
     let accepted: u64 = outcomes.iter().map(|o| o.accepted.len() as u64).sum();
@@ -368,6 +383,8 @@ impl StormClient {
         let mut last_seen = joined.last_seq;
         let mut resumed_after = None;
         let mut incomplete = false;
+        let mut debug_after = None;
+        let mut debug_joined = None;
         let mut accepted = Vec::new();
         let mut pending: HashMap<String, u64> = HashMap::new();
         let mut samples = Samples::default();
@@ -423,8 +440,10 @@ impl StormClient {
             if resumed_after.is_some() {
                 break; // a second loss is not part of this workload
             }
+            debug_after = Some(last_seen.0);
             match self.resume(&dialer, last_seen, &stop).await {
                 Ok((new_socket, joined)) => {
+                    debug_joined = Some(joined.last_seq.0);
                     let killed_at = self.shared.killed_at.load(Relaxed);
                     resumed_after = Some(now_micros().saturating_sub(killed_at) as f64 / 1e6);
                     self.shared.resumed.fetch_add(1, Relaxed);
@@ -456,6 +475,8 @@ impl StormClient {
             view,
             resumed_after,
             incomplete,
+            debug_after,
+            debug_joined,
         }
     }
 
