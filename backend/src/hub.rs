@@ -55,9 +55,19 @@ struct LocalRoom {
     members: HashSet<ConnId>,
     /// Highest sequence number delivered here: a redelivered message is not shown twice.
     delivered: AtomicI64,
-    /// Members whose missed messages are still being read: their live frames wait here, with
-    /// their sequence numbers, until the missed ones are queued ahead of them.
-    catching_up: Mutex<HashMap<ConnId, Vec<(i64, Frame)>>>,
+    /// Members that joined with a catch-up, while it matters: see [`CatchUp`].
+    catching_up: Mutex<HashMap<ConnId, CatchUp>>,
+}
+
+/// A member's catch-up state in a room.
+enum CatchUp {
+    /// Missed messages are still being read: live frames wait here, with their sequence
+    /// numbers, until the missed ones are queued ahead of them.
+    Holding(Vec<(i64, Frame)>),
+    /// Caught up to this sequence number from the store, which can be ahead of what has been
+    /// delivered live here: live frames up to it were already sent and are skipped. Dropped once
+    /// the live stream passes it.
+    Floor(i64),
 }
 
 /// Local connections and room membership.
@@ -139,7 +149,7 @@ impl Hub {
         });
         local.members.insert(conn);
         if let Ok(mut waiting) = local.catching_up.lock() {
-            waiting.insert(conn, Vec::new());
+            waiting.insert(conn, CatchUp::Holding(Vec::new()));
         };
     }
 
@@ -167,7 +177,10 @@ impl Hub {
         let Ok(mut waiting) = local.catching_up.lock() else {
             return;
         };
-        let held = waiting.remove(&conn).unwrap_or_default();
+        let held = match waiting.remove(&conn) {
+            Some(CatchUp::Holding(held)) => held,
+            _ => Vec::new(),
+        };
         let Some(outbox) = connections.get(&conn) else {
             return;
         };
@@ -181,6 +194,9 @@ impl Hub {
             if seq > last {
                 outbox.push(held_frame);
             }
+        }
+        if last > local.delivered.load(Ordering::Acquire) {
+            waiting.insert(conn, CatchUp::Floor(last));
         }
     }
 
@@ -253,10 +269,16 @@ impl Hub {
             let Ok(mut waiting) = local.catching_up.lock() else {
                 return;
             };
+            let mut passed = Vec::new();
             for member in &local.members {
-                if let Some(held) = waiting.get_mut(member) {
-                    held.push((seq.0, shared.clone()));
-                    continue;
+                match waiting.get_mut(member) {
+                    Some(CatchUp::Holding(held)) => {
+                        held.push((seq.0, shared.clone()));
+                        continue;
+                    }
+                    Some(CatchUp::Floor(floor)) if seq.0 <= *floor => continue,
+                    Some(CatchUp::Floor(_)) => passed.push(*member),
+                    None => {}
                 }
                 if let Some(outbox) = connections.get(member) {
                     if outbox.push(shared.clone()) {
@@ -265,6 +287,9 @@ impl Hub {
                         self.metrics.frames_dropped_slow_client.inc();
                     }
                 }
+            }
+            for member in passed {
+                waiting.remove(&member);
             }
             self.metrics.messages_delivered.inc_by(delivered);
         }
@@ -310,7 +335,7 @@ impl Hub {
             return;
         };
         for member in &local.members {
-            if let Some(held) = waiting.get_mut(member) {
+            if let Some(CatchUp::Holding(held)) = waiting.get_mut(member) {
                 held.push((i64::MAX, shared.clone()));
                 continue;
             }

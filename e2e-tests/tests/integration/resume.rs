@@ -128,3 +128,78 @@ async fn a_resume_after_too_much_says_so_and_goes_live() -> anyhow::Result<()> {
     node.stop().await?;
     Ok(())
 }
+
+/// A node whose deliveries lag behind PostgreSQL (its RabbitMQ connection is cut while another
+/// node stores messages): a client resuming there reads the missed messages from PostgreSQL,
+/// ahead of the node's live stream. When the node catches up, that client must not get them a
+/// second time, and the node's other clients must get them once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_ahead_of_the_nodes_live_stream_gets_nothing_twice() -> anyhow::Result<()> {
+    use chat_backend::config::Secret;
+    use e2e_tests::proxy::TcpProxy;
+
+    let env = TestEnv::new().await?;
+    // Node A persists (it connects first and stays connected); node B reaches RabbitMQ through
+    // a proxy the test cuts.
+    let node_a = env.start_node("ahead-a").await?;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await?;
+    let mut config = env.config("ahead-b");
+    config.amqp_url = Secret(format!("amqp://guest:guest@{}/%2f", proxy.addr));
+    let node_b = e2e_tests::TestNode::start(config).await?;
+
+    let mut ada = node_a.user("ada").await?;
+    let (room, _) = ada.join("ahead").await?;
+    let mut bob = node_b.user("bob").await?;
+    bob.join("ahead").await?;
+    for n in 1..=3 {
+        ada.send_message(room, &format!("m{n}"), "before").await?;
+    }
+    for _ in 0..3 {
+        bob.next_message(room).await?;
+    }
+
+    // B loses RabbitMQ; A keeps storing.
+    proxy.cut();
+    for n in 4..=7 {
+        ada.send_message(room, &format!("m{n}"), "while b is cut off")
+            .await?;
+    }
+    e2e_tests::eventually("messages 4 to 7 stored", || async {
+        let stored = stored_messages(&env.db, room).await.ok()?;
+        (stored.len() == 7).then_some(())
+    })
+    .await?;
+
+    // Carol resumes on B after 3: she gets 4 to 7 from PostgreSQL, which B has not delivered.
+    let mut carol = node_b.user("carol").await?;
+    carol
+        .api()?
+        .post_empty(&format!("/api/rooms/{room}/join"))
+        .await?;
+    let (last_seq, resume) = carol.resume(room, Seq(3)).await?;
+    assert_eq!(last_seq, Seq(7));
+    assert!(resume.is_some_and(|r| r.complete && r.missed == 4));
+
+    // B comes back and catches up; then one more message.
+    proxy.restore();
+    let mut bob_seen = Vec::new();
+    while bob_seen.len() < 4 {
+        bob_seen.push(bob.next_message(room).await?.seq.0);
+    }
+    assert_eq!(bob_seen, vec![4, 5, 6, 7]);
+    ada.send_message(room, "m8", "after").await?;
+    assert_eq!(bob.next_message(room).await?.seq, Seq(8));
+
+    let mut carol_seen = Vec::new();
+    loop {
+        let message = carol.next_message(room).await?;
+        carol_seen.push(message.seq.0);
+        if message.seq == Seq(8) {
+            break;
+        }
+    }
+    assert_eq!(carol_seen, vec![4, 5, 6, 7, 8], "carol saw a message twice");
+    node_a.stop().await?;
+    node_b.stop().await?;
+    Ok(())
+}
