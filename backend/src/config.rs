@@ -56,8 +56,9 @@ pub struct Config {
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// This node's id: names its RabbitMQ queue and appears in logs. Unique per running node.
-    #[arg(long, env = "CHAT_NODE_ID", default_value = "node-1")]
+    /// This node's id: names its RabbitMQ queue and appears in logs. Unique per running node;
+    /// by default the host name and a random suffix, so two nodes never share one by accident.
+    #[arg(long, env = "CHAT_NODE_ID", default_value_t = default_node_id(), hide_default_value = true)]
     pub node_id: String,
 
     /// PostgreSQL connection URL.
@@ -171,6 +172,25 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// `<host name>-<6 random hex digits>`, keeping only characters safe in a queue name.
+pub fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(40)
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{:06x}", rand::random::<u32>() & 0x00ff_ffff)
+}
+
 impl Config {
     /// The defaults, with environment variables applied, as if no flag had been given.
     pub fn from_env() -> Result<Config, clap::Error> {
@@ -204,6 +224,18 @@ mod tests {
         assert!(config.allowed_origins.is_empty());
         assert!(config.trusted_proxies.0.is_empty());
         assert!(!config.cookie_secure);
+    }
+
+    #[test]
+    fn nodes_get_distinct_ids_by_default() {
+        let (a, b) = (default_node_id(), default_node_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            assert!(id.len() > 7, "{id}");
+            assert!(id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+        }
     }
 
     #[test]
