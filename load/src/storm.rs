@@ -80,6 +80,9 @@ struct Shared {
 }
 
 struct ClientOutcome {
+    name: String,
+    /// Index of the client's room (as for the observers).
+    room: usize,
     user_id: UserId,
     accepted: Vec<String>,
     view: RoomView,
@@ -183,6 +186,7 @@ pub async fn run_storm(
             let first_send = started + period.mul_f64(n as f64 / config.clients.max(1) as f64);
             let client = StormClient {
                 name,
+                room: n % rooms,
                 room_id: joined.room_id,
                 survivors: survivors.clone(),
                 account: session.account.clone(),
@@ -252,17 +256,20 @@ pub async fn run_storm(
         checks.add(view, final_seq[&room]);
     }
     let observers_lost = checks.lost;
-    for (n, outcome) in outcomes.iter().enumerate() {
-        checks.add(&outcome.view, final_seq[&(n % rooms)]);
+    // Clients finished setting up in any order: each outcome carries its own room.
+    for outcome in &outcomes {
+        let room_final = final_seq[&outcome.room];
+        checks.add(&outcome.view, room_final);
         if std::env::var_os("CHAT_LOAD_DEBUG").is_some()
-            && (outcome.view.lost(final_seq[&(n % rooms)]) > 0 || outcome.view.duplicated > 0)
+            && (outcome.view.lost(room_final) > 0 || outcome.view.duplicated > 0)
         {
             eprintln!(
-                "client {n} room {} first {} dup {} missing {:?} resumed after {:?} got {:?}",
-                n % rooms,
+                "client {} room {} first {} dup {} missing {:?} resumed after {:?} got {:?}",
+                outcome.name,
+                outcome.room,
                 outcome.view.first,
                 outcome.view.duplicated,
-                outcome.view.missing(final_seq[&(n % rooms)]),
+                outcome.view.missing(room_final),
                 outcome.debug_after,
                 outcome.debug_joined,
             );
@@ -359,6 +366,8 @@ async fn observe(
 
 struct StormClient {
     name: String,
+    /// Index of the room (`n % rooms` for client `n`).
+    room: usize,
     room_id: RoomId,
     survivors: Vec<SocketAddr>,
     account: Account,
@@ -470,6 +479,8 @@ impl StormClient {
         }
         samples.flush(&self.shared.recorder);
         ClientOutcome {
+            name: self.name.clone(),
+            room: self.room,
             user_id: self.account.user_id,
             accepted,
             view,
