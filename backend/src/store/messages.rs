@@ -184,28 +184,22 @@ impl Store {
         body: String,
     ) -> Result<ChangeOutcome, StoreError> {
         self.run(move |conn| {
-            conn.transaction(|conn| {
-                let Some(row) = sender_of(conn, room_id, seq)? else {
-                    return Ok(ChangeOutcome::NotFound);
-                };
-                if row.deleted_at.is_some() {
-                    return Ok(ChangeOutcome::NotFound);
-                }
-                if row.sender_id != editor.0 {
-                    return Ok(ChangeOutcome::NotAllowed);
-                }
-                let changed = diesel::sql_query(
-                    "UPDATE messages SET body = $3, edited_at = now() \
-                     WHERE room_id = $1 AND seq = $2 RETURNING edited_at AS at",
-                )
-                .bind::<BigInt, _>(room_id.0)
-                .bind::<BigInt, _>(seq.0)
-                .bind::<Text, _>(&body)
-                .get_result::<ChangedRow>(conn)?;
-                Ok(ChangeOutcome::Changed {
-                    at_ms: changed.at.timestamp_millis(),
-                })
-            })
+            change_checked(
+                conn,
+                room_id,
+                seq,
+                |sender| sender == editor.0,
+                |conn| {
+                    diesel::sql_query(
+                        "UPDATE messages SET body = $3, edited_at = now() \
+                         WHERE room_id = $1 AND seq = $2 RETURNING edited_at AS at",
+                    )
+                    .bind::<BigInt, _>(room_id.0)
+                    .bind::<BigInt, _>(seq.0)
+                    .bind::<Text, _>(&body)
+                    .get_result::<ChangedRow>(conn)
+                },
+            )
         })
         .await
     }
@@ -219,28 +213,22 @@ impl Store {
         is_owner: bool,
     ) -> Result<ChangeOutcome, StoreError> {
         self.run(move |conn| {
-            conn.transaction(|conn| {
-                let Some(row) = sender_of(conn, room_id, seq)? else {
-                    return Ok(ChangeOutcome::NotFound);
-                };
-                if row.deleted_at.is_some() {
-                    return Ok(ChangeOutcome::NotFound);
-                }
-                if row.sender_id != by.0 && !is_owner {
-                    return Ok(ChangeOutcome::NotAllowed);
-                }
-                let changed = diesel::sql_query(
-                    "UPDATE messages SET body = '', deleted_at = now(), deleted_by = $3 \
-                     WHERE room_id = $1 AND seq = $2 RETURNING deleted_at AS at",
-                )
-                .bind::<BigInt, _>(room_id.0)
-                .bind::<BigInt, _>(seq.0)
-                .bind::<BigInt, _>(by.0)
-                .get_result::<ChangedRow>(conn)?;
-                Ok(ChangeOutcome::Changed {
-                    at_ms: changed.at.timestamp_millis(),
-                })
-            })
+            change_checked(
+                conn,
+                room_id,
+                seq,
+                |sender| sender == by.0 || is_owner,
+                |conn| {
+                    diesel::sql_query(
+                        "UPDATE messages SET body = '', deleted_at = now(), deleted_by = $3 \
+                         WHERE room_id = $1 AND seq = $2 RETURNING deleted_at AS at",
+                    )
+                    .bind::<BigInt, _>(room_id.0)
+                    .bind::<BigInt, _>(seq.0)
+                    .bind::<BigInt, _>(by.0)
+                    .get_result::<ChangedRow>(conn)
+                },
+            )
         })
         .await
     }
@@ -306,6 +294,32 @@ impl Store {
         })
         .await
     }
+}
+
+/// In one transaction: locks the message, refuses a missing or deleted one and one `may` does
+/// not allow (given its sender), then applies `update`.
+fn change_checked(
+    conn: &mut PgConnection,
+    room_id: RoomId,
+    seq: Seq,
+    may: impl FnOnce(i64) -> bool,
+    update: impl FnOnce(&mut PgConnection) -> Result<ChangedRow, diesel::result::Error>,
+) -> Result<ChangeOutcome, StoreError> {
+    conn.transaction(|conn| {
+        let Some(row) = sender_of(conn, room_id, seq)? else {
+            return Ok(ChangeOutcome::NotFound);
+        };
+        if row.deleted_at.is_some() {
+            return Ok(ChangeOutcome::NotFound);
+        }
+        if !may(row.sender_id) {
+            return Ok(ChangeOutcome::NotAllowed);
+        }
+        let changed = update(conn)?;
+        Ok(ChangeOutcome::Changed {
+            at_ms: changed.at.timestamp_millis(),
+        })
+    })
 }
 
 fn sender_of(
