@@ -19,7 +19,7 @@ use chat_protocol::{RoomId, UserId};
 use memcache::{ConnectionManager, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,17 +72,17 @@ struct Servers {
 
 impl Servers {
     fn for_key(&self, key: &str) -> Result<&memcache::Client, memcache::MemcacheError> {
+        self.clients
+            .get(self.index_of(key))
+            .ok_or_else(|| memcache::ClientError::Error("no memcached server".into()).into())
+    }
+
+    fn index_of(&self, key: &str) -> usize {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);
-        let count = self.clients.len() as u64;
-        if count == 0 {
-            return Err(memcache::ClientError::Error("no memcached server".into()).into());
-        }
-        let index = usize::try_from(hasher.finish() % count).unwrap_or(0);
-        self.clients
-            .get(index)
-            .ok_or_else(|| memcache::ClientError::Error("no memcached server".into()).into())
+        let count = self.clients.len().max(1) as u64;
+        usize::try_from(hasher.finish() % count).unwrap_or(0)
     }
 }
 
@@ -173,6 +173,69 @@ impl Cache {
         };
         self.count(Op::Get, result);
         text.and_then(|text| serde_json::from_str(&text).ok())
+    }
+
+    /// Several entries, with one round trip per memcached server: each a value, or `None` on a
+    /// miss, an undecodable entry or any failure.
+    pub async fn get_many<T: DeserializeOwned + Send + 'static>(
+        &self,
+        keys: &[CacheKey],
+    ) -> Vec<Option<T>> {
+        let keys: Vec<String> = keys.iter().map(|key| self.key(*key)).collect();
+        let asked = keys.clone();
+        let found = self
+            .call(Op::Get, move |servers| {
+                let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
+                for key in &asked {
+                    by_server
+                        .entry(servers.index_of(key))
+                        .or_default()
+                        .push(key.as_str());
+                }
+                let mut found: HashMap<String, String> = HashMap::new();
+                for (index, keys) in by_server {
+                    if let Some(client) = servers.clients.get(index) {
+                        found.extend(client.gets::<String>(&keys)?);
+                    }
+                }
+                Ok(found)
+            })
+            .await
+            .unwrap_or_default();
+        keys.iter()
+            .map(|key| {
+                let text = found.get(key);
+                self.count(Op::Get, if text.is_some() { "hit" } else { "miss" });
+                text.and_then(|text| serde_json::from_str(text).ok())
+            })
+            .collect()
+    }
+
+    /// Stores several values for the configured TTL, in one trip to the blocking pool.
+    pub async fn set_many<T: Serialize>(&self, entries: &[(CacheKey, T)]) {
+        let entries: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|(key, value)| Some((self.key(*key), serde_json::to_string(value).ok()?)))
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let ttl = self.inner.ttl_secs;
+        let stored = self
+            .call(Op::Set, move |servers| {
+                for (key, text) in &entries {
+                    servers.for_key(key)?.set(key, text.as_str(), ttl)?;
+                }
+                Ok(entries.len())
+            })
+            .await;
+        if let Some(stored) = stored {
+            self.inner
+                .metrics
+                .cache_requests
+                .with_label_values(&[Op::Set.as_str(), "ok"])
+                .inc_by(stored as u64);
+        }
     }
 
     /// Stores a value for the configured TTL.

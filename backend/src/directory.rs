@@ -13,6 +13,9 @@ use crate::store::{RoomRow, Store, StoreError};
 use chat_protocol::api::{Profile, ProfileUpdate, Role, RoomKind};
 use chat_protocol::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{mpsc, oneshot};
 
 /// Room metadata as cached. Never includes `last_seq`, which changes with every message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +52,24 @@ pub struct Directory {
     store: Store,
     cache: Cache,
     metrics: Metrics,
+    /// The task that batches the membership checks of sends; started on first use.
+    send_checks: Arc<OnceLock<mpsc::UnboundedSender<RoleCheck>>>,
 }
+
+/// Most membership checks answered by one batch.
+const MAX_CHECKS_PER_BATCH: usize = 512;
+
+/// A send's membership check, waiting for its batch.
+struct RoleCheck {
+    room: RoomId,
+    user: UserId,
+    answer: oneshot::Sender<Result<Option<Role>, CheckFailed>>,
+}
+
+/// A membership could not be checked: neither memcached nor PostgreSQL answered.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("membership could not be checked")]
+pub struct CheckFailed;
 
 /// A membership as cached: the role, or none.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -61,7 +81,33 @@ impl Directory {
             store,
             cache,
             metrics,
+            send_checks: Arc::default(),
         }
+    }
+
+    /// The user's role in the room, as [`Directory::role`], for a send: checks waiting at the
+    /// same moment share one memcached round trip (and one query for what it missed), so a node
+    /// under load checks every send without a round trip per send.
+    pub async fn role_for_send(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<Option<Role>, CheckFailed> {
+        let checks = self.send_checks.get_or_init(|| {
+            let (checks, waiting) = mpsc::unbounded_channel();
+            tokio::spawn(check_roles(
+                self.store.clone(),
+                self.cache.clone(),
+                self.metrics.clone(),
+                waiting,
+            ));
+            checks
+        });
+        let (answer, answered) = oneshot::channel();
+        checks
+            .send(RoleCheck { room, user, answer })
+            .map_err(|_| CheckFailed)?;
+        answered.await.map_err(|_| CheckFailed)?
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Option<Profile>, StoreError> {
@@ -176,5 +222,72 @@ impl Directory {
             .directory_loads
             .with_label_values(&[kind])
             .inc();
+    }
+}
+
+/// Answers membership checks in batches: everything waiting when the previous batch is done.
+async fn check_roles(
+    store: Store,
+    cache: Cache,
+    metrics: Metrics,
+    mut waiting: mpsc::UnboundedReceiver<RoleCheck>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut checks = vec![first];
+        while checks.len() < MAX_CHECKS_PER_BATCH {
+            match waiting.try_recv() {
+                Ok(check) => checks.push(check),
+                Err(_) => break,
+            }
+        }
+        let keys: Vec<CacheKey> = checks
+            .iter()
+            .map(|check| CacheKey::Membership(check.room, check.user))
+            .collect();
+        let cached: Vec<Option<CachedRole>> = cache.get_many(&keys).await;
+        let mut missed: Vec<(RoomId, UserId)> = checks
+            .iter()
+            .zip(&cached)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|(check, _)| (check.room, check.user))
+            .collect();
+        missed.sort_unstable();
+        missed.dedup();
+        let loaded = if missed.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            metrics
+                .directory_loads
+                .with_label_values(&["membership"])
+                .inc_by(missed.len() as u64);
+            store.roles(missed.clone()).await
+        };
+        let loaded = match loaded {
+            Ok(roles) => {
+                let entries: Vec<(CacheKey, CachedRole)> = missed
+                    .iter()
+                    .map(|&(room, user)| {
+                        (
+                            CacheKey::Membership(room, user),
+                            CachedRole(roles.get(&(room, user)).copied()),
+                        )
+                    })
+                    .collect();
+                cache.set_many(&entries).await;
+                Ok(roles)
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not check memberships");
+                Err(CheckFailed)
+            }
+        };
+        for (check, cached) in checks.into_iter().zip(cached) {
+            let role = match (cached, &loaded) {
+                (Some(CachedRole(role)), _) => Ok(role),
+                (None, Ok(roles)) => Ok(roles.get(&(check.room, check.user)).copied()),
+                (None, Err(failed)) => Err(*failed),
+            };
+            let _ = check.answer.send(role);
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! PostgreSQL. After every reconnect it also reads what each local room missed meanwhile.
 
 use crate::app::App;
-use chat_protocol::bus::Delivery;
+use chat_protocol::bus::{Delivery, StoredMessage};
 use chat_protocol::{RoomId, Seq, ServerFrame};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -31,15 +31,15 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
     while let Some(event) = events.recv().await {
         match event {
             FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
-                if let Some(first) = messages.first().map(|stored| stored.message.seq) {
-                    fill_gap(&app, room_id, Some(first)).await;
+                deliver_room(&app, room_id, messages).await;
+            }
+            FanoutEvent::Delivery(Delivery::Rooms { rooms }) => {
+                // The batch's other rooms come along; only rooms with local members matter.
+                for room in rooms {
+                    if app.hub.local_delivered_seq(room.room_id).is_some() {
+                        deliver_room(&app, room.room_id, room.messages).await;
+                    }
                 }
-                app.hub.deliver_room(
-                    room_id,
-                    messages
-                        .into_iter()
-                        .map(|stored| (stored.message, Some(stored.origin))),
-                );
             }
             FanoutEvent::Delivery(Delivery::Duplicates { receipts }) => {
                 app.hub.answer_duplicates(&receipts);
@@ -101,6 +101,19 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
             }
         }
     }
+}
+
+/// Delivers a room's new messages, after any it missed before them.
+async fn deliver_room(app: &App, room_id: RoomId, messages: Vec<StoredMessage>) {
+    if let Some(first) = messages.first().map(|stored| stored.message.seq) {
+        fill_gap(app, room_id, Some(first)).await;
+    }
+    app.hub.deliver_room(
+        room_id,
+        messages
+            .into_iter()
+            .map(|stored| (stored.message, Some(stored.origin))),
+    );
 }
 
 /// Delivers, from PostgreSQL, the room's messages after the last one delivered here and before

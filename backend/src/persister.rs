@@ -7,18 +7,33 @@
 //! and only then acknowledge the batch. A crash anywhere before the acknowledgement means the
 //! batch comes back; the client message ids make storing it again a no-op, and it is delivered.
 
-use crate::bus::{BusError, IngestItem, IngestShard};
+use crate::bus::{BusError, IngestItem, IngestShard, ShardPublisher};
 use crate::history::History;
 use crate::metrics::Metrics;
-use crate::store::{MessageOutcome, Store};
-use chat_protocol::bus::{Delivery, DuplicateReceipt, IngestMessage, Origin, StoredMessage};
+use crate::store::{MessageOutcome, SeqCounters, Store};
+use chat_protocol::bus::{
+    Delivery, DuplicateReceipt, IngestMessage, Origin, RoomMessages, StoredMessage,
+};
 use chat_protocol::{ChatMessage, RoomId};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// Most rooms in one delivery message (each adds its routing key to the message's header).
+const MAX_ROOMS_PER_DELIVERY: usize = 200;
+
+/// Batches stored but not yet published and acknowledged: the store works on the next batch
+/// while the previous one's deliveries wait for their confirms.
+const BATCHES_IN_FLIGHT: usize = 2;
+
 /// Runs one shard's persister until its consumer ends or the node stops.
+///
+/// Two stages: this loop takes a batch, stores it and bumps the cached history; the publish
+/// stage publishes its deliveries, waits for their confirms and acknowledges it. Batches pass
+/// from one to the other in order, so each room's deliveries go out in sequence order and
+/// acknowledgements move forward only over published batches.
 pub async fn run_shard(
     mut shard: IngestShard,
     store: Store,
@@ -27,38 +42,86 @@ pub async fn run_shard(
     max_batch: usize,
     stop: CancellationToken,
 ) {
+    let publisher = shard.publisher();
+    let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(BATCHES_IN_FLIGHT);
+    let publishing = tokio::spawn(publish_stage(publisher.clone(), stored_rx));
+    // Valid while this consumer is the shard's: a new consumer starts with empty counters.
+    let counters = SeqCounters::default();
     loop {
         let batch = tokio::select! {
             batch = shard.next_batch(max_batch.max(1)) => batch,
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         };
         let Some(batch) = batch else {
             if !stop.is_cancelled() {
                 tracing::warn!(shard = shard.shard, "ingest consumer ended");
                 shard.report_lost();
             }
-            return;
+            break;
         };
-        if let Err(error) = process_batch(&shard, &store, &history, &metrics, batch, &stop).await {
-            // Unacknowledged messages return to the queue; the bus reconnects and starts a new
-            // consumer for the shard.
-            tracing::warn!(shard = shard.shard, %error, "persister stopped");
-            shard.report_lost();
+        let stored = store_batch(
+            &publisher, &store, &history, &metrics, &counters, batch, &stop,
+        )
+        .await;
+        match stored {
+            Ok(Some(stored)) => {
+                if stored_tx.send(stored).await.is_err() {
+                    // The publish stage failed and has reported it.
+                    break;
+                }
+            }
+            // Stopping while PostgreSQL is down: nothing is acknowledged, so it all comes back.
+            Ok(None) => break,
+            Err(error) => {
+                // Unacknowledged messages return to the queue; the bus reconnects and starts a
+                // new consumer for the shard.
+                tracing::warn!(shard = shard.shard, %error, "persister stopped");
+                shard.report_lost();
+                break;
+            }
+        }
+    }
+    // Batches already stored are published and acknowledged before the persister ends.
+    drop(stored_tx);
+    let _ = publishing.await;
+}
+
+/// A stored batch on its way out: what to publish, and the last tag to acknowledge after.
+struct StoredBatch {
+    deliveries: Vec<Delivery>,
+    last_tag: u64,
+}
+
+async fn publish_stage(publisher: ShardPublisher, mut stored: mpsc::Receiver<StoredBatch>) {
+    while let Some(batch) = stored.recv().await {
+        let published = async {
+            publisher.publish_deliveries(&batch.deliveries).await?;
+            publisher.ack_through(batch.last_tag).await
+        };
+        if let Err(error) = published.await {
+            tracing::warn!(shard = publisher.shard, %error, "publishing deliveries failed");
+            publisher.report_lost();
             return;
         }
     }
 }
 
-async fn process_batch(
-    shard: &IngestShard,
+/// Stores a batch and makes its deliveries. `None` when the node stops while PostgreSQL is
+/// unreachable.
+async fn store_batch(
+    publisher: &ShardPublisher,
     store: &Store,
     history: &History,
     metrics: &Metrics,
+    counters: &SeqCounters,
     batch: Vec<IngestItem>,
     stop: &CancellationToken,
-) -> Result<(), BusError> {
+) -> Result<Option<StoredBatch>, BusError> {
     let Some(last_tag) = batch.last().map(|item| item.tag) else {
-        return Ok(());
+        return Ok(Some(StoredBatch {
+            deliveries: Vec::new(),
+            last_tag: 0,
+        }));
     };
     // Every send of the batch with the item it came in.
     let mut decodable: Vec<(&IngestItem, IngestMessage)> = Vec::with_capacity(batch.len());
@@ -71,20 +134,22 @@ async fn process_batch(
                 decodable.extend(messages.iter().map(|message| (item, message.clone())));
             }
             Err(reason) => {
-                shard.dead_letter(&item.raw, reason).await?;
+                publisher.dead_letter(&item.raw, reason).await?;
                 metrics.messages_dead_lettered.inc();
-                tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
+                tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }
         }
     }
     if decodable.is_empty() {
-        return shard.ack_through(last_tag).await;
+        return Ok(Some(StoredBatch {
+            deliveries: Vec::new(),
+            last_tag,
+        }));
     }
 
     let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
-    let Some(outcomes) = store_with_retry(store, metrics, messages, stop).await else {
-        // Stopping while PostgreSQL is down: nothing is acknowledged, so it all comes back.
-        return Ok(());
+    let Some(outcomes) = store_with_retry(store, metrics, counters, messages, stop).await else {
+        return Ok(None);
     };
 
     let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
@@ -114,29 +179,40 @@ async fn process_batch(
             }
             MessageOutcome::Rejected(reason) => {
                 let payload = serde_json::to_vec(ingest).unwrap_or_default();
-                shard.dead_letter(&payload, &reason).await?;
+                publisher.dead_letter(&payload, &reason).await?;
                 metrics.messages_dead_lettered.inc();
-                tracing::error!(shard = shard.shard, %reason, "ingest message dead-lettered");
+                tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }
         }
     }
 
     // Cached history pages of these rooms are out of date before anyone hears of the messages.
     history.changed(rooms.keys().copied()).await;
-    let mut deliveries: Vec<Delivery> = rooms
+    let mut rooms: Vec<RoomMessages> = rooms
         .into_iter()
         .map(|(room_id, mut messages)| {
             messages.sort_by_key(|stored| stored.message.seq);
-            Delivery::Room { room_id, messages }
+            RoomMessages { room_id, messages }
         })
         .collect();
+    // One AMQP message for the batch, routed by every room's key; chunked so that the routing
+    // header stays far below RabbitMQ's frame size.
+    let mut deliveries: Vec<Delivery> = Vec::new();
+    while !rooms.is_empty() {
+        let rest = rooms.split_off(rooms.len().min(MAX_ROOMS_PER_DELIVERY));
+        deliveries.push(Delivery::Rooms {
+            rooms: std::mem::replace(&mut rooms, rest),
+        });
+    }
     deliveries.extend(
         receipts
             .into_values()
             .map(|receipts| Delivery::Duplicates { receipts }),
     );
-    shard.publish_deliveries(&deliveries).await?;
-    shard.ack_through(last_tag).await
+    Ok(Some(StoredBatch {
+        deliveries,
+        last_tag,
+    }))
 }
 
 fn push_room(
@@ -156,6 +232,7 @@ fn push_room(
 fn store_with_retry<'a>(
     store: &'a Store,
     metrics: &'a Metrics,
+    counters: &'a SeqCounters,
     messages: Vec<IngestMessage>,
     stop: &'a CancellationToken,
 ) -> BoxFuture<'a, Option<Vec<MessageOutcome>>> {
@@ -164,7 +241,10 @@ fn store_with_retry<'a>(
         let mut data_failures = 0;
         loop {
             let started = Instant::now();
-            let error = match store.persist_batch(messages.clone()).await {
+            let error = match store
+                .persist_batch(messages.clone(), counters.clone())
+                .await
+            {
                 Ok(outcomes) => {
                     metrics.persist_batch_size.observe(messages.len() as f64);
                     metrics
@@ -185,8 +265,10 @@ fn store_with_retry<'a>(
                     let left = right.split_off(right.len() / 2);
                     // `split_off` keeps the first half in `right`; store it first to keep order.
                     let (first, second) = (right, left);
-                    let mut outcomes = store_with_retry(store, metrics, first, stop).await?;
-                    outcomes.extend(store_with_retry(store, metrics, second, stop).await?);
+                    let mut outcomes =
+                        store_with_retry(store, metrics, counters, first, stop).await?;
+                    outcomes
+                        .extend(store_with_retry(store, metrics, counters, second, stop).await?);
                     return Some(outcomes);
                 }
                 // Twice, because a writer on another shard can win a unique-key race once; the

@@ -508,11 +508,11 @@ impl Session {
             .with_retry_after_ms(retry.millis()));
         }
         // Membership may have ended (left or removed over REST) since the join; the check is
-        // a cache hit in the common case.
+        // a cache hit in the common case, batched with other sends' checks under load.
         let role = self
             .app
             .directory
-            .role(room_id, self.user_id)
+            .role_for_send(room_id, self.user_id)
             .await
             .map_err(|error| {
                 internal("could not check the membership", &error)

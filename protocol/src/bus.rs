@@ -56,6 +56,13 @@ pub struct StoredMessage {
     pub origin: Origin,
 }
 
+/// A room's new messages within a [`Delivery::Rooms`], in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMessages {
+    pub room_id: RoomId,
+    pub messages: Vec<StoredMessage>,
+}
+
 /// The answer to a send that had already been stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DuplicateReceipt {
@@ -69,11 +76,16 @@ pub struct DuplicateReceipt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Delivery {
-    /// New messages of one room, in sequence order, routed by the room's key.
+    /// New messages of one room, in sequence order, routed by the room's key. Published by
+    /// earlier versions; still understood.
     Room {
         room_id: RoomId,
         messages: Vec<StoredMessage>,
     },
+    /// New messages of several rooms, each room's in sequence order: one persister batch. Routed
+    /// by the key of every room in it (the first as routing key, the others in the `BCC`
+    /// header), so a node queue bound to any of them gets one copy and keeps the rooms it has.
+    Rooms { rooms: Vec<RoomMessages> },
     /// Answers to resends, routed to the node the resend came through.
     Duplicates { receipts: Vec<DuplicateReceipt> },
     /// A user is no longer a member of a room: every node stops delivering the room to that

@@ -51,6 +51,17 @@ impl IngestShard {
         self.lost.notify_one();
     }
 
+    /// The shard's outgoing side (deliveries, acks, dead letters), which can work on one batch
+    /// while the consumer takes the next.
+    pub fn publisher(&self) -> ShardPublisher {
+        ShardPublisher {
+            shard: self.shard,
+            channel: self.channel.clone(),
+            names: self.names.clone(),
+            lost: self.lost.clone(),
+        }
+    }
+
     /// Waits for the next message, then takes every message already waiting, up to `max`.
     /// `None` means the consumer is gone (connection lost or node closing).
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<IngestItem>> {
@@ -64,25 +75,42 @@ impl IngestShard {
         }
         Some(batch)
     }
+}
+
+/// The outgoing side of one ingest shard's consumer: deliveries, dead letters and acks, on the
+/// consumer's channel (acks must travel on the channel the messages came from).
+#[derive(Clone)]
+pub struct ShardPublisher {
+    pub shard: u16,
+    channel: Channel,
+    names: Names,
+    lost: Arc<Notify>,
+}
+
+impl ShardPublisher {
+    /// Reports that the shard's channel failed: see [`IngestShard::report_lost`].
+    pub fn report_lost(&self) {
+        self.lost.notify_one();
+    }
 
     /// Publishes deliveries and waits for every confirm.
     pub async fn publish_deliveries(&self, deliveries: &[Delivery]) -> Result<(), BusError> {
         let mut confirms = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let routing_key = match delivery {
-                Delivery::Room { room_id, .. } => Names::room_key(*room_id),
-                Delivery::Typing { room_id, .. }
-                | Delivery::MemberLeft { room_id, .. }
-                | Delivery::MessageChanged { room_id, .. } => Names::room_key(*room_id),
-                Delivery::ReadMarker { .. }
-                | Delivery::Presence { .. }
-                | Delivery::PresenceSnapshot { .. }
-                | Delivery::PresenceSync { .. } => Names::everyone_key().to_owned(),
-                Delivery::Duplicates { receipts } => match receipts.first() {
-                    Some(receipt) => Names::node_key(&receipt.origin.node_id),
-                    None => continue,
-                },
+            let mut keys = routing_keys(delivery).into_iter();
+            let Some(routing_key) = keys.next() else {
+                continue;
             };
+            let mut properties = transient_json();
+            let copies: Vec<AMQPValue> =
+                keys.map(|key| AMQPValue::LongString(key.into())).collect();
+            if !copies.is_empty() {
+                // Sender-selected distribution: RabbitMQ routes the message by these keys too,
+                // puts one copy in each queue bound to any of them, and strips the header.
+                let mut headers = FieldTable::default();
+                headers.insert("BCC".into(), AMQPValue::FieldArray(copies.into()));
+                properties = properties.with_headers(headers);
+            }
             let payload = serde_json::to_vec(delivery).unwrap_or_default();
             confirms.push(
                 self.channel
@@ -91,7 +119,7 @@ impl IngestShard {
                         &routing_key,
                         BasicPublishOptions::default(),
                         &payload,
-                        transient_json(),
+                        properties,
                     )
                     .await?,
             );
@@ -133,6 +161,29 @@ impl IngestShard {
             .basic_ack(tag, BasicAckOptions { multiple: true })
             .await?;
         Ok(())
+    }
+}
+
+/// The keys a delivery is routed by; empty when it goes nowhere.
+fn routing_keys(delivery: &Delivery) -> Vec<String> {
+    match delivery {
+        Delivery::Rooms { rooms } => rooms
+            .iter()
+            .map(|room| Names::room_key(room.room_id))
+            .collect(),
+        Delivery::Room { room_id, .. }
+        | Delivery::Typing { room_id, .. }
+        | Delivery::MemberLeft { room_id, .. }
+        | Delivery::MessageChanged { room_id, .. } => vec![Names::room_key(*room_id)],
+        Delivery::ReadMarker { .. }
+        | Delivery::Presence { .. }
+        | Delivery::PresenceSnapshot { .. }
+        | Delivery::PresenceSync { .. } => vec![Names::everyone_key().to_owned()],
+        Delivery::Duplicates { receipts } => receipts
+            .first()
+            .map(|receipt| Names::node_key(&receipt.origin.node_id))
+            .into_iter()
+            .collect(),
     }
 }
 

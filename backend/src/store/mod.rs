@@ -5,11 +5,13 @@
 
 mod accounts;
 mod messages;
+mod persist;
 mod rooms;
 pub mod schema;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
-pub use messages::{ChangeOutcome, MessageOutcome, ReadState, StoredRow};
+pub use messages::{ChangeOutcome, ReadState, StoredRow};
+pub use persist::{MessageOutcome, SeqCounters};
 pub use rooms::RoomRow;
 
 use diesel::pg::PgConnection;

@@ -6,6 +6,7 @@ use chat_protocol::api::{Member, Role, RoomKind};
 use chat_protocol::{PresenceStatus, RoomId, Seq, UserId};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Text};
 use std::collections::HashMap;
 
 /// A room's metadata, as stored.
@@ -187,6 +188,36 @@ impl Store {
         .await
     }
 
+    /// The roles of several (room, user) pairs in one query; pairs that are not memberships are
+    /// absent from the answer.
+    pub async fn roles(
+        &self,
+        pairs: Vec<(RoomId, UserId)>,
+    ) -> Result<HashMap<(RoomId, UserId), Role>, StoreError> {
+        self.run(move |conn| {
+            let (rooms, users): (Vec<i64>, Vec<i64>) =
+                pairs.iter().map(|(room, user)| (room.0, user.0)).unzip();
+            let rows = diesel::sql_query(
+                "SELECT m.room_id, m.user_id, m.role FROM memberships m \
+                 JOIN unnest($1::bigint[], $2::bigint[]) AS k(room_id, user_id) \
+                   ON m.room_id = k.room_id AND m.user_id = k.user_id",
+            )
+            .bind::<Array<BigInt>, _>(rooms)
+            .bind::<Array<BigInt>, _>(users)
+            .load::<MembershipRoleRow>(conn)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| {
+                    (
+                        (RoomId(row.room_id), UserId(row.user_id)),
+                        role_of(&row.role),
+                    )
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// Adds a member; false if already one.
     pub async fn add_member(
         &self,
@@ -297,4 +328,14 @@ mod tests {
         assert_eq!(like_pattern("Gen"), "%gen%");
         assert_eq!(like_pattern("50%_\\"), "%50\\%\\_\\\\%");
     }
+}
+
+#[derive(QueryableByName)]
+struct MembershipRoleRow {
+    #[diesel(sql_type = BigInt)]
+    room_id: i64,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = Text)]
+    role: String,
 }

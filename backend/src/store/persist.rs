@@ -1,0 +1,376 @@
+//! Storing persister batches: sequence numbers, deduplication and the insert.
+//!
+//! A persister owns its shard's rooms, so it keeps each room's last sequence number between
+//! batches ([`SeqCounters`]). The common batch (no resends, known rooms and users) then takes
+//! one statement inside its transaction: insert the rows and move the rooms' counters. Anything
+//! else (a resend, a room seen for the first time by a counter that was reset, a refused row)
+//! rolls that back and goes the checked way, which reads what it needs first.
+
+use super::messages::{StoredRow, MESSAGE_COLUMNS};
+use super::{Store, StoreError};
+use chat_protocol::bus::IngestMessage;
+use chat_protocol::{ChatMessage, Seq};
+use chrono::{DateTime, TimeZone, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// Stored now, with its new sequence number.
+    Stored(ChatMessage),
+    /// Stored earlier (by an earlier batch or earlier in this one): the original.
+    Duplicate(ChatMessage),
+    /// Can never be stored, for this reason.
+    Rejected(String),
+}
+
+/// The last sequence number of each room a persister has stored to, kept between its batches.
+/// Valid only while the persister owns the shard: a new consumer starts with empty counters.
+/// A wrong counter cannot store anything wrong: the primary key on (room, seq) refuses the
+/// insert, and the batch goes the checked way, which reads the rooms' counters from the table.
+#[derive(Clone, Default)]
+pub struct SeqCounters(Arc<Mutex<HashMap<i64, i64>>>);
+
+impl Store {
+    /// Stores a batch: drops resends, assigns each room's next sequence numbers in batch order
+    /// and inserts the rest, in one transaction. The caller owns the rooms' shard, so no other
+    /// writer advances these rooms' counters meanwhile. The outcomes are in batch order.
+    pub async fn persist_batch(
+        &self,
+        batch: Vec<IngestMessage>,
+        counters: SeqCounters,
+    ) -> Result<Vec<MessageOutcome>, StoreError> {
+        self.run(move |conn| {
+            let conn: &mut PgConnection = conn;
+            let Ok(mut known) = counters.0.lock() else {
+                return conn.transaction(|conn| persist_checked(conn, &batch));
+            };
+            // On any failure the counters may have moved for rows that were rolled back: they
+            // are dropped and read again.
+            match conn.transaction(|conn| persist_common(conn, &batch, &mut known)) {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(FastPath::NotCommon) => {}
+                Err(FastPath::Refused(error)) => {
+                    tracing::debug!(%error, "batch refused as a common one; checking it");
+                }
+            }
+            known.clear();
+            conn.transaction(|conn| persist_checked(conn, &batch))
+        })
+        .await
+    }
+}
+
+/// Why a batch was not stored the common way (and nothing of it was).
+enum FastPath {
+    /// A resend, a repeated id within the batch, or an unknown room.
+    NotCommon,
+    /// PostgreSQL refused it: a stale counter, an unknown user, or the connection failed (in
+    /// which case the checked way fails too, and the batch is retried).
+    Refused(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for FastPath {
+    fn from(error: diesel::result::Error) -> Self {
+        FastPath::Refused(error)
+    }
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The common batch in one statement: numbers from the counters, rows inserted unless their id
+/// is already stored, rooms' counters moved. Fewer rows than sent means a resend: roll back.
+fn persist_common(
+    conn: &mut PgConnection,
+    batch: &[IngestMessage],
+    counters: &mut HashMap<i64, i64>,
+) -> Result<Vec<MessageOutcome>, FastPath> {
+    let mut ids = HashSet::with_capacity(batch.len());
+    if !batch
+        .iter()
+        .all(|m| ids.insert((m.sender_id.0, m.client_msg_id.0.as_str())))
+    {
+        return Err(FastPath::NotCommon);
+    }
+    let mut unknown: Vec<i64> = batch
+        .iter()
+        .map(|m| m.room_id.0)
+        .filter(|room| !counters.contains_key(room))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        let rows = diesel::sql_query("SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])")
+            .bind::<Array<BigInt>, _>(&unknown)
+            .load::<RoomSeqRow>(conn)?;
+        if rows.len() != unknown.len() {
+            return Err(FastPath::NotCommon);
+        }
+        counters.extend(rows.into_iter().map(|row| (row.id, row.last_seq)));
+    }
+
+    let mut columns = InsertColumns::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for message in batch {
+        let last = counters.entry(message.room_id.0).or_default();
+        *last += 1;
+        columns.push(message, *last);
+        outcomes.push(MessageOutcome::Stored(stored_message(message, *last)));
+    }
+    let (rooms, last_seqs): (Vec<i64>, Vec<i64>) = room_counters(batch, counters);
+    let inserted = diesel::sql_query(
+        "WITH inserted AS ( \
+           INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+                                $5::text[], $6::timestamptz[]) \
+           ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING 1), \
+         moved AS ( \
+           UPDATE rooms SET last_seq = d.last_seq \
+           FROM unnest($7::bigint[], $8::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id) \
+         SELECT count(*) AS n FROM inserted",
+    )
+    .bind::<Array<BigInt>, _>(columns.room_ids)
+    .bind::<Array<BigInt>, _>(columns.seqs)
+    .bind::<Array<BigInt>, _>(columns.sender_ids)
+    .bind::<Array<Text>, _>(columns.client_msg_ids)
+    .bind::<Array<Text>, _>(columns.bodies)
+    .bind::<Array<Timestamptz>, _>(columns.sent_at)
+    .bind::<Array<BigInt>, _>(rooms)
+    .bind::<Array<BigInt>, _>(last_seqs)
+    .get_result::<CountRow>(conn)?;
+    if inserted.n != batch.len() as i64 {
+        return Err(FastPath::NotCommon);
+    }
+    Ok(outcomes)
+}
+
+/// Each room of the batch with its counter after the batch.
+fn room_counters(batch: &[IngestMessage], counters: &HashMap<i64, i64>) -> (Vec<i64>, Vec<i64>) {
+    let mut rooms: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let last_seqs = rooms
+        .iter()
+        .map(|room| counters.get(room).copied().unwrap_or_default())
+        .collect();
+    (rooms, last_seqs)
+}
+
+fn stored_message(message: &IngestMessage, seq: i64) -> ChatMessage {
+    ChatMessage {
+        room_id: message.room_id,
+        seq: Seq(seq),
+        sender_id: message.sender_id,
+        sender_name: message.sender_name.clone(),
+        client_msg_id: message.client_msg_id.clone(),
+        body: message.body.clone(),
+        sent_at_ms: message.sent_at_ms,
+        edited_at_ms: None,
+        deleted: false,
+    }
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct RoomSeqRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+}
+
+/// The careful way, for batches with resends or unknown rooms or users: reads which ids are
+/// stored already and which rooms and users exist, then numbers and inserts the rest.
+type DedupKey = (i64, String);
+
+fn persist_checked(
+    conn: &mut PgConnection,
+    batch: &[IngestMessage],
+) -> Result<Vec<MessageOutcome>, StoreError> {
+    let sender_ids: Vec<i64> = batch.iter().map(|m| m.sender_id.0).collect();
+    let client_ids: Vec<String> = batch.iter().map(|m| m.client_msg_id.0.clone()).collect();
+    let room_ids: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
+
+    // Resends of messages stored by an earlier batch.
+    let mut known: HashMap<DedupKey, ChatMessage> = diesel::sql_query(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN users u ON u.id = m.sender_id \
+         JOIN unnest($1::bigint[], $2::text[]) AS k(sender_id, client_msg_id) \
+           ON m.sender_id = k.sender_id AND m.client_msg_id = k.client_msg_id"
+    ))
+    .bind::<Array<BigInt>, _>(&sender_ids)
+    .bind::<Array<Text>, _>(&client_ids)
+    .load::<StoredRow>(conn)?
+    .into_iter()
+    .map(|row| {
+        (
+            (row.sender_id, row.client_msg_id.clone()),
+            row.into_message(),
+        )
+    })
+    .collect();
+
+    let known_users = existing_ids(conn, "users", &sender_ids)?;
+    let known_rooms = existing_ids(conn, "rooms", &room_ids)?;
+
+    // Decide, in batch order, which messages are new; count them per room.
+    let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; batch.len()];
+    let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut first_in_batch: HashSet<DedupKey> = HashSet::new();
+    let mut per_room: HashMap<i64, i64> = HashMap::new();
+    for (index, message) in batch.iter().enumerate() {
+        let key = (message.sender_id.0, message.client_msg_id.0.clone());
+        if known.contains_key(&key) || first_in_batch.contains(&key) {
+            // Resolved after the inserts, when the in-batch original has its sequence number.
+            continue;
+        }
+        if !known_rooms.contains(&message.room_id.0) {
+            outcomes[index] = Some(MessageOutcome::Rejected(format!(
+                "room {} does not exist",
+                message.room_id
+            )));
+            continue;
+        }
+        if !known_users.contains(&message.sender_id.0) {
+            outcomes[index] = Some(MessageOutcome::Rejected(format!(
+                "user {} does not exist",
+                message.sender_id
+            )));
+            continue;
+        }
+        first_in_batch.insert(key);
+        fresh.push(index);
+        *per_room.entry(message.room_id.0).or_default() += 1;
+    }
+
+    if !fresh.is_empty() {
+        let (rooms, counts): (Vec<i64>, Vec<i64>) = per_room.iter().map(|(r, n)| (*r, *n)).unzip();
+        let mut next_seq: HashMap<i64, i64> = diesel::sql_query(
+            "UPDATE rooms SET last_seq = rooms.last_seq + d.n \
+             FROM unnest($1::bigint[], $2::bigint[]) AS d(id, n) \
+             WHERE rooms.id = d.id RETURNING rooms.id, rooms.last_seq",
+        )
+        .bind::<Array<BigInt>, _>(&rooms)
+        .bind::<Array<BigInt>, _>(&counts)
+        .load::<RoomSeqRow>(conn)?
+        .into_iter()
+        .map(|row| {
+            (
+                row.id,
+                row.last_seq - per_room.get(&row.id).copied().unwrap_or(0) + 1,
+            )
+        })
+        .collect();
+
+        let mut columns = InsertColumns::with_capacity(fresh.len());
+        for &index in &fresh {
+            let message = &batch[index];
+            let Some(seq) = next_seq.get_mut(&message.room_id.0) else {
+                // Rooms are never deleted, so the room checked above still exists; if not, the
+                // whole batch fails and is retried.
+                return Err(StoreError::Query(diesel::result::Error::NotFound));
+            };
+            let stored = stored_message(message, *seq);
+            *seq += 1;
+            columns.push(message, stored.seq.0);
+            known.insert(
+                (message.sender_id.0, message.client_msg_id.0.clone()),
+                stored.clone(),
+            );
+            outcomes[index] = Some(MessageOutcome::Stored(stored));
+        }
+        columns.insert(conn)?;
+    }
+
+    Ok(batch
+        .iter()
+        .zip(outcomes)
+        .map(|(message, outcome)| {
+            outcome.unwrap_or_else(|| {
+                let key = (message.sender_id.0, message.client_msg_id.0.clone());
+                match known.get(&key) {
+                    Some(original) => MessageOutcome::Duplicate(original.clone()),
+                    None => MessageOutcome::Rejected("duplicate of an unstored message".into()),
+                }
+            })
+        })
+        .collect())
+}
+
+fn existing_ids(
+    conn: &mut PgConnection,
+    table: &str,
+    ids: &[i64],
+) -> Result<HashSet<i64>, diesel::result::Error> {
+    Ok(diesel::sql_query(format!(
+        "SELECT id FROM {table} WHERE id = ANY($1::bigint[])"
+    ))
+    .bind::<Array<BigInt>, _>(ids)
+    .load::<IdRow>(conn)?
+    .into_iter()
+    .map(|row| row.id)
+    .collect())
+}
+
+/// Column arrays for one `INSERT … SELECT FROM unnest(…)`: six bind parameters whatever the
+/// batch size, so the 65,535-parameter limit never applies.
+struct InsertColumns {
+    room_ids: Vec<i64>,
+    seqs: Vec<i64>,
+    sender_ids: Vec<i64>,
+    client_msg_ids: Vec<String>,
+    bodies: Vec<String>,
+    sent_at: Vec<DateTime<Utc>>,
+}
+
+impl InsertColumns {
+    fn with_capacity(n: usize) -> Self {
+        InsertColumns {
+            room_ids: Vec::with_capacity(n),
+            seqs: Vec::with_capacity(n),
+            sender_ids: Vec::with_capacity(n),
+            client_msg_ids: Vec::with_capacity(n),
+            bodies: Vec::with_capacity(n),
+            sent_at: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, message: &IngestMessage, seq: i64) {
+        self.room_ids.push(message.room_id.0);
+        self.seqs.push(seq);
+        self.sender_ids.push(message.sender_id.0);
+        self.client_msg_ids.push(message.client_msg_id.0.clone());
+        self.bodies.push(message.body.clone());
+        self.sent_at.push(
+            Utc.timestamp_millis_opt(message.sent_at_ms)
+                .single()
+                .unwrap_or_else(Utc::now),
+        );
+    }
+
+    fn insert(self, conn: &mut PgConnection) -> Result<usize, diesel::result::Error> {
+        diesel::sql_query(
+            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
+                                  $5::text[], $6::timestamptz[])",
+        )
+        .bind::<Array<BigInt>, _>(self.room_ids)
+        .bind::<Array<BigInt>, _>(self.seqs)
+        .bind::<Array<BigInt>, _>(self.sender_ids)
+        .bind::<Array<Text>, _>(self.client_msg_ids)
+        .bind::<Array<Text>, _>(self.bodies)
+        .bind::<Array<Timestamptz>, _>(self.sent_at)
+        .execute(conn)
+    }
+}
