@@ -8,7 +8,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = Config::parse();
     chat_backend::telemetry::init(config.log_format);
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match listen(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
             tracing::error!(%error, listen = %config.listen, "cannot listen");
@@ -22,6 +22,23 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connections waiting to be accepted. When a node dies its clients all reconnect to the others
+/// at once; tokio's default (1,024) drops the rest of such a burst, and each dropped client
+/// waits a second or more before its connection is tried again. The kernel caps it at
+/// `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 65_535;
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -9,6 +9,7 @@ mod history;
 mod leave_across_nodes;
 mod node;
 mod openapi;
+mod persist_counters;
 mod pipeline_dead_letter;
 mod pipeline_dedup;
 mod pipeline_failures;

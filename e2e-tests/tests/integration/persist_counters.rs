@@ -1,0 +1,103 @@
+//! One order per room even when a persister's sequence counters are out of date: the primary
+//! key on (room, seq) refuses the numbers, the batch is stored the checked way, and the room's
+//! sequence stays 1, 2, 3… with nothing lost or repeated.
+
+use chat_backend::store::{MessageOutcome, NewUser, SeqCounters, Store};
+use chat_protocol::api::RoomKind;
+use chat_protocol::bus::{IngestMessage, Origin};
+use chat_protocol::{ClientMsgId, RoomId, UserId};
+use e2e_tests::checks::stored_messages;
+use e2e_tests::TestEnv;
+
+fn send(room_id: RoomId, sender_id: UserId, id: &str) -> IngestMessage {
+    IngestMessage {
+        room_id,
+        sender_id,
+        sender_name: "ada".into(),
+        client_msg_id: ClientMsgId(id.into()),
+        body: format!("body of {id}"),
+        sent_at_ms: 1_795_817_270_814,
+        origin: Origin {
+            node_id: "test".into(),
+            conn_id: 1,
+        },
+    }
+}
+
+fn seqs(outcomes: &[MessageOutcome]) -> Vec<(i64, bool)> {
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            MessageOutcome::Stored(message) => (message.seq.0, false),
+            MessageOutcome::Duplicate(message) => (message.seq.0, true),
+            MessageOutcome::Rejected(_) => (-1, false),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let store = Store::new(&env.db.url, 2);
+    store.migrate().await?;
+    let ada = store
+        .create_user(NewUser {
+            username: "ada".into(),
+            display_name: "Ada".into(),
+            avatar_initials: "A".into(),
+            password_hash: "not a hash".into(),
+        })
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("user not created"))?;
+    let ada = UserId(ada.id);
+    let room = store
+        .create_room("counters".into(), RoomKind::Public, ada)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("room not created"))?
+        .room_id;
+
+    // Two persisters, one after the other, as when a shard moves between nodes and back.
+    let first = SeqCounters::default();
+    let second = SeqCounters::default();
+    let stored = store
+        .persist_batch(
+            vec![send(room, ada, "a"), send(room, ada, "b")],
+            first.clone(),
+        )
+        .await?;
+    assert_eq!(seqs(&stored), vec![(1, false), (2, false)]);
+    let stored = store
+        .persist_batch(vec![send(room, ada, "c")], second.clone())
+        .await?;
+    assert_eq!(seqs(&stored), vec![(3, false)]);
+    // The first still believes the room ends at 2: its numbers are refused, and the batch is
+    // stored the checked way.
+    let stored = store
+        .persist_batch(vec![send(room, ada, "d")], first.clone())
+        .await?;
+    assert_eq!(seqs(&stored), vec![(4, false)]);
+    // A resend within a batch is answered as the original; the rest is numbered on.
+    let stored = store
+        .persist_batch(
+            vec![send(room, ada, "e"), send(room, ada, "b")],
+            first.clone(),
+        )
+        .await?;
+    assert_eq!(seqs(&stored), vec![(5, false), (2, true)]);
+    // And the common way works again from the counters read back.
+    let stored = store
+        .persist_batch(vec![send(room, ada, "f")], first)
+        .await?;
+    assert_eq!(seqs(&stored), vec![(6, false)]);
+
+    assert_eq!(
+        stored_messages(&env.db, room).await?,
+        ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .enumerate()
+            .map(|(index, id)| (index as i64 + 1, id.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.last_seq(room).await?.0, 6);
+    Ok(())
+}
