@@ -52,7 +52,9 @@ fn standard_set(quick: bool) -> Vec<Run> {
     // connections' memory and hide it. One process holds at most ~20,000 open files here, and
     // the node needs some for itself.
     let mut runs = vec![run("idle", "idle --connections 18000 --on 0")];
-    for rate in [1_000, 2_000, 3_000, 5_000, 10_000, 15_000] {
+    for rate in [
+        1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 15_000,
+    ] {
         runs.push(run(
             &format!("rooms-{rate}"),
             &format!("rooms --rate {rate} --seconds 10"),

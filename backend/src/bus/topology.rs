@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(Names::room_key(RoomId(42)), "room.42");
     }
 
-    /// `rabbitmq/definitions.json` describes the default deployment (prefix `chat`, 8 shards)
+    /// `rabbitmq/definitions.json` describes the default deployment (prefix `chat`, 2 shards)
     /// exactly as the nodes declare it.
     #[test]
     fn deployer_definitions_match_the_declared_topology() {
@@ -272,7 +272,7 @@ mod tests {
         let names = Names {
             prefix: "chat".into(),
             node_id: "unused".into(),
-            shards: 8,
+            shards: 2,
             quorum: false,
         };
         let expected = SharedTopology::of(&names);
