@@ -9,8 +9,10 @@
 //! is built here rather than by `memcache::Client::connect`, so that building never connects
 //! (a node starts while memcached is down) and a checkout never sends a `version` round trip.
 //! Its connections are never marked broken, so after a failure the whole client is dropped and
-//! rebuilt; for a short pause after a failure requests skip memcached entirely, so a dead server
-//! costs one timeout per pause instead of one per request. Deletes that could not be sent are
+//! rebuilt; for a pause after a failure requests skip memcached entirely, and when the pause is
+//! over a single request probes it while the others keep skipping, so a dead server costs one
+//! timeout per pause instead of one per request in flight. The pause doubles with each failed
+//! probe, up to a few seconds. Deletes that could not be sent are
 //! remembered and sent first when memcached answers again, so an entry invalidated while it was
 //! unreachable is not served afterwards.
 
@@ -25,8 +27,13 @@ use std::time::{Duration, Instant};
 
 /// Longest wait for a connection or an answer.
 const TIMEOUT: Duration = Duration::from_millis(250);
-/// How long requests skip memcached after a failure.
+/// How long requests skip memcached after a failure; doubled after each failed probe.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
+/// The longest pause.
+const MAX_PAUSE: Duration = Duration::from_secs(4);
+/// A probe that has not reported back by then (its caller went away) no longer holds others
+/// back.
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// Connections per memcached server: enough that a burst of requests does not wait for one.
 const POOL_SIZE: u32 = 16;
 /// Most deletes remembered while memcached is unreachable; beyond that the TTL bounds staleness.
@@ -62,6 +69,10 @@ struct Inner {
 struct State {
     servers: Option<Arc<Servers>>,
     paused_until: Option<Instant>,
+    /// When the request probing memcached after a pause started; others skip meanwhile.
+    probing_since: Option<Instant>,
+    /// Failures in a row, for the length of the next pause.
+    failures: u32,
     pending_deletes: HashSet<String>,
 }
 
@@ -410,6 +421,8 @@ impl Cache {
             Ok(Ok(value)) => {
                 if let Ok(mut state) = self.inner.state.lock() {
                     state.pending_deletes.clear();
+                    state.probing_since = None;
+                    state.failures = 0;
                 }
                 Some(value)
             }
@@ -430,11 +443,20 @@ impl Cache {
             return None;
         }
         let mut state = self.inner.state.lock().ok()?;
-        if let Some(until) = state.paused_until {
-            if Instant::now() < until {
+        let now = Instant::now();
+        if let Some(since) = state.probing_since {
+            if now < since + PROBE_DEADLINE {
                 return None;
             }
+            state.probing_since = None;
+        }
+        if let Some(until) = state.paused_until {
+            if now < until {
+                return None;
+            }
+            // This request probes; the others skip until it reports back.
             state.paused_until = None;
+            state.probing_since = Some(now);
         }
         let servers = match &state.servers {
             Some(servers) => servers.clone(),
@@ -472,7 +494,56 @@ impl Cache {
         self.count(op, "error");
         if let Ok(mut state) = self.inner.state.lock() {
             state.servers = None;
-            state.paused_until = Some(Instant::now() + PAUSE_AFTER_FAILURE);
+            state.probing_since = None;
+            let pause = PAUSE_AFTER_FAILURE
+                .saturating_mul(1 << state.failures.min(8))
+                .min(MAX_PAUSE);
+            state.failures = state.failures.saturating_add(1);
+            state.paused_until = Some(Instant::now() + pause);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback address nothing listens on.
+    fn closed_address() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = listener.local_addr().expect("local address").to_string();
+        drop(listener);
+        address
+    }
+
+    fn count(metrics: &Metrics, op: &str, result: &str) -> u64 {
+        metrics
+            .cache_requests
+            .with_label_values(&[op, result])
+            .get()
+    }
+
+    #[tokio::test]
+    async fn after_a_pause_one_request_probes_a_dead_server_and_the_others_skip() {
+        let metrics = Metrics::new();
+        let cache = Cache::new(&closed_address(), "t", 60, metrics.clone());
+        let key = CacheKey::Room(RoomId(1));
+        assert_eq!(cache.get::<String>(key).await, None);
+        assert_eq!(metrics.cache_errors.get(), 1);
+
+        // Bursts of concurrent reads until the pause is over and one of them probes.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.cache_errors.get() < 2 {
+            assert!(Instant::now() < deadline, "no probe within 10 s");
+            let burst = (0..20).map(|_| cache.get::<String>(key));
+            for value in futures::future::join_all(burst).await {
+                assert_eq!(value, None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The burst that probed sent one request to the dead server, not twenty.
+        assert_eq!(metrics.cache_errors.get(), 2);
+        assert_eq!(count(&metrics, "get", "error"), 2);
+        assert!(count(&metrics, "get", "skipped") >= 19);
     }
 }
