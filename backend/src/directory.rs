@@ -85,10 +85,11 @@ impl Directory {
         }
     }
 
-    /// The user's role in the room, as [`Directory::role`], for a send: checks waiting at the
-    /// same moment share one memcached round trip (and one query for what it missed), so a node
-    /// under load checks every send without a round trip per send.
-    pub async fn role_for_send(
+    /// The user's role in the room, as [`Directory::role`], batched: checks waiting at the same
+    /// moment share one memcached round trip (and one query for what it missed), so a node under
+    /// load checks every send, and a storm of reconnecting clients every join, without a round
+    /// trip each.
+    pub async fn role_batched(
         &self,
         room: RoomId,
         user: UserId,
@@ -163,7 +164,7 @@ impl Directory {
         let Some(info) = self.room(room).await? else {
             return Ok(Access::Hidden);
         };
-        match self.role(room, user).await? {
+        match self.role_batched(room, user).await? {
             Some(role) => Ok(Access::Member(info, role)),
             None if info.kind == RoomKind::Public => Ok(Access::Outsider(info)),
             None => Ok(Access::Hidden),

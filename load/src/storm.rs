@@ -450,6 +450,9 @@ impl StormClient {
                 break; // a second loss is not part of this workload
             }
             debug_after = Some(last_seen.0);
+            // The dead node's socket goes first: holding it while reconnecting would need two
+            // descriptors per client, and 10,000 clients would run out of them.
+            drop(socket);
             match self.resume(&dialer, last_seen, &stop).await {
                 Ok((new_socket, joined)) => {
                     debug_joined = Some(joined.last_seq.0);
@@ -515,7 +518,12 @@ impl StormClient {
             .await;
             match result {
                 Ok(done) => return Ok(done),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(error) => {
+                    if std::env::var_os("CHAT_LOAD_DEBUG").is_some() {
+                        eprintln!("{}: resume attempt {attempt} failed: {error:#}", self.name);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
             }
         }
     }

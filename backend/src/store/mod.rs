@@ -38,6 +38,9 @@ pub enum StoreError {
     Migration(String),
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A batched membership check failed (its batch's query failed, logged there).
+    #[error("{0}")]
+    Check(#[from] crate::directory::CheckFailed),
 }
 
 impl StoreError {
@@ -46,7 +49,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind as Kind, Error};
         match self {
-            StoreError::Unavailable(_) | StoreError::Task(_) => true,
+            StoreError::Unavailable(_) | StoreError::Task(_) | StoreError::Check(_) => true,
             StoreError::Query(Error::DatabaseError(
                 Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::SerializationFailure,
                 _,
