@@ -509,11 +509,11 @@ mod tests {
     use super::*;
 
     /// A loopback address nothing listens on.
-    fn closed_address() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-        let address = listener.local_addr().expect("local address").to_string();
+    fn closed_address() -> std::io::Result<String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?.to_string();
         drop(listener);
-        address
+        Ok(address)
     }
 
     fn count(metrics: &Metrics, op: &str, result: &str) -> u64 {
@@ -524,9 +524,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_pause_one_request_probes_a_dead_server_and_the_others_skip() {
+    async fn after_a_pause_one_request_probes_a_dead_server_and_the_others_skip(
+    ) -> std::io::Result<()> {
         let metrics = Metrics::new();
-        let cache = Cache::new(&closed_address(), "t", 60, metrics.clone());
+        let cache = Cache::new(&closed_address()?, "t", 60, metrics.clone());
         let key = CacheKey::Room(RoomId(1));
         assert_eq!(cache.get::<String>(key).await, None);
         assert_eq!(metrics.cache_errors.get(), 1);
@@ -545,5 +546,6 @@ mod tests {
         assert_eq!(metrics.cache_errors.get(), 2);
         assert_eq!(count(&metrics, "get", "error"), 2);
         assert!(count(&metrics, "get", "skipped") >= 19);
+        Ok(())
     }
 }

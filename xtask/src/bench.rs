@@ -73,7 +73,10 @@ fn standard_set(quick: bool) -> Vec<Run> {
     }
     runs.push(run("rooms-saturation", "rooms --seconds 10 --window 16"));
     // Storm measures recovery from a node's death, not from the saturation run before it.
-    runs.push(on_fresh_nodes(run("storm", "storm --clients 10000 --victim 1")));
+    runs.push(on_fresh_nodes(run(
+        "storm",
+        "storm --clients 10000 --victim 1",
+    )));
     runs
 }
 
