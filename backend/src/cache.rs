@@ -9,10 +9,10 @@
 //! is built here rather than by `memcache::Client::connect`, so that building never connects
 //! (a node starts while memcached is down) and a checkout never sends a `version` round trip.
 //! Its connections are never marked broken, so after a failure the whole client is dropped and
-//! rebuilt; for a pause after a failure requests skip memcached entirely, and when the pause is
-//! over a single request probes it while the others keep skipping, so a dead server costs one
-//! timeout per pause instead of one per request in flight. The pause doubles with each failed
-//! probe, up to a few seconds. Deletes that could not be sent are
+//! rebuilt; after a failure requests skip memcached entirely, and when the pause is over a
+//! background probe (`version` on every server) decides whether they go back to it, so a dead
+//! server costs the requests in flight at the moment it dies one timeout, and nothing after. The
+//! pause doubles with each failed probe, up to a few seconds. Deletes that could not be sent are
 //! remembered and sent first when memcached answers again, so an entry invalidated while it was
 //! unreachable is not served afterwards.
 
@@ -31,9 +31,6 @@ const TIMEOUT: Duration = Duration::from_millis(250);
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
 /// The longest pause.
 const MAX_PAUSE: Duration = Duration::from_secs(4);
-/// A probe that has not reported back by then (its caller went away) no longer holds others
-/// back.
-const PROBE_DEADLINE: Duration = Duration::from_secs(1);
 /// Connections per memcached server: enough that a burst of requests does not wait for one.
 const POOL_SIZE: u32 = 16;
 /// Most deletes remembered while memcached is unreachable; beyond that the TTL bounds staleness.
@@ -69,8 +66,8 @@ struct Inner {
 struct State {
     servers: Option<Arc<Servers>>,
     paused_until: Option<Instant>,
-    /// When the request probing memcached after a pause started; others skip meanwhile.
-    probing_since: Option<Instant>,
+    /// A probe of memcached is under way after a pause; requests skip meanwhile.
+    probing: bool,
     /// Failures in a row, for the length of the next pause.
     failures: u32,
     pending_deletes: HashSet<String>,
@@ -103,6 +100,8 @@ enum Op {
     Set,
     Delete,
     Bump,
+    /// The background check of a server after a pause.
+    Probe,
 }
 
 impl Op {
@@ -112,6 +111,7 @@ impl Op {
             Op::Set => "set",
             Op::Delete => "delete",
             Op::Bump => "bump",
+            Op::Probe => "probe",
         }
     }
 }
@@ -421,7 +421,6 @@ impl Cache {
             Ok(Ok(value)) => {
                 if let Ok(mut state) = self.inner.state.lock() {
                     state.pending_deletes.clear();
-                    state.probing_since = None;
                     state.failures = 0;
                 }
                 Some(value)
@@ -443,20 +442,22 @@ impl Cache {
             return None;
         }
         let mut state = self.inner.state.lock().ok()?;
-        let now = Instant::now();
-        if let Some(since) = state.probing_since {
-            if now < since + PROBE_DEADLINE {
-                return None;
-            }
-            state.probing_since = None;
+        if state.probing {
+            return None;
         }
         if let Some(until) = state.paused_until {
-            if now < until {
+            if Instant::now() < until {
                 return None;
             }
-            // This request probes; the others skip until it reports back.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                // A background probe decides when requests go to memcached again; none of them
+                // waits on a server that may still be dead.
+                state.probing = true;
+                drop(state);
+                self.probe(&runtime);
+                return None;
+            }
             state.paused_until = None;
-            state.probing_since = Some(now);
         }
         let servers = match &state.servers {
             Some(servers) => servers.clone(),
@@ -468,6 +469,31 @@ impl Cache {
         };
         let pending = state.pending_deletes.iter().cloned().collect();
         Some((servers, pending))
+    }
+
+    /// Asks every server for its version on the blocking pool: on success the pause ends, on
+    /// failure it doubles.
+    fn probe(&self, runtime: &tokio::runtime::Handle) {
+        let cache = self.clone();
+        let servers = Arc::new(self.build_servers());
+        runtime.spawn_blocking(move || {
+            let answered = servers
+                .clients
+                .iter()
+                .try_for_each(|client| client.version().map(|_| ()));
+            match answered {
+                Ok(()) => {
+                    cache.count(Op::Probe, "ok");
+                    if let Ok(mut state) = cache.inner.state.lock() {
+                        state.probing = false;
+                        state.paused_until = None;
+                        state.failures = 0;
+                        state.servers = Some(servers);
+                    }
+                }
+                Err(error) => cache.failed(Op::Probe, &error),
+            }
+        });
     }
 
     fn build_servers(&self) -> Servers {
@@ -494,7 +520,7 @@ impl Cache {
         self.count(op, "error");
         if let Ok(mut state) = self.inner.state.lock() {
             state.servers = None;
-            state.probing_since = None;
+            state.probing = false;
             let pause = PAUSE_AFTER_FAILURE
                 .saturating_mul(1 << state.failures.min(8))
                 .min(MAX_PAUSE);
@@ -524,17 +550,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn after_a_pause_one_request_probes_a_dead_server_and_the_others_skip(
-    ) -> std::io::Result<()> {
+    async fn after_a_failure_only_background_probes_wait_on_a_dead_server() -> std::io::Result<()> {
         let metrics = Metrics::new();
         let cache = Cache::new(&closed_address()?, "t", 60, metrics.clone());
         let key = CacheKey::Room(RoomId(1));
         assert_eq!(cache.get::<String>(key).await, None);
-        assert_eq!(metrics.cache_errors.get(), 1);
+        assert_eq!(count(&metrics, "get", "error"), 1);
 
-        // Bursts of concurrent reads until the pause is over and one of them probes.
+        // Reads go on while the pause ends and a probe finds the server still dead.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while metrics.cache_errors.get() < 2 {
+        while count(&metrics, "probe", "error") < 1 {
             assert!(Instant::now() < deadline, "no probe within 10 s");
             let burst = (0..20).map(|_| cache.get::<String>(key));
             for value in futures::future::join_all(burst).await {
@@ -542,10 +567,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // The burst that probed sent one request to the dead server, not twenty.
+        // No read after the first went to the dead server: they all skipped.
+        assert_eq!(count(&metrics, "get", "error"), 1);
+        assert!(count(&metrics, "get", "skipped") >= 20);
         assert_eq!(metrics.cache_errors.get(), 2);
-        assert_eq!(count(&metrics, "get", "error"), 2);
-        assert!(count(&metrics, "get", "skipped") >= 19);
         Ok(())
     }
 }
