@@ -48,8 +48,10 @@ impl Metrics {
                 Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)),
             )
         };
+        // Fine between 1 and 100 ms, where a pipeline stage's tail is decided.
         let latency_buckets = vec![
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+            0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+            0.2, 0.5, 1.0, 2.0, 5.0,
         ];
         Metrics {
             connections: register(
