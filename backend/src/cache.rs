@@ -449,15 +449,12 @@ impl Cache {
             if Instant::now() < until {
                 return None;
             }
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                // A background probe decides when requests go to memcached again; none of them
-                // waits on a server that may still be dead.
-                state.probing = true;
-                drop(state);
-                self.probe(&runtime);
-                return None;
-            }
-            state.paused_until = None;
+            // A background probe decides when requests go to memcached again; none of them
+            // waits on a server that may still be dead.
+            state.probing = true;
+            drop(state);
+            self.probe();
+            return None;
         }
         let servers = match &state.servers {
             Some(servers) => servers.clone(),
@@ -473,10 +470,10 @@ impl Cache {
 
     /// Asks every server for its version on the blocking pool: on success the pause ends, on
     /// failure it doubles.
-    fn probe(&self, runtime: &tokio::runtime::Handle) {
+    fn probe(&self) {
         let cache = self.clone();
         let servers = Arc::new(self.build_servers());
-        runtime.spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let answered = servers
                 .clients
                 .iter()

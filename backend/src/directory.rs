@@ -85,15 +85,11 @@ impl Directory {
         }
     }
 
-    /// The user's role in the room, as [`Directory::role`], batched: checks waiting at the same
-    /// moment share one memcached round trip (and one query for what it missed), so a node under
-    /// load checks every send, and a storm of reconnecting clients every join, without a round
-    /// trip each.
-    pub async fn role_batched(
-        &self,
-        room: RoomId,
-        user: UserId,
-    ) -> Result<Option<Role>, CheckFailed> {
+    /// The user's role in the room, or `None` if not a member. Checks waiting at the same moment
+    /// share one memcached round trip (and one query for what it missed), so a node under load
+    /// checks every send, and a storm of reconnecting clients every join, without a round trip
+    /// each.
+    pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, CheckFailed> {
         let checks = self.send_checks.get_or_init(|| {
             let (checks, waiting) = mpsc::unbounded_channel();
             tokio::spawn(check_roles(
@@ -147,24 +143,12 @@ impl Directory {
         Ok(Some(info))
     }
 
-    /// The user's role in the room, or `None` if not a member.
-    pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, StoreError> {
-        let key = CacheKey::Membership(room, user);
-        if let Some(CachedRole(role)) = self.cache.get::<CachedRole>(key).await {
-            return Ok(role);
-        }
-        self.loaded("membership");
-        let role = self.store.role(room, user).await?;
-        self.cache.set(key, &CachedRole(role)).await;
-        Ok(role)
-    }
-
     /// What `user` may do with `room`.
     pub async fn access(&self, room: RoomId, user: UserId) -> Result<Access, StoreError> {
         let Some(info) = self.room(room).await? else {
             return Ok(Access::Hidden);
         };
-        match self.role_batched(room, user).await? {
+        match self.role(room, user).await? {
             Some(role) => Ok(Access::Member(info, role)),
             None if info.kind == RoomKind::Public => Ok(Access::Outsider(info)),
             None => Ok(Access::Hidden),

@@ -512,7 +512,7 @@ impl Session {
         let role = self
             .app
             .directory
-            .role_batched(room_id, self.user_id)
+            .role(room_id, self.user_id)
             .await
             .map_err(|error| {
                 internal("could not check the membership", &error)

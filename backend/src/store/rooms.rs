@@ -175,19 +175,6 @@ impl Store {
         .await
     }
 
-    /// The user's role in the room, if a member.
-    pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, StoreError> {
-        self.run(move |conn| {
-            Ok(memberships::table
-                .find((room.0, user.0))
-                .select(memberships::role)
-                .first::<String>(conn)
-                .optional()?
-                .map(|role| role_of(&role)))
-        })
-        .await
-    }
-
     /// The roles of several (room, user) pairs in one query; pairs that are not memberships are
     /// absent from the answer.
     pub async fn roles(
