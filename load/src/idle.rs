@@ -1,5 +1,10 @@
 //! The `idle` workload: N signed-in connections held open on one node, doing nothing, to
 //! measure the node's resident memory per connection.
+//!
+//! One process can hold only as many connections as it may open files, so a total larger than
+//! that is reached with one `idle` process per node, run side by side. Each report records when
+//! its connections were all open and when they were let go, so the runs can be checked to have
+//! held theirs at the same time (see `tables`).
 
 use crate::identity::{self, Account, Session};
 use crate::procstat::{rss_bytes, CpuMeter};
@@ -21,6 +26,9 @@ pub struct IdleConfig {
     pub concurrency: usize,
     /// Users the connections are spread over.
     pub accounts: usize,
+    /// How long to keep the connections open after measuring, so that idle runs on other
+    /// nodes overlap with this one.
+    pub hold: Duration,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -33,6 +41,34 @@ pub struct IdleResult {
     pub node_rss_before_mib: Option<f64>,
     pub node_rss_after_mib: Option<f64>,
     pub rss_per_connection_kib: Option<f64>,
+    /// The node that held the connections.
+    #[serde(default)]
+    pub node: String,
+    /// Wall-clock times (ms since the Unix epoch) when every connection was open and when they
+    /// were let go.
+    #[serde(default)]
+    pub held_from_unix_ms: u64,
+    #[serde(default)]
+    pub held_until_unix_ms: u64,
+}
+
+impl IdleResult {
+    /// Whether every one of these runs held all of its connections at one moment.
+    pub fn held_together(runs: &[IdleResult]) -> bool {
+        let latest_start = runs.iter().map(|r| r.held_from_unix_ms).max();
+        let earliest_end = runs.iter().map(|r| r.held_until_unix_ms).min();
+        match (latest_start, earliest_end) {
+            (Some(start), Some(end)) => start > 0 && start < end,
+            _ => false,
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 pub async fn run_idle(
@@ -81,6 +117,7 @@ pub async fn run_idle(
         .collect()
         .await;
     let connect_seconds = started.elapsed().as_secs_f64();
+    let held_from_unix_ms = unix_ms();
     bar.finish_and_clear();
     let mut sessions = Vec::new();
     let mut first_error = None;
@@ -98,6 +135,8 @@ pub async fn run_idle(
     let rss_after = node.pid.and_then(rss_bytes);
     let cpu = cpu.finish();
     let established = sessions.len();
+    tokio::time::sleep(config.hold).await;
+    let held_until_unix_ms = unix_ms();
     drop(sessions);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let result = IdleResult {
@@ -114,6 +153,9 @@ pub async fn run_idle(
             }
             _ => None,
         },
+        node: node.name.clone(),
+        held_from_unix_ms,
+        held_until_unix_ms,
     };
     let recorder = Recorder::new();
     let snapshot = recorder.counters.snapshot();

@@ -78,6 +78,10 @@ enum Workload {
         /// Index of the node (in --node order) that holds them.
         #[arg(long, default_value_t = 0)]
         on: usize,
+        /// Seconds to keep the connections open after measuring (to overlap with idle runs
+        /// on other nodes).
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
     /// N clients on a node that is killed; time until all have resumed elsewhere, nothing lost.
     Storm {
@@ -181,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
             common,
             connections,
             on,
+            hold,
         } => {
             if connections as u64 + 100 > limit {
                 eprintln!("note: {connections} connections exceed this process's open-file limit ({limit}); expect failures");
@@ -191,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
                 settle: Duration::from_secs(2),
                 concurrency: 256,
                 accounts: 100,
+                hold: Duration::from_secs(hold),
             };
             let label = common.label.clone().unwrap_or_else(|| "idle".into());
             let target = target(&common)?;

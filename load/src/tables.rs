@@ -26,7 +26,14 @@ fn cpu(report: &RunReport) -> String {
         .join(", ")
 }
 
-/// Every table: targets, rooms runs, idle, storm.
+/// Idle runs labelled `idle-spread…` are one of several side-by-side runs, one per node.
+pub const SPREAD_LABEL: &str = "idle-spread";
+
+fn is_spread(report: &RunReport) -> bool {
+    report.label.starts_with(SPREAD_LABEL)
+}
+
+/// Every table: targets, rooms runs, idle (on one node and over several), storm.
 pub fn tables(reports: &[RunReport]) -> String {
     let mut out = String::new();
     let rooms: Vec<&RunReport> = reports.iter().filter(|r| r.workload == "rooms").collect();
@@ -47,8 +54,12 @@ pub fn tables(reports: &[RunReport]) -> String {
         });
     let at_2000 = rated.iter().find(|(_, rate)| (*rate - 2000.0).abs() < 1.0);
     let idle: Option<IdleResult> = (reports.iter())
-        .find(|r| r.workload == "idle")
+        .find(|r| r.workload == "idle" && !is_spread(r))
         .and_then(|r| serde_json::from_value(r.extra.clone()).ok());
+    let spread: Vec<IdleResult> = (reports.iter())
+        .filter(|r| r.workload == "idle" && is_spread(r))
+        .filter_map(|r| serde_json::from_value(r.extra.clone()).ok())
+        .collect();
     let storm: Option<StormResult> = (reports.iter())
         .find(|r| r.workload == "storm")
         .and_then(|r| serde_json::from_value(r.extra.clone()).ok());
@@ -83,6 +94,20 @@ pub fn tables(reports: &[RunReport]) -> String {
             "| idle: connections on one node, RSS each | 50,000 at ≤ 16 KiB | {} at {per:.1} KiB | {} |",
             idle.established,
             met(idle.established >= 50_000 && per <= 16.0)
+        );
+    }
+    if !spread.is_empty() {
+        let total: usize = spread.iter().map(|r| r.established).sum();
+        let together = IdleResult::held_together(&spread);
+        let worst = (spread.iter())
+            .map(|r| r.rss_per_connection_kib.unwrap_or(f64::NAN))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let _ = writeln!(
+            out,
+            "| idle: the same goal over several nodes (one process holds about 20,000 files here) | 50,000 at ≤ 16 KiB | {total} on {} nodes, {}, at most {worst:.1} KiB each | {} |",
+            spread.len(),
+            if together { "all open at once" } else { "**not** all open at once" },
+            met(total >= 50_000 && together && worst <= 16.0)
         );
     }
     if let Some(storm) = &storm {
@@ -142,6 +167,59 @@ pub fn tables(reports: &[RunReport]) -> String {
         );
         if let Some(error) = &idle.first_error {
             let _ = writeln!(out, "\nFirst connection error: `{error}`");
+        }
+    }
+    if !spread.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### idle over several nodes\n\nOne load process per node, run side by side.\n\n| Node | Requested | Established | Failed | Connect time | Node RSS before → after | RSS per connection |\n|---|---|---|---|---|---|---|"
+        );
+        for run in &spread {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.1} s | {:.0} → {:.0} MiB | {:.1} KiB |",
+                run.node,
+                run.requested,
+                run.established,
+                run.failed,
+                run.connect_seconds,
+                run.node_rss_before_mib.unwrap_or(f64::NAN),
+                run.node_rss_after_mib.unwrap_or(f64::NAN),
+                run.rss_per_connection_kib.unwrap_or(f64::NAN)
+            );
+        }
+        let total: usize = spread.iter().map(|r| r.established).sum();
+        let overlap_ms = (spread
+            .iter()
+            .map(|r| r.held_until_unix_ms)
+            .min()
+            .unwrap_or(0))
+        .saturating_sub(
+            spread
+                .iter()
+                .map(|r| r.held_from_unix_ms)
+                .max()
+                .unwrap_or(0),
+        );
+        let _ = writeln!(
+            out,
+            "\nTotal: {total} connections; {}.",
+            if IdleResult::held_together(&spread) {
+                format!(
+                    "all of them were open at once for {:.1} s",
+                    overlap_ms as f64 / 1000.0
+                )
+            } else {
+                "the runs did **not** overlap, so the total was never open at once".to_owned()
+            }
+        );
+        for run in spread.iter().filter(|r| r.first_error.is_some()) {
+            let _ = writeln!(
+                out,
+                "\nFirst connection error on {}: `{}`",
+                run.node,
+                run.first_error.as_deref().unwrap_or_default()
+            );
         }
     }
     if let Some(report) = reports.iter().find(|r| r.workload == "storm") {

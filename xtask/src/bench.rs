@@ -18,14 +18,22 @@ const DATABASE: &str = "chat_bench";
 const FIRST_PORT: u16 = 8091;
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
 const END_MARKER: &str = "<!-- bench:end -->";
+/// `chat-load tables` reads idle reports whose label starts with this as one run per node
+/// (`chat_load::tables::SPREAD_LABEL`).
+const SPREAD_LABEL: &str = "idle-spread";
 
 /// One workload run: its label and `chat-load` arguments (before the common ones).
 struct Run {
     label: String,
     args: Vec<String>,
-    /// Restart both nodes before this run, so that it starts on a quiet cluster rather than
+    /// Restart the nodes before this run, so that it starts on a quiet cluster rather than
     /// one still working off the overloaded runs before it.
     fresh_nodes: bool,
+    /// Nodes the run needs; the cluster is restarted with this many when it has another count.
+    nodes: u16,
+    /// One `chat-load` per node, side by side (`--on <index>`, label `<label>-<n>`): for
+    /// totals one process cannot hold open.
+    per_node: bool,
 }
 
 fn run(label: &str, args: &str) -> Run {
@@ -33,6 +41,8 @@ fn run(label: &str, args: &str) -> Run {
         label: label.to_owned(),
         args: args.split_whitespace().map(str::to_owned).collect(),
         fresh_nodes: false,
+        nodes: 2,
+        per_node: false,
     }
 }
 
@@ -43,11 +53,22 @@ fn on_fresh_nodes(run: Run) -> Run {
     }
 }
 
+/// The run once per node of a fresh cluster of `nodes`, all at the same time.
+fn on_each_of(nodes: u16, run: Run) -> Run {
+    Run {
+        fresh_nodes: true,
+        nodes,
+        per_node: true,
+        ..run
+    }
+}
+
 /// The standard set. Storm comes last: it kills node-2.
 fn standard_set(quick: bool) -> Vec<Run> {
     if quick {
         return vec![
             run("idle", "idle --connections 1000 --on 0"),
+            on_each_of(3, run(SPREAD_LABEL, "idle --connections 400 --hold 5")),
             run(
                 "rooms-2000",
                 "rooms --rate 2000 --seconds 4 --users 200 --rooms 20",
@@ -63,6 +84,12 @@ fn standard_set(quick: bool) -> Vec<Run> {
     // connections' memory and hide it. One process holds at most ~20,000 open files here, and
     // the node needs some for itself.
     let mut runs = vec![run("idle", "idle --connections 18000 --on 0")];
+    // The 50,000 of the idle goal, over three nodes with one load process each (each process
+    // holds a third), every connection open at the same time.
+    runs.push(on_each_of(
+        3,
+        run(SPREAD_LABEL, "idle --connections 16667 --hold 30"),
+    ));
     for rate in [
         1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 15_000,
     ] {
@@ -111,12 +138,12 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
 
     let prefix = format!("bench{}", std::process::id());
     let database_url = format!("postgres://postgres@127.0.0.1:5432/{DATABASE}");
-    let start_nodes = || -> Result<Vec<NodeProcess>> {
-        (0..2u16)
+    let start_nodes = |count: u16| -> Result<Vec<NodeProcess>> {
+        (0..count)
             .map(|index| start_node(&server, index, &prefix, &database_url, &reports))
             .collect()
     };
-    let mut nodes = start_nodes()?;
+    let mut nodes = start_nodes(2)?;
     let result = run_workloads(
         &load,
         &mut nodes,
@@ -247,7 +274,7 @@ fn stop_node(node: &mut NodeProcess) {
 fn run_workloads(
     load: &Path,
     nodes: &mut Vec<NodeProcess>,
-    start_nodes: &dyn Fn() -> Result<Vec<NodeProcess>>,
+    start_nodes: &dyn Fn(u16) -> Result<Vec<NodeProcess>>,
     reports: &Path,
     plots: &Path,
     database_url: &str,
@@ -255,44 +282,61 @@ fn run_workloads(
 ) -> Result<Vec<String>> {
     let mut failures = Vec::new();
     for workload in standard_set(quick) {
-        if workload.fresh_nodes {
+        if workload.fresh_nodes || usize::from(workload.nodes) != nodes.len() {
             for node in nodes.iter_mut() {
                 stop_node(node);
             }
-            *nodes = start_nodes()?;
+            *nodes = start_nodes(workload.nodes)?;
         }
-        let mut args = workload.args.clone();
-        for node in nodes.iter() {
-            args.push("--node".into());
-            args.push(format!("{}={}@{}", node.name, node.addr, node.child.id()));
-        }
-        args.extend([
-            "--accounts".into(),
-            reports.join("accounts.json").display().to_string(),
-            "--label".into(),
-            workload.label.clone(),
-            "--json".into(),
-            reports
-                .join(format!("{}.json", workload.label))
-                .display()
-                .to_string(),
-            "--svg".into(),
-            plots
-                .join(format!("{}.svg", workload.label))
-                .display()
-                .to_string(),
-        ]);
+        let node_args: Vec<String> = (nodes.iter())
+            .flat_map(|node| {
+                [
+                    "--node".to_owned(),
+                    format!("{}={}@{}", node.name, node.addr, node.child.id()),
+                ]
+            })
+            .collect();
+        // (label, extra arguments) of each chat-load process of the run.
+        let processes: Vec<(String, Vec<String>)> = if workload.per_node {
+            (0..nodes.len())
+                .map(|index| {
+                    let extra = vec!["--on".to_owned(), index.to_string(), "--quiet".to_owned()];
+                    (format!("{}-{}", workload.label, index + 1), extra)
+                })
+                .collect()
+        } else {
+            vec![(workload.label.clone(), Vec::new())]
+        };
         println!("== {} (load average {})", workload.label, load_average());
-        let status = Command::new(load)
-            .args(&args)
-            .env("DATABASE_URL", database_url)
-            .status()
-            .context("cannot run chat-load")?;
-        if !status.success() {
-            failures.push(format!(
-                "{}: chat-load exited with {status}",
-                workload.label
-            ));
+        let children = processes
+            .iter()
+            .map(|(label, extra)| {
+                let mut args = workload.args.clone();
+                args.extend(node_args.iter().cloned());
+                args.extend(extra.iter().cloned());
+                args.extend([
+                    "--accounts".into(),
+                    reports.join("accounts.json").display().to_string(),
+                    "--label".into(),
+                    label.clone(),
+                    "--json".into(),
+                    reports.join(format!("{label}.json")).display().to_string(),
+                    "--svg".into(),
+                    plots.join(format!("{label}.svg")).display().to_string(),
+                ]);
+                let child = Command::new(load)
+                    .args(&args)
+                    .env("DATABASE_URL", database_url)
+                    .spawn()
+                    .context("cannot run chat-load")?;
+                Ok((label, child))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (label, mut child) in children {
+            let status = child.wait().context("cannot wait for chat-load")?;
+            if !status.success() {
+                failures.push(format!("{label}: chat-load exited with {status}"));
+            }
         }
     }
     Ok(failures)
@@ -307,7 +351,9 @@ fn order_of(path: &Path) -> (usize, String) {
         .to_owned();
     let rank = standard_set(false)
         .iter()
-        .position(|run| run.label == stem)
+        .position(|run| {
+            run.label == stem || (run.per_node && stem.starts_with(&format!("{}-", run.label)))
+        })
         .unwrap_or(usize::MAX);
     (rank, stem)
 }
