@@ -127,6 +127,14 @@ impl Hub {
         }
     }
 
+    /// Whether the connection is in the room here (it is taken out when its user leaves).
+    pub fn follows(&self, room: RoomId, conn: ConnId) -> bool {
+        self.rooms
+            .read()
+            .ok()
+            .is_some_and(|rooms| rooms.get(&room).is_some_and(|r| r.members.contains(&conn)))
+    }
+
     /// Number of local connections in the room.
     pub fn local_members(&self, room: RoomId) -> usize {
         self.rooms

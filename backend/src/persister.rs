@@ -3,11 +3,11 @@
 //! One loop per shard. RabbitMQ lets one consumer per shard be active at a time, so the active
 //! loop owns its rooms' sequence counters. For each batch: store it in one transaction (retried
 //! with backoff while PostgreSQL is down, without acknowledging anything), dead-letter what can
-//! never be stored, publish the stored messages one AMQP message per room, wait for the confirms,
-//! and only then acknowledge the batch. A crash anywhere before the acknowledgement means the
+//! never be stored, mark the rooms' cached history out of date, publish the stored messages,
+//! wait for the confirms, and only then acknowledge the batch. A crash anywhere before the acknowledgement means the
 //! batch comes back; the client message ids make storing it again a no-op, and it is delivered.
 
-use crate::bus::{BusError, IngestItem, IngestShard, ShardPublisher};
+use crate::bus::{BusError, DeliveryConfirms, IngestItem, IngestShard, ShardPublisher};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::store::{MessageOutcome, SeqCounters, Store};
@@ -24,16 +24,19 @@ use tokio_util::sync::CancellationToken;
 /// Most rooms in one delivery message (each adds its routing key to the message's header).
 const MAX_ROOMS_PER_DELIVERY: usize = 200;
 
-/// Batches stored but not yet published and acknowledged: the store works on the next batch
-/// while the previous one's deliveries wait for their confirms.
+/// Batches between two stages: each stage works on the next batch while the one after it
+/// finishes the previous one.
 const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Runs one shard's persister until its consumer ends or the node stops.
 ///
-/// Two stages: this loop takes a batch, stores it and bumps the cached history; the publish
-/// stage publishes its deliveries, waits for their confirms and acknowledges it. Batches pass
-/// from one to the other in order, so each room's deliveries go out in sequence order and
-/// acknowledgements move forward only over published batches.
+/// Three stages: this loop takes a batch and stores it; the publish stage marks its rooms'
+/// cached history out of date and publishes its deliveries; the acknowledge stage waits for
+/// their confirms and acknowledges the batch. Batches pass from one to the next in order, so
+/// each room's deliveries go out in sequence order, the history is out of date before anyone
+/// hears of a message, and acknowledgements move forward only over confirmed batches. No stage
+/// waits for a later one's round trips: storing the next batch overlaps the cache and
+/// RabbitMQ, and publishing it overlaps the previous confirms.
 pub async fn run_shard(
     mut shard: IngestShard,
     store: Store,
@@ -44,7 +47,7 @@ pub async fn run_shard(
 ) {
     let publisher = shard.publisher();
     let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(BATCHES_IN_FLIGHT);
-    let publishing = tokio::spawn(publish_stage(publisher.clone(), stored_rx));
+    let publishing = tokio::spawn(publish_stage(publisher.clone(), history, stored_rx));
     // Valid while this consumer is the shard's: a new consumer starts with empty counters.
     let counters = SeqCounters::default();
     loop {
@@ -59,10 +62,7 @@ pub async fn run_shard(
             }
             break;
         };
-        let stored = store_batch(
-            &publisher, &store, &history, &metrics, &counters, batch, &stop,
-        )
-        .await;
+        let stored = store_batch(&publisher, &store, &metrics, &counters, batch, &stop).await;
         match stored {
             Ok(Some(stored)) => {
                 if stored_tx.send(stored).await.is_err() {
@@ -86,20 +86,66 @@ pub async fn run_shard(
     let _ = publishing.await;
 }
 
-/// A stored batch on its way out: what to publish, and the last tag to acknowledge after.
+/// A stored batch on its way out: its rooms, what to publish, and the last tag to acknowledge
+/// after.
 struct StoredBatch {
+    rooms: Vec<RoomId>,
     deliveries: Vec<Delivery>,
     last_tag: u64,
 }
 
-async fn publish_stage(publisher: ShardPublisher, mut stored: mpsc::Receiver<StoredBatch>) {
+/// A published batch waiting for its confirms.
+struct PublishedBatch {
+    confirms: DeliveryConfirms,
+    last_tag: u64,
+}
+
+async fn publish_stage(
+    publisher: ShardPublisher,
+    history: History,
+    mut stored: mpsc::Receiver<StoredBatch>,
+) {
+    let (published_tx, published_rx) = mpsc::channel::<PublishedBatch>(BATCHES_IN_FLIGHT);
+    let acknowledging = tokio::spawn(acknowledge_stage(publisher.clone(), published_rx));
     while let Some(batch) = stored.recv().await {
-        let published = async {
-            publisher.publish_deliveries(&batch.deliveries).await?;
-            publisher.ack_through(batch.last_tag).await
+        // Cached history pages of these rooms are out of date before anyone hears of them.
+        history.changed(batch.rooms).await;
+        let confirms = match publisher.publish_deliveries(&batch.deliveries).await {
+            Ok(confirms) => confirms,
+            Err(error) => {
+                tracing::warn!(shard = publisher.shard, %error, "publishing deliveries failed");
+                publisher.report_lost();
+                break;
+            }
         };
-        if let Err(error) = published.await {
-            tracing::warn!(shard = publisher.shard, %error, "publishing deliveries failed");
+        let published = PublishedBatch {
+            confirms,
+            last_tag: batch.last_tag,
+        };
+        if published_tx.send(published).await.is_err() {
+            // The acknowledge stage failed and has reported it.
+            break;
+        }
+    }
+    // Batches already published are acknowledged once confirmed.
+    drop(published_tx);
+    let _ = acknowledging.await;
+}
+
+async fn acknowledge_stage(
+    publisher: ShardPublisher,
+    mut published: mpsc::Receiver<PublishedBatch>,
+) {
+    while let Some(batch) = published.recv().await {
+        let acknowledged = async {
+            batch.confirms.confirmed().await?;
+            if batch.last_tag > 0 {
+                publisher.ack_through(batch.last_tag).await?;
+            }
+            Ok::<(), BusError>(())
+        };
+        if let Err(error) = acknowledged.await {
+            tracing::warn!(shard = publisher.shard, %error, "delivery confirms failed");
             publisher.report_lost();
             return;
         }
@@ -111,7 +157,6 @@ async fn publish_stage(publisher: ShardPublisher, mut stored: mpsc::Receiver<Sto
 async fn store_batch(
     publisher: &ShardPublisher,
     store: &Store,
-    history: &History,
     metrics: &Metrics,
     counters: &SeqCounters,
     batch: Vec<IngestItem>,
@@ -119,6 +164,7 @@ async fn store_batch(
 ) -> Result<Option<StoredBatch>, BusError> {
     let Some(last_tag) = batch.last().map(|item| item.tag) else {
         return Ok(Some(StoredBatch {
+            rooms: Vec::new(),
             deliveries: Vec::new(),
             last_tag: 0,
         }));
@@ -142,6 +188,7 @@ async fn store_batch(
     }
     if decodable.is_empty() {
         return Ok(Some(StoredBatch {
+            rooms: Vec::new(),
             deliveries: Vec::new(),
             last_tag,
         }));
@@ -186,8 +233,7 @@ async fn store_batch(
         }
     }
 
-    // Cached history pages of these rooms are out of date before anyone hears of the messages.
-    history.changed(rooms.keys().copied()).await;
+    let changed: Vec<RoomId> = rooms.keys().copied().collect();
     let mut rooms: Vec<RoomMessages> = rooms
         .into_iter()
         .map(|(room_id, mut messages)| {
@@ -210,6 +256,7 @@ async fn store_batch(
             .map(|receipts| Delivery::Duplicates { receipts }),
     );
     Ok(Some(StoredBatch {
+        rooms: changed,
         deliveries,
         last_tag,
     }))

@@ -19,7 +19,7 @@ use chat_protocol::{
     ServerFrame, UserId,
 };
 use futures::{SinkExt, StreamExt};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +38,10 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 /// Least time between two typing indicators forwarded for one room and connection.
 const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a send trusts the last membership check of its room. Leaving ends the room on
+/// every node at once (`MemberLeft`), which sends notice through the hub; the re-check bounds
+/// how long a send could pass if that notice were lost.
+const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Session {
     app: Arc<App>,
@@ -46,7 +50,8 @@ struct Session {
     /// The display name at connect time, which messages sent on this connection carry.
     name: String,
     peer: Option<IpAddr>,
-    rooms: HashSet<RoomId>,
+    /// Rooms this connection follows, with when the user's membership was last confirmed.
+    rooms: HashMap<RoomId, Instant>,
     /// When a typing indicator was last forwarded, per room.
     typing_sent: HashMap<RoomId, Instant>,
     replies: mpsc::Sender<Frame>,
@@ -78,7 +83,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
         user_id: identity.user.user_id,
         name: identity.user.display_name,
         peer,
-        rooms: HashSet::new(),
+        rooms: HashMap::new(),
         typing_sent: HashMap::new(),
         replies: frames_tx,
     };
@@ -229,7 +234,7 @@ impl Session {
         let Access::Member(info, _) = access else {
             return Err(not_member(room_id, None));
         };
-        if self.rooms.contains(&room_id) {
+        if self.rooms.contains_key(&room_id) {
             // Joining again is a resume on the same connection: start over cleanly.
             self.leave_room(room_id).await;
             self.rooms.remove(&room_id);
@@ -256,7 +261,7 @@ impl Session {
             self.app
                 .hub
                 .join_catching_up(room_id, self.conn, starting_seq);
-            self.rooms.insert(room_id);
+            self.rooms.insert(room_id, Instant::now());
         }
         match self.catch_up(room_id, after).await {
             Ok((last_seq, missed, resume)) => {
@@ -323,7 +328,7 @@ impl Session {
 
     /// Forwards a typing indicator to the room's other members, at most one per interval.
     async fn typing(&mut self, room_id: RoomId) -> Result<(), FrameError> {
-        if !self.rooms.contains(&room_id) {
+        if !self.rooms.contains_key(&room_id) {
             return Err(not_joined(room_id, None));
         }
         let now = Instant::now();
@@ -466,7 +471,7 @@ impl Session {
     }
 
     async fn leave(&mut self, room_id: RoomId) -> Result<(), FrameError> {
-        if !self.rooms.remove(&room_id) {
+        if self.rooms.remove(&room_id).is_none() {
             return Err(not_joined(room_id, None));
         }
         self.leave_room(room_id).await;
@@ -485,7 +490,7 @@ impl Session {
     }
 
     async fn leave_all(&mut self) {
-        for room_id in std::mem::take(&mut self.rooms) {
+        for room_id in std::mem::take(&mut self.rooms).into_keys() {
             self.leave_room(room_id).await;
         }
     }
@@ -496,7 +501,7 @@ impl Session {
         client_msg_id: ClientMsgId,
         body: String,
     ) -> Result<(), FrameError> {
-        if !self.rooms.contains(&room_id) {
+        if !self.rooms.contains_key(&room_id) {
             return Err(not_joined(room_id, Some(client_msg_id)));
         }
         if let Err(retry) = self.app.limits.check_send(self.user_id, self.peer) {
@@ -507,21 +512,31 @@ impl Session {
             .with_client_msg_id(Some(client_msg_id))
             .with_retry_after_ms(retry.millis()));
         }
-        // Membership may have ended (left or removed over REST) since the join; the check is
-        // a cache hit in the common case, batched with other sends' checks under load.
-        let role = self
-            .app
-            .directory
-            .role(room_id, self.user_id)
-            .await
-            .map_err(|error| {
-                internal("could not check the membership", &error)
-                    .with_client_msg_id(Some(client_msg_id.clone()))
-            })?;
-        if role.is_none() {
-            self.rooms.remove(&room_id);
-            self.leave_room(room_id).await;
-            return Err(not_member(room_id, Some(client_msg_id)));
+        // Membership may have ended since it was last confirmed. Leaving takes the connection
+        // out of the room in the hub on every node at once; otherwise a recent confirmation
+        // stands, and an older one is checked again (a cache hit in the common case, batched
+        // with other sends' checks under load).
+        let confirmed = self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|confirmed_at| confirmed_at.elapsed() < MEMBERSHIP_RECHECK)
+            && self.app.hub.follows(room_id, self.conn);
+        if !confirmed {
+            let role = self
+                .app
+                .directory
+                .role(room_id, self.user_id)
+                .await
+                .map_err(|error| {
+                    internal("could not check the membership", &error)
+                        .with_client_msg_id(Some(client_msg_id.clone()))
+                })?;
+            if role.is_none() {
+                self.rooms.remove(&room_id);
+                self.leave_room(room_id).await;
+                return Err(not_member(room_id, Some(client_msg_id)));
+            }
+            self.rooms.insert(room_id, Instant::now());
         }
         let started = Instant::now();
         let message = IngestMessage {

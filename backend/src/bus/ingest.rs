@@ -4,6 +4,7 @@ use super::{check_confirmation, persistent_json, transient_json, BusError, Names
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::publisher_confirm::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use std::sync::Arc;
@@ -93,8 +94,11 @@ impl ShardPublisher {
         self.lost.notify_one();
     }
 
-    /// Publishes deliveries and waits for every confirm.
-    pub async fn publish_deliveries(&self, deliveries: &[Delivery]) -> Result<(), BusError> {
+    /// Publishes deliveries; their confirms come back to be awaited separately.
+    pub async fn publish_deliveries(
+        &self,
+        deliveries: &[Delivery],
+    ) -> Result<DeliveryConfirms, BusError> {
         let mut confirms = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let mut keys = routing_keys(delivery).into_iter();
@@ -124,10 +128,7 @@ impl ShardPublisher {
                     .await?,
             );
         }
-        for confirm in confirms {
-            check_confirmation(confirm.await?)?;
-        }
-        Ok(())
+        Ok(DeliveryConfirms(confirms))
     }
 
     /// Publishes a payload that can never be stored to the dead-letter queue, with the reason
@@ -160,6 +161,20 @@ impl ShardPublisher {
         self.channel
             .basic_ack(tag, BasicAckOptions { multiple: true })
             .await?;
+        Ok(())
+    }
+}
+
+/// RabbitMQ's confirms of published deliveries, awaited apart from the publishing so that
+/// the next batch's deliveries need not wait for them.
+pub struct DeliveryConfirms(Vec<PublisherConfirm>);
+
+impl DeliveryConfirms {
+    /// Resolves when RabbitMQ has taken every delivery.
+    pub async fn confirmed(self) -> Result<(), BusError> {
+        for confirm in self.0 {
+            check_confirmation(confirm.await?)?;
+        }
         Ok(())
     }
 }

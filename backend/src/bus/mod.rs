@@ -8,7 +8,7 @@
 mod ingest;
 pub mod topology;
 
-pub use ingest::{IngestItem, IngestShard, ShardPublisher};
+pub use ingest::{DeliveryConfirms, IngestItem, IngestShard, ShardPublisher};
 pub use topology::Names;
 
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};

@@ -1,7 +1,7 @@
 //! Leaving a room over REST ends its deliveries at once on every node where the user has an
-//! open connection.
+//! open connection, and the sends of those connections.
 
-use chat_protocol::ServerFrame;
+use chat_protocol::{ErrorCode, ServerFrame};
 use e2e_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -13,6 +13,8 @@ async fn a_member_who_leaves_stops_receiving_on_every_node() -> anyhow::Result<(
     let (room, _) = ada.join("leaving").await?;
     let mut bob = node_b.user("bob").await?;
     bob.join("leaving").await?;
+    bob.send_message(room, "bob-before-leave", "hello").await?;
+    bob.next_message(room).await?;
 
     // Bob leaves through node A's API while his socket stays open on node B.
     let token = bob.api()?.token().unwrap_or_default().to_owned();
@@ -29,6 +31,17 @@ async fn a_member_who_leaves_stops_receiving_on_every_node() -> anyhow::Result<(
         })
         .await?;
     assert_eq!(left, room);
+    // His open socket sent in the room a moment ago; it may not any more.
+    bob.send_message(room, "bob-after-leave", "still here?")
+        .await?;
+    let refused = bob
+        .recv_until(|frame| match frame {
+            ServerFrame::Error { code, .. } => Some(*code),
+            ServerFrame::Accepted { .. } => panic!("a send accepted after leaving"),
+            _ => None,
+        })
+        .await?;
+    assert_eq!(refused, ErrorCode::NotMember);
 
     ada.send_message(room, "after-leave", "bob must not see this")
         .await?;
