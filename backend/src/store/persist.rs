@@ -2,9 +2,10 @@
 //!
 //! A persister owns its shard's rooms, so it keeps each room's last sequence number between
 //! batches ([`SeqCounters`]). The common batch (no resends, known rooms and users) then takes
-//! one statement inside its transaction: insert the rows and move the rooms' counters. Anything
-//! else (a resend, a room seen for the first time by a counter that was reset, a refused row)
-//! rolls that back and goes the checked way, which reads what it needs first.
+//! one statement, which is its own transaction (one round trip, no `BEGIN` and `COMMIT`):
+//! insert the rows and move the rooms' counters, or fail as a whole. Anything else (a resend, a
+//! room seen for the first time by a counter that was reset, a refused row) fails that
+//! statement, and the batch goes the checked way, which reads what it needs first.
 
 use super::messages::{StoredRow, MESSAGE_COLUMNS};
 use super::{Store, StoreError};
@@ -50,7 +51,7 @@ impl Store {
             };
             // On any failure the counters may have moved for rows that were rolled back: they
             // are dropped and read again.
-            match conn.transaction(|conn| persist_common(conn, &batch, &mut known)) {
+            match persist_common(conn, &batch, &mut known) {
                 Ok(outcomes) => return Ok(outcomes),
                 Err(FastPath::NotCommon) => {}
                 Err(FastPath::Refused(error)) => {
@@ -86,7 +87,9 @@ struct CountRow {
 }
 
 /// The common batch in one statement: numbers from the counters, rows inserted unless their id
-/// is already stored, rooms' counters moved. Fewer rows than sent means a resend: roll back.
+/// is already stored, rooms' counters moved. Fewer rows than sent means a resend: the
+/// statement then divides by zero, which fails it as a whole (it runs outside an explicit
+/// transaction, so this is its rollback), and the caller goes the checked way.
 fn persist_common(
     conn: &mut PgConnection,
     batch: &[IngestMessage],
@@ -134,7 +137,7 @@ fn persist_common(
          moved AS ( \
            UPDATE rooms SET last_seq = d.last_seq \
            FROM unnest($7::bigint[], $8::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id) \
-         SELECT count(*) AS n FROM inserted",
+         SELECT CASE WHEN count(*) = $9 THEN count(*) ELSE count(*) / 0 END AS n FROM inserted",
     )
     .bind::<Array<BigInt>, _>(columns.room_ids)
     .bind::<Array<BigInt>, _>(columns.seqs)
@@ -144,6 +147,7 @@ fn persist_common(
     .bind::<Array<Timestamptz>, _>(columns.sent_at)
     .bind::<Array<BigInt>, _>(rooms)
     .bind::<Array<BigInt>, _>(last_seqs)
+    .bind::<BigInt, _>(batch.len() as i64)
     .get_result::<CountRow>(conn)?;
     if inserted.n != batch.len() as i64 {
         return Err(FastPath::NotCommon);
