@@ -357,7 +357,23 @@ impl Cache {
         let remembered: Vec<String> = pairs.iter().map(|(_, entry)| self.key(*entry)).collect();
         let outcome = self
             .call(Op::Bump, move |servers| {
+                // Only versions that exist need a bump, and one multi-get per server finds them.
+                // A version created after this read belongs to a reader that reads PostgreSQL
+                // later still, so after the change being announced: its entry is current.
+                let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
                 for version in &versions {
+                    by_server
+                        .entry(servers.index_of(version))
+                        .or_default()
+                        .push(version.as_str());
+                }
+                let mut existing: Vec<String> = Vec::new();
+                for (index, keys) in by_server {
+                    if let Some(client) = servers.clients.get(index) {
+                        existing.extend(client.gets::<String>(&keys)?.into_keys());
+                    }
+                }
+                for version in &existing {
                     match servers.for_key(version)?.increment(version, 1) {
                         Ok(_) => {}
                         // No version: no reader has tagged an entry with one still valid.
