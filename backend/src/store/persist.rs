@@ -88,8 +88,9 @@ struct CountRow {
 
 /// The common batch in one statement: numbers from the counters, rows inserted unless their id
 /// is already stored, rooms' counters moved. Fewer rows than sent means a resend: the
-/// statement then divides by zero, which fails it as a whole (it runs outside an explicit
-/// transaction, so this is its rollback), and the caller goes the checked way.
+/// statement then fails on purpose (a cast whose message says why, in PostgreSQL's log), which
+/// undoes it as a whole (it runs outside an explicit transaction, so this is its rollback), and
+/// the caller goes the checked way.
 fn persist_common(
     conn: &mut PgConnection,
     batch: &[IngestMessage],
@@ -137,7 +138,9 @@ fn persist_common(
          moved AS ( \
            UPDATE rooms SET last_seq = d.last_seq \
            FROM unnest($7::bigint[], $8::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id) \
-         SELECT CASE WHEN count(*) = $9 THEN count(*) ELSE count(*) / 0 END AS n FROM inserted",
+         SELECT CASE WHEN count(*) = $9 THEN count(*) \
+           ELSE ('not a common batch: ' || count(*) || ' of ' || $9 || ' rows new')::bigint \
+         END AS n FROM inserted",
     )
     .bind::<Array<BigInt>, _>(columns.room_ids)
     .bind::<Array<BigInt>, _>(columns.seqs)
