@@ -38,9 +38,10 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 /// Least time between two typing indicators forwarded for one room and connection.
 const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a send trusts the last membership check of its room. Leaving ends the room on
-/// every node at once (`MemberLeft`), which sends notice through the hub; the re-check bounds
-/// how long a send could pass if that notice were lost.
+/// How long a send trusts the last membership check of its room. Leaving takes the user's
+/// connections out of the room in the hub (at once on the node that served it, on the others
+/// when `MemberLeft` arrives), which sends notice; the re-check bounds how long a send could
+/// pass if that notice were lost.
 const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Session {

@@ -316,7 +316,10 @@ async fn leave(request: Request, room_id: RoomId) -> Result<Response> {
         .remove_member(room_id, me.user.user_id)
         .await
         .map_err(RequestError::from)?;
-    // Open connections of the user, on every node, stop receiving the room now.
+    // Open connections of the user stop receiving the room and sending to it: on this node
+    // before the answer (a send right after it is refused), on the others when `MemberLeft`
+    // arrives.
+    request.app.hub.remove_user(room_id, me.user.user_id);
     let left = Delivery::MemberLeft {
         room_id,
         user_id: me.user.user_id,
