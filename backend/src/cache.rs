@@ -85,6 +85,27 @@ impl Servers {
             .ok_or_else(|| memcache::ClientError::Error("no memcached server".into()).into())
     }
 
+    /// The values found for `keys`, with one multi-get per server.
+    fn get_many(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, String>, memcache::MemcacheError> {
+        let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
+        for key in keys {
+            by_server
+                .entry(self.index_of(key))
+                .or_default()
+                .push(key.as_str());
+        }
+        let mut found = HashMap::new();
+        for (index, keys) in by_server {
+            if let Some(client) = self.clients.get(index) {
+                found.extend(client.gets::<String>(&keys)?);
+            }
+        }
+        Ok(found)
+    }
+
     fn index_of(&self, key: &str) -> usize {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -195,22 +216,7 @@ impl Cache {
         let keys: Vec<String> = keys.iter().map(|key| self.key(*key)).collect();
         let asked = keys.clone();
         let found = self
-            .call(Op::Get, move |servers| {
-                let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
-                for key in &asked {
-                    by_server
-                        .entry(servers.index_of(key))
-                        .or_default()
-                        .push(key.as_str());
-                }
-                let mut found: HashMap<String, String> = HashMap::new();
-                for (index, keys) in by_server {
-                    if let Some(client) = servers.clients.get(index) {
-                        found.extend(client.gets::<String>(&keys)?);
-                    }
-                }
-                Ok(found)
-            })
+            .call(Op::Get, move |servers| servers.get_many(&asked))
             .await
             .unwrap_or_default();
         keys.iter()
@@ -360,20 +366,8 @@ impl Cache {
                 // Only versions that exist need a bump, and one multi-get per server finds them.
                 // A version created after this read belongs to a reader that reads PostgreSQL
                 // later still, so after the change being announced: its entry is current.
-                let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
-                for version in &versions {
-                    by_server
-                        .entry(servers.index_of(version))
-                        .or_default()
-                        .push(version.as_str());
-                }
-                let mut existing: Vec<String> = Vec::new();
-                for (index, keys) in by_server {
-                    if let Some(client) = servers.clients.get(index) {
-                        existing.extend(client.gets::<String>(&keys)?.into_keys());
-                    }
-                }
-                for version in &existing {
+                let existing = servers.get_many(&versions)?;
+                for version in existing.keys() {
                     match servers.for_key(version)?.increment(version, 1) {
                         Ok(_) => {}
                         // No version: no reader has tagged an entry with one still valid.

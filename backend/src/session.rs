@@ -514,7 +514,7 @@ impl Session {
             .with_retry_after_ms(retry.millis()));
         }
         // Membership may have ended since it was last confirmed. Leaving takes the connection
-        // out of the room in the hub on every node at once; otherwise a recent confirmation
+        // out of the room in the hub (see `MEMBERSHIP_RECHECK`); otherwise a recent confirmation
         // stands, and an older one is checked again (a cache hit in the common case, batched
         // with other sends' checks under load).
         let confirmed = self

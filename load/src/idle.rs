@@ -53,14 +53,12 @@ pub struct IdleResult {
 }
 
 impl IdleResult {
-    /// Whether every one of these runs held all of its connections at one moment.
-    pub fn held_together(runs: &[IdleResult]) -> bool {
-        let latest_start = runs.iter().map(|r| r.held_from_unix_ms).max();
-        let earliest_end = runs.iter().map(|r| r.held_until_unix_ms).min();
-        match (latest_start, earliest_end) {
-            (Some(start), Some(end)) => start > 0 && start < end,
-            _ => false,
-        }
+    /// How long (ms) every one of these runs held all of its connections at once; `None` if
+    /// they never did.
+    pub fn held_together_ms(runs: &[IdleResult]) -> Option<u64> {
+        let latest_start = runs.iter().map(|r| r.held_from_unix_ms).max()?;
+        let earliest_end = runs.iter().map(|r| r.held_until_unix_ms).min()?;
+        (latest_start > 0 && latest_start < earliest_end).then(|| earliest_end - latest_start)
     }
 }
 

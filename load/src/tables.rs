@@ -98,7 +98,7 @@ pub fn tables(reports: &[RunReport]) -> String {
     }
     if !spread.is_empty() {
         let total: usize = spread.iter().map(|r| r.established).sum();
-        let together = IdleResult::held_together(&spread);
+        let together = IdleResult::held_together_ms(&spread).is_some();
         let worst = (spread.iter())
             .map(|r| r.rss_per_connection_kib.unwrap_or(f64::NAN))
             .fold(f64::NEG_INFINITY, f64::max);
@@ -189,28 +189,16 @@ pub fn tables(reports: &[RunReport]) -> String {
             );
         }
         let total: usize = spread.iter().map(|r| r.established).sum();
-        let overlap_ms = (spread
-            .iter()
-            .map(|r| r.held_until_unix_ms)
-            .min()
-            .unwrap_or(0))
-        .saturating_sub(
-            spread
-                .iter()
-                .map(|r| r.held_from_unix_ms)
-                .max()
-                .unwrap_or(0),
-        );
         let _ = writeln!(
             out,
             "\nTotal: {total} connections; {}.",
-            if IdleResult::held_together(&spread) {
-                format!(
+            match IdleResult::held_together_ms(&spread) {
+                Some(ms) => format!(
                     "all of them were open at once for {:.1} s",
-                    overlap_ms as f64 / 1000.0
-                )
-            } else {
-                "the runs did **not** overlap, so the total was never open at once".to_owned()
+                    ms as f64 / 1000.0
+                ),
+                None =>
+                    "the runs did **not** overlap, so the total was never open at once".to_owned(),
             }
         );
         for run in spread.iter().filter(|r| r.first_error.is_some()) {
