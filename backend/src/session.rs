@@ -10,7 +10,7 @@ use crate::bus::BusError;
 use crate::directory::Access;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
 use crate::presence::PresenceEvent;
-use crate::store::ChangeOutcome;
+use crate::store::{CatchUp, CatchUpRequest, ChangeOutcome};
 use chat_protocol::api::Role;
 use chat_protocol::bus::{Delivery, IngestMessage, Origin};
 use chat_protocol::frame::Resume;
@@ -286,43 +286,34 @@ impl Session {
         }
     }
 
-    /// The room's newest sequence number, and what the client missed after `after`.
+    /// The room's newest sequence number, and what the client missed after `after` (one read,
+    /// batched with the other joins of the moment).
     async fn catch_up(
         &self,
         room_id: RoomId,
         after: Option<Seq>,
     ) -> Result<(Seq, Vec<ChatMessage>, Option<Resume>), FrameError> {
-        let last_seq = self
+        let CatchUp {
+            last_seq,
+            missed: messages,
+        } = self
             .app
             .store
-            .last_seq(room_id)
+            .catch_up(CatchUpRequest {
+                room: room_id,
+                after,
+                max_missed: MAX_RESUME_MESSAGES,
+            })
             .await
-            .map_err(|error| internal("could not load the room", &error))?;
+            .map_err(|error| internal("could not read missed messages", &error))?;
         let Some(after) = after else {
             return Ok((last_seq, Vec::new(), None));
         };
         let missed = (last_seq.0 - after.0).max(0);
-        if missed > MAX_RESUME_MESSAGES {
-            let resume = Resume {
-                after,
-                missed,
-                complete: false,
-            };
-            return Ok((last_seq, Vec::new(), Some(resume)));
-        }
-        let messages = if missed == 0 {
-            Vec::new()
-        } else {
-            self.app
-                .store
-                .messages_after(room_id, after, missed)
-                .await
-                .map_err(|error| internal("could not read missed messages", &error))?
-        };
         let resume = Resume {
             after,
             missed,
-            complete: true,
+            complete: missed <= MAX_RESUME_MESSAGES,
         };
         Ok((last_seq, messages, Some(resume)))
     }

@@ -6,6 +6,7 @@ use chat_protocol::api::{Avatar, Profile, ProfileUpdate};
 use chat_protocol::UserId;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use std::collections::HashMap;
 
 /// A user row as profiles need it.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -147,20 +148,10 @@ impl Store {
         &self,
         token_hash: Vec<u8>,
     ) -> Result<Option<SessionUser>, StoreError> {
-        self.run(move |conn| {
-            let row = sessions::table
-                .inner_join(users::table)
-                .filter(sessions::token_hash.eq(&token_hash))
-                .filter(sessions::expires_at.gt(Utc::now()))
-                .select((users::id, users::display_name))
-                .first::<(i64, String)>(conn)
-                .optional()?;
-            Ok(row.map(|(id, display_name)| SessionUser {
-                user_id: UserId(id),
-                display_name,
-            }))
-        })
-        .await
+        self.batches
+            .sessions
+            .get(&self.connections, token_hash, session_users)
+            .await
     }
 
     pub async fn delete_session(&self, token_hash: Vec<u8>) -> Result<(), StoreError> {
@@ -239,4 +230,31 @@ impl Store {
         })
         .await
     }
+}
+
+/// The live sessions' users for a batch of token hashes, in one query.
+fn session_users(
+    conn: &mut super::DbConnection,
+    token_hashes: Vec<Vec<u8>>,
+) -> Result<Vec<Option<SessionUser>>, StoreError> {
+    let rows = sessions::table
+        .inner_join(users::table)
+        .filter(sessions::token_hash.eq_any(&token_hashes))
+        .filter(sessions::expires_at.gt(Utc::now()))
+        .select((sessions::token_hash, users::id, users::display_name))
+        .load::<(Vec<u8>, i64, String)>(conn)?;
+    let found: HashMap<Vec<u8>, SessionUser> = rows
+        .into_iter()
+        .map(|(hash, id, display_name)| {
+            let user = SessionUser {
+                user_id: UserId(id),
+                display_name,
+            };
+            (hash, user)
+        })
+        .collect();
+    Ok(token_hashes
+        .iter()
+        .map(|hash| found.get(hash).cloned())
+        .collect())
 }

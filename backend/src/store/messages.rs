@@ -87,7 +87,131 @@ struct ChangedRow {
     at: DateTime<Utc>,
 }
 
+/// A join's read: the room's newest sequence number, and what the client missed after `after`
+/// if that is at most `max_missed` messages.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUpRequest {
+    pub room: RoomId,
+    pub after: Option<Seq>,
+    pub max_missed: i64,
+}
+
+/// The answer to a [`CatchUpRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The room's newest sequence number (0 for a room that does not exist or has no messages).
+    pub last_seq: Seq,
+    /// The messages after `after` up to `last_seq`, oldest first; empty when nothing was missed,
+    /// when `after` was not given, or when more than `max_missed` were.
+    pub missed: Vec<ChatMessage>,
+}
+
+#[derive(QueryableByName)]
+struct LastSeqRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+}
+
+/// The newest sequence number of each room (0 for rooms that do not exist), in one query.
+pub(super) fn last_seqs(
+    conn: &mut super::DbConnection,
+    rooms: &[RoomId],
+) -> Result<HashMap<RoomId, Seq>, StoreError> {
+    let ids: Vec<i64> = rooms.iter().map(|room| room.0).collect();
+    let rows = diesel::sql_query("SELECT id, last_seq FROM rooms WHERE id = ANY($1)")
+        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
+        .load::<LastSeqRow>(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (RoomId(row.id), Seq(row.last_seq)))
+        .collect())
+}
+
+/// Answers a batch of catch-ups with two queries: the rooms' newest sequence numbers, then
+/// every missed message of every room at once (from the lowest `after` asked of each room).
+pub(super) fn catch_ups(
+    conn: &mut super::DbConnection,
+    requests: Vec<CatchUpRequest>,
+) -> Result<Vec<CatchUp>, StoreError> {
+    let mut rooms: Vec<RoomId> = requests.iter().map(|request| request.room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let newest = last_seqs(conn, &rooms)?;
+    let last_of = |room: RoomId| newest.get(&room).copied().unwrap_or(Seq(0));
+    let wanted = |request: &CatchUpRequest| -> Option<Seq> {
+        let after = request.after?;
+        let missed = last_of(request.room).0 - after.0;
+        (missed > 0 && missed <= request.max_missed).then_some(after)
+    };
+    // Per room, the lowest `after` anyone asked from and the newest sequence number.
+    let mut from: HashMap<RoomId, Seq> = HashMap::new();
+    for request in &requests {
+        if let Some(after) = wanted(request) {
+            from.entry(request.room)
+                .and_modify(|lowest| *lowest = (*lowest).min(after))
+                .or_insert(after);
+        }
+    }
+    let mut by_room: HashMap<RoomId, Vec<ChatMessage>> = HashMap::new();
+    if !from.is_empty() {
+        let (ids, afters, uptos): (Vec<i64>, Vec<i64>, Vec<i64>) = from
+            .iter()
+            .map(|(&room, &after)| (room.0, after.0, last_of(room).0))
+            .fold(
+                (vec![], vec![], vec![]),
+                |(mut i, mut a, mut u), (id, after, upto)| {
+                    i.push(id);
+                    a.push(after);
+                    u.push(upto);
+                    (i, a, u)
+                },
+            );
+        let rows = diesel::sql_query(format!(
+            "SELECT {MESSAGE_COLUMNS} \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS w(room_id, after, upto) \
+             JOIN messages m ON m.room_id = w.room_id AND m.seq > w.after AND m.seq <= w.upto \
+             JOIN users u ON u.id = m.sender_id \
+             ORDER BY m.room_id, m.seq"
+        ))
+        .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
+        .bind::<diesel::sql_types::Array<BigInt>, _>(afters)
+        .bind::<diesel::sql_types::Array<BigInt>, _>(uptos)
+        .load::<StoredRow>(conn)?;
+        for row in rows {
+            by_room
+                .entry(RoomId(row.room_id))
+                .or_default()
+                .push(row.into_message());
+        }
+    }
+    Ok(requests
+        .iter()
+        .map(|request| {
+            let last_seq = last_of(request.room);
+            let missed = match (wanted(request), by_room.get(&request.room)) {
+                (Some(after), Some(messages)) => messages
+                    .iter()
+                    .filter(|message| message.seq > after)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            CatchUp { last_seq, missed }
+        })
+        .collect())
+}
+
 impl Store {
+    /// A join's catch-up, batched with the others waiting at the same moment.
+    pub async fn catch_up(&self, request: CatchUpRequest) -> Result<CatchUp, StoreError> {
+        self.batches
+            .catch_ups
+            .get(&self.connections, request, catch_ups)
+            .await
+    }
+
     /// Messages of a room with a sequence number above `after`, oldest first.
     pub async fn messages_after(
         &self,

@@ -4,20 +4,26 @@
 //! blocking pool with the caller's tracing span.
 
 mod accounts;
+pub mod batch;
 mod messages;
 mod persist;
 mod rooms;
 pub mod schema;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
-pub use messages::{ChangeOutcome, ReadState, StoredRow};
+pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow};
 pub use persist::{MessageOutcome, SeqCounters};
 pub use rooms::RoomRow;
 
+use batch::{BatchFailed, Batched, Limits};
+use chat_protocol::{RoomId, Seq};
+
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
@@ -25,7 +31,7 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// Key of the advisory lock that serialises migrations when several nodes start together.
 const MIGRATION_LOCK_KEY: i64 = 0x0063_6861_746d_6967; // "chatmig" in ASCII
 
-pub type DbConnection = PooledConnection<ConnectionManager<PgConnection>>;
+pub type DbConnection = PgConnection;
 
 /// Errors from the store. None of them is caused by a client.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +47,9 @@ pub enum StoreError {
     /// A batched membership check failed (its batch's query failed, logged there).
     #[error("{0}")]
     Check(#[from] crate::directory::CheckFailed),
+    /// A batched read failed (its batch's query failed, logged there).
+    #[error("{0}")]
+    Batch(#[from] BatchFailed),
 }
 
 impl StoreError {
@@ -49,7 +58,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         use diesel::result::{DatabaseErrorKind as Kind, Error};
         match self {
-            StoreError::Unavailable(_) | StoreError::Task(_) | StoreError::Check(_) => true,
+            StoreError::Unavailable(_)
+            | StoreError::Task(_)
+            | StoreError::Check(_)
+            | StoreError::Batch(_) => true,
             StoreError::Query(Error::DatabaseError(
                 Kind::ClosedConnection | Kind::UnableToSendCommand | Kind::SerializationFailure,
                 _,
@@ -61,23 +73,110 @@ impl StoreError {
 }
 
 /// A pool of PostgreSQL connections.
+///
+/// A checkout costs no round trip: r2d2's test on checkout (a `SELECT 1` before every use) would
+/// double the round trips of every query. Instead a connection is tested when something suggests
+/// it may be dead: after its own work failed (then a failed ping discards it), and once after any
+/// connection of the pool was found dead (an outage usually kills them all), which the pool's
+/// *generation* records. So after an outage at most one piece of work fails on a dead
+/// connection, and the rest find live ones.
 #[derive(Clone)]
 pub struct Store {
-    pool: Pool<ConnectionManager<PgConnection>>,
+    connections: Connections,
+    batches: Arc<Batches>,
 }
+
+/// The pool itself, which the batching tasks hold (they must not hold the batches that own
+/// their queues, or they would never stop).
+#[derive(Clone)]
+pub struct Connections {
+    pool: Pool<Manager>,
+    generation: Arc<AtomicU64>,
+}
+
+/// The reads that are batched (see [`batch`]).
+struct Batches {
+    sessions: Batched<Vec<u8>, Option<SessionUser>>,
+    last_seqs: Batched<RoomId, Seq>,
+    catch_ups: Batched<CatchUpRequest, CatchUp>,
+}
+
+impl Default for Batches {
+    fn default() -> Self {
+        const READS: Limits = Limits {
+            max_keys: 1000,
+            in_flight: 2,
+        };
+        Batches {
+            sessions: Batched::new("session", READS),
+            last_seqs: Batched::new("last_seq", READS),
+            catch_ups: Batched::new(
+                "catch_up",
+                Limits {
+                    max_keys: 200,
+                    in_flight: 2,
+                },
+            ),
+        }
+    }
+}
+
+/// Diesel's connection manager, with connections that can be marked dead.
+#[derive(Debug)]
+pub struct Manager {
+    inner: ConnectionManager<PgConnection>,
+    generation: Arc<AtomicU64>,
+}
+
+/// A pooled connection: the pool generation it was last known alive in, and whether it is dead.
+pub struct Tracked {
+    conn: PgConnection,
+    generation: u64,
+    dead: bool,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Tracked;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<Tracked, Self::Error> {
+        Ok(Tracked {
+            conn: self.inner.connect()?,
+            generation: self.generation.load(Ordering::Acquire),
+            dead: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Tracked) -> Result<(), Self::Error> {
+        self.inner.is_valid(&mut conn.conn)
+    }
+
+    fn has_broken(&self, conn: &mut Tracked) -> bool {
+        conn.dead || self.inner.has_broken(&mut conn.conn)
+    }
+}
+
+/// Most dead connections one checkout discards before giving up.
+const MAX_DEAD_CHECKOUTS: usize = 64;
 
 impl Store {
     /// Creates the pool without connecting: the node starts even while PostgreSQL is down.
     pub fn new(database_url: &str, pool_size: u32) -> Store {
-        let manager = ConnectionManager::<PgConnection>::new(database_url);
+        let generation = Arc::new(AtomicU64::new(0));
+        let manager = Manager {
+            inner: ConnectionManager::<PgConnection>::new(database_url),
+            generation: generation.clone(),
+        };
         let pool = Pool::builder()
             .max_size(pool_size.max(2))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(3))
-            // A connection broken by an outage is found and replaced at checkout, not at first use.
-            .test_on_check_out(true)
+            .test_on_check_out(false)
             .build_unchecked(manager);
-        Store { pool }
+        Store {
+            connections: Connections { pool, generation },
+            batches: Arc::default(),
+        }
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.
@@ -86,14 +185,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
     {
-        let pool = self.pool.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let mut conn = pool.get()?;
-            work(&mut conn)
-        })
-        .await?
+        self.connections.run(work).await
     }
 
     /// Applies pending migrations, holding an advisory lock so concurrent nodes take turns.
@@ -124,4 +216,48 @@ impl Store {
         })
         .await
     }
+}
+
+impl Connections {
+    /// Runs `work` with a pooled connection on the blocking pool.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let generation = self.generation.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut conn = checkout(&pool, &generation)?;
+            let result = work(&mut conn.conn);
+            if result.is_err() && conn.conn.ping().is_err() {
+                conn.dead = true;
+                generation.fetch_add(1, Ordering::AcqRel);
+            }
+            result
+        })
+        .await?
+    }
+}
+
+/// A connection from the pool, tested first if a connection died since it was last known alive.
+fn checkout(
+    pool: &Pool<Manager>,
+    generation: &AtomicU64,
+) -> Result<PooledConnection<Manager>, StoreError> {
+    for _ in 0..MAX_DEAD_CHECKOUTS {
+        let mut conn = pool.get()?;
+        let current = generation.load(Ordering::Acquire);
+        if conn.generation == current {
+            return Ok(conn);
+        }
+        if conn.conn.ping().is_ok() {
+            conn.generation = current;
+            return Ok(conn);
+        }
+        conn.dead = true;
+    }
+    Ok(pool.get()?)
 }

@@ -101,15 +101,16 @@ impl Store {
 
     /// The sequence number of a room's newest stored message.
     pub async fn last_seq(&self, room: RoomId) -> Result<Seq, StoreError> {
-        self.run(move |conn| {
-            Ok(Seq(rooms::table
-                .find(room.0)
-                .select(rooms::last_seq)
-                .first::<i64>(conn)
-                .optional()?
-                .unwrap_or(0)))
-        })
-        .await
+        self.batches
+            .last_seqs
+            .get(&self.connections, room, |conn, rooms| {
+                let newest = super::messages::last_seqs(conn, &rooms)?;
+                Ok(rooms
+                    .iter()
+                    .map(|room| newest.get(room).copied().unwrap_or(Seq(0)))
+                    .collect())
+            })
+            .await
     }
 
     /// Public rooms whose name contains `query` (any case), by name, or the one with exactly

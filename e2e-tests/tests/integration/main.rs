@@ -21,5 +21,6 @@ mod read_markers;
 mod resume;
 mod rooms;
 mod rooms_cache;
+mod store_reads;
 mod two_nodes;
 mod typing;
