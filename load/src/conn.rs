@@ -1,11 +1,13 @@
 //! Opening WebSockets to the nodes from several loopback source addresses.
 //!
 //! One source address has about 28,000 ephemeral ports towards one node address; binding each
-//! client socket to one of 127.0.0.1, 127.0.0.2, … before connecting multiplies that.
+//! client socket to one of 127.0.0.1, 127.0.0.2, … before connecting multiplies that. The port
+//! is left to `connect` (`IP_BIND_ADDRESS_NO_PORT`), so a port is shared between destinations.
 
 use anyhow::{bail, Context};
 use chat_protocol::{ClientFrame, ServerFrame};
 use futures::{SinkExt, StreamExt};
+use nix::sys::socket::{setsockopt, sockopt};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -86,6 +88,11 @@ async fn connect_from(
     authorization: Option<&str>,
 ) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
+    // Choose the port at connect time, by the whole 4-tuple: a port bound before connecting is
+    // reserved towards every destination, and with tens of thousands of sockets (and the
+    // TIME_WAIT ones of the previous run) the kernel's search for a free one dominates.
+    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)
+        .context("cannot set IP_BIND_ADDRESS_NO_PORT")?;
     socket
         .bind(SocketAddr::from((source, 0)))
         .with_context(|| format!("cannot bind a client socket to {source}"))?;
