@@ -54,6 +54,14 @@ pub struct Directory {
     metrics: Metrics,
     /// The task that batches the membership checks of sends; started on first use.
     send_checks: Arc<OnceLock<mpsc::UnboundedSender<RoleCheck>>>,
+    /// The task that batches room reads; started on first use.
+    room_reads: Arc<OnceLock<mpsc::UnboundedSender<RoomRead>>>,
+}
+
+/// A room read, waiting for its batch.
+struct RoomRead {
+    room: RoomId,
+    answer: oneshot::Sender<Result<Option<RoomInfo>, CheckFailed>>,
 }
 
 /// Most membership checks answered by one batch.
@@ -82,6 +90,7 @@ impl Directory {
             cache,
             metrics,
             send_checks: Arc::default(),
+            room_reads: Arc::default(),
         }
     }
 
@@ -130,17 +139,25 @@ impl Directory {
         Ok(row.map(|row| row.into_profile()))
     }
 
+    /// A room's metadata. Reads waiting at the same moment share one memcached multi-get (and
+    /// one query for what it missed), as membership checks do: a storm of reconnecting clients
+    /// reads the rooms of all its joins in a few round trips.
     pub async fn room(&self, room: RoomId) -> Result<Option<RoomInfo>, StoreError> {
-        if let Some(info) = self.cache.get::<RoomInfo>(CacheKey::Room(room)).await {
-            return Ok(Some(info));
-        }
-        self.loaded("room");
-        let Some(row) = self.store.room(room).await? else {
-            return Ok(None);
-        };
-        let info = RoomInfo::from(row);
-        self.cache.set(CacheKey::Room(room), &info).await;
-        Ok(Some(info))
+        let reads = self.room_reads.get_or_init(|| {
+            let (reads, waiting) = mpsc::unbounded_channel();
+            tokio::spawn(read_rooms(
+                self.store.clone(),
+                self.cache.clone(),
+                self.metrics.clone(),
+                waiting,
+            ));
+            reads
+        });
+        let (answer, answered) = oneshot::channel();
+        reads
+            .send(RoomRead { room, answer })
+            .map_err(|_| CheckFailed)?;
+        Ok(answered.await.map_err(|_| CheckFailed)??)
     }
 
     /// What `user` may do with `room`.
@@ -273,6 +290,70 @@ async fn check_roles(
                 (None, Err(failed)) => Err(*failed),
             };
             let _ = check.answer.send(role);
+        }
+    }
+}
+
+/// Answers room reads a batch at a time: one multi-get, then one query for the misses, whose
+/// answers are cached.
+async fn read_rooms(
+    store: Store,
+    cache: Cache,
+    metrics: Metrics,
+    mut waiting: mpsc::UnboundedReceiver<RoomRead>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut reads = vec![first];
+        while reads.len() < MAX_CHECKS_PER_BATCH {
+            match waiting.try_recv() {
+                Ok(read) => reads.push(read),
+                Err(_) => break,
+            }
+        }
+        let keys: Vec<CacheKey> = reads.iter().map(|read| CacheKey::Room(read.room)).collect();
+        let cached: Vec<Option<RoomInfo>> = cache.get_many(&keys).await;
+        let mut missed: Vec<RoomId> = reads
+            .iter()
+            .zip(&cached)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|(read, _)| read.room)
+            .collect();
+        missed.sort_unstable();
+        missed.dedup();
+        let loaded = if missed.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            metrics
+                .directory_loads
+                .with_label_values(&["room"])
+                .inc_by(missed.len() as u64);
+            store.rooms(missed).await
+        };
+        let loaded: Result<HashMap<RoomId, RoomInfo>, CheckFailed> = match loaded {
+            Ok(rows) => {
+                let infos: HashMap<RoomId, RoomInfo> = rows
+                    .into_iter()
+                    .map(|(room, row)| (room, RoomInfo::from(row)))
+                    .collect();
+                let entries: Vec<(CacheKey, RoomInfo)> = infos
+                    .iter()
+                    .map(|(&room, info)| (CacheKey::Room(room), info.clone()))
+                    .collect();
+                cache.set_many(&entries).await;
+                Ok(infos)
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not read rooms");
+                Err(CheckFailed)
+            }
+        };
+        for (read, cached) in reads.into_iter().zip(cached) {
+            let info = match (cached, &loaded) {
+                (Some(info), _) => Ok(Some(info)),
+                (None, Ok(infos)) => Ok(infos.get(&read.room).cloned()),
+                (None, Err(failed)) => Err(*failed),
+            };
+            let _ = read.answer.send(info);
         }
     }
 }

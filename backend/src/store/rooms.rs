@@ -99,6 +99,24 @@ impl Store {
         .await
     }
 
+    /// The rooms of `ids` that exist, in one query.
+    pub async fn rooms(&self, ids: Vec<RoomId>) -> Result<HashMap<RoomId, RoomRow>, StoreError> {
+        self.run(move |conn| {
+            let ids: Vec<i64> = ids.iter().map(|room| room.0).collect();
+            Ok(rooms::table
+                .filter(rooms::id.eq_any(&ids))
+                .select((rooms::id, rooms::name, rooms::kind))
+                .load::<RoomColumns>(conn)?
+                .into_iter()
+                .map(|columns| {
+                    let row = room_row(columns);
+                    (row.room_id, row)
+                })
+                .collect())
+        })
+        .await
+    }
+
     /// The sequence number of a room's newest stored message.
     pub async fn last_seq(&self, room: RoomId) -> Result<Seq, StoreError> {
         self.batches
