@@ -9,13 +9,13 @@
 
 use crate::cache::{Cache, CacheKey};
 use crate::metrics::Metrics;
+use crate::store::batch::{Batched, Limits};
 use crate::store::{RoomRow, Store, StoreError};
 use chat_protocol::api::{Profile, ProfileUpdate, Role, RoomKind};
 use chat_protocol::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
 /// Room metadata as cached. Never includes `last_seq`, which changes with every message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,27 +52,24 @@ pub struct Directory {
     store: Store,
     cache: Cache,
     metrics: Metrics,
-    /// The task that batches the membership checks of sends; started on first use.
-    send_checks: Arc<OnceLock<mpsc::UnboundedSender<RoleCheck>>>,
-    /// The task that batches room reads; started on first use.
-    room_reads: Arc<OnceLock<mpsc::UnboundedSender<RoomRead>>>,
+    /// Membership checks, batched; the task starts on first use.
+    role_checks: Arc<RoleChecks>,
+    /// Room reads, batched the same way.
+    room_reads: Arc<Batched<RoomId, Checked<Option<RoomInfo>>>>,
 }
 
-/// A room read, waiting for its batch.
-struct RoomRead {
-    room: RoomId,
-    answer: oneshot::Sender<Result<Option<RoomInfo>, CheckFailed>>,
-}
+/// One answer of a batch: the value, or the batch's query failed and the cache did not know.
+type Checked<T> = Result<T, CheckFailed>;
 
-/// Most membership checks answered by one batch.
-const MAX_CHECKS_PER_BATCH: usize = 512;
+/// Membership checks by (room, user), batched.
+type RoleChecks = Batched<(RoomId, UserId), Checked<Option<Role>>>;
 
-/// A send's membership check, waiting for its batch.
-struct RoleCheck {
-    room: RoomId,
-    user: UserId,
-    answer: oneshot::Sender<Result<Option<Role>, CheckFailed>>,
-}
+/// How membership checks and room reads are batched: one batch at a time, each answering
+/// everything that was waiting when the previous one was done (at most this many).
+const BATCHES: Limits = Limits {
+    max_keys: 512,
+    in_flight: 1,
+};
 
 /// A membership could not be checked: neither memcached nor PostgreSQL answered.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -89,8 +86,8 @@ impl Directory {
             store,
             cache,
             metrics,
-            send_checks: Arc::default(),
-            room_reads: Arc::default(),
+            role_checks: Arc::new(Batched::new("membership", BATCHES)),
+            room_reads: Arc::new(Batched::new("room", BATCHES)),
         }
     }
 
@@ -99,21 +96,13 @@ impl Directory {
     /// checks every send, and a storm of reconnecting clients every join, without a round trip
     /// each.
     pub async fn role(&self, room: RoomId, user: UserId) -> Result<Option<Role>, CheckFailed> {
-        let checks = self.send_checks.get_or_init(|| {
-            let (checks, waiting) = mpsc::unbounded_channel();
-            tokio::spawn(check_roles(
-                self.store.clone(),
-                self.cache.clone(),
-                self.metrics.clone(),
-                waiting,
-            ));
-            checks
-        });
-        let (answer, answered) = oneshot::channel();
-        checks
-            .send(RoleCheck { room, user, answer })
-            .map_err(|_| CheckFailed)?;
-        answered.await.map_err(|_| CheckFailed)?
+        self.role_checks
+            .get_with((room, user), || {
+                let (store, cache, metrics) = self.parts();
+                move |keys| check_roles(store.clone(), cache.clone(), metrics.clone(), keys)
+            })
+            .await
+            .map_err(|_| CheckFailed)?
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Option<Profile>, StoreError> {
@@ -143,21 +132,13 @@ impl Directory {
     /// one query for what it missed), as membership checks do: a storm of reconnecting clients
     /// reads the rooms of all its joins in a few round trips.
     pub async fn room(&self, room: RoomId) -> Result<Option<RoomInfo>, StoreError> {
-        let reads = self.room_reads.get_or_init(|| {
-            let (reads, waiting) = mpsc::unbounded_channel();
-            tokio::spawn(read_rooms(
-                self.store.clone(),
-                self.cache.clone(),
-                self.metrics.clone(),
-                waiting,
-            ));
-            reads
-        });
-        let (answer, answered) = oneshot::channel();
-        reads
-            .send(RoomRead { room, answer })
-            .map_err(|_| CheckFailed)?;
-        Ok(answered.await.map_err(|_| CheckFailed)??)
+        Ok(self
+            .room_reads
+            .get_with(room, || {
+                let (store, cache, metrics) = self.parts();
+                move |keys| read_rooms(store.clone(), cache.clone(), metrics.clone(), keys)
+            })
+            .await??)
     }
 
     /// What `user` may do with `room`.
@@ -219,6 +200,12 @@ impl Directory {
         Ok(row.into())
     }
 
+    /// What a batching task needs of the directory (not the directory itself, whose batches
+    /// own the task's queue).
+    fn parts(&self) -> (Store, Cache, Metrics) {
+        (self.store.clone(), self.cache.clone(), self.metrics.clone())
+    }
+
     fn loaded(&self, kind: &str) {
         self.metrics
             .directory_loads
@@ -227,133 +214,118 @@ impl Directory {
     }
 }
 
-/// Answers membership checks in batches: everything waiting when the previous batch is done.
+/// Answers a batch of membership checks: one multi-get, then one query for the misses, whose
+/// answers ("member" and "not a member" alike) are cached. Checks the cache answered succeed
+/// even when the query fails.
 async fn check_roles(
     store: Store,
     cache: Cache,
     metrics: Metrics,
-    mut waiting: mpsc::UnboundedReceiver<RoleCheck>,
-) {
-    while let Some(first) = waiting.recv().await {
-        let mut checks = vec![first];
-        while checks.len() < MAX_CHECKS_PER_BATCH {
-            match waiting.try_recv() {
-                Ok(check) => checks.push(check),
-                Err(_) => break,
-            }
+    checks: Vec<(RoomId, UserId)>,
+) -> Result<Vec<Checked<Option<Role>>>, StoreError> {
+    let keys: Vec<CacheKey> = checks
+        .iter()
+        .map(|&(room, user)| CacheKey::Membership(room, user))
+        .collect();
+    let cached: Vec<Option<CachedRole>> = cache.get_many(&keys).await;
+    let missed = misses(&checks, &cached);
+    let loaded = if missed.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        metrics
+            .directory_loads
+            .with_label_values(&["membership"])
+            .inc_by(missed.len() as u64);
+        store.roles(missed.clone()).await
+    };
+    let loaded = match loaded {
+        Ok(roles) => {
+            let entries: Vec<(CacheKey, CachedRole)> = missed
+                .iter()
+                .map(|&(room, user)| {
+                    (
+                        CacheKey::Membership(room, user),
+                        CachedRole(roles.get(&(room, user)).copied()),
+                    )
+                })
+                .collect();
+            cache.set_many(&entries).await;
+            Ok(roles)
         }
-        let keys: Vec<CacheKey> = checks
-            .iter()
-            .map(|check| CacheKey::Membership(check.room, check.user))
-            .collect();
-        let cached: Vec<Option<CachedRole>> = cache.get_many(&keys).await;
-        let mut missed: Vec<(RoomId, UserId)> = checks
-            .iter()
-            .zip(&cached)
-            .filter(|(_, cached)| cached.is_none())
-            .map(|(check, _)| (check.room, check.user))
-            .collect();
-        missed.sort_unstable();
-        missed.dedup();
-        let loaded = if missed.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            metrics
-                .directory_loads
-                .with_label_values(&["membership"])
-                .inc_by(missed.len() as u64);
-            store.roles(missed.clone()).await
-        };
-        let loaded = match loaded {
-            Ok(roles) => {
-                let entries: Vec<(CacheKey, CachedRole)> = missed
-                    .iter()
-                    .map(|&(room, user)| {
-                        (
-                            CacheKey::Membership(room, user),
-                            CachedRole(roles.get(&(room, user)).copied()),
-                        )
-                    })
-                    .collect();
-                cache.set_many(&entries).await;
-                Ok(roles)
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not check memberships");
-                Err(CheckFailed)
-            }
-        };
-        for (check, cached) in checks.into_iter().zip(cached) {
-            let role = match (cached, &loaded) {
-                (Some(CachedRole(role)), _) => Ok(role),
-                (None, Ok(roles)) => Ok(roles.get(&(check.room, check.user)).copied()),
-                (None, Err(failed)) => Err(*failed),
-            };
-            let _ = check.answer.send(role);
+        Err(error) => {
+            tracing::error!(%error, "could not check memberships");
+            Err(CheckFailed)
         }
-    }
+    };
+    Ok(checks
+        .iter()
+        .zip(cached)
+        .map(|(check, cached)| match (cached, &loaded) {
+            (Some(CachedRole(role)), _) => Ok(role),
+            (None, Ok(roles)) => Ok(roles.get(check).copied()),
+            (None, Err(failed)) => Err(*failed),
+        })
+        .collect())
 }
 
-/// Answers room reads a batch at a time: one multi-get, then one query for the misses, whose
-/// answers are cached.
+/// Answers a batch of room reads: one multi-get, then one query for the misses, whose answers
+/// are cached.
 async fn read_rooms(
     store: Store,
     cache: Cache,
     metrics: Metrics,
-    mut waiting: mpsc::UnboundedReceiver<RoomRead>,
-) {
-    while let Some(first) = waiting.recv().await {
-        let mut reads = vec![first];
-        while reads.len() < MAX_CHECKS_PER_BATCH {
-            match waiting.try_recv() {
-                Ok(read) => reads.push(read),
-                Err(_) => break,
-            }
+    reads: Vec<RoomId>,
+) -> Result<Vec<Checked<Option<RoomInfo>>>, StoreError> {
+    let keys: Vec<CacheKey> = reads.iter().map(|&room| CacheKey::Room(room)).collect();
+    let cached: Vec<Option<RoomInfo>> = cache.get_many(&keys).await;
+    let missed = misses(&reads, &cached);
+    let loaded = if missed.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        metrics
+            .directory_loads
+            .with_label_values(&["room"])
+            .inc_by(missed.len() as u64);
+        store.rooms(missed).await
+    };
+    let loaded: Result<HashMap<RoomId, RoomInfo>, CheckFailed> = match loaded {
+        Ok(rows) => {
+            let infos: HashMap<RoomId, RoomInfo> = rows
+                .into_iter()
+                .map(|(room, row)| (room, RoomInfo::from(row)))
+                .collect();
+            let entries: Vec<(CacheKey, RoomInfo)> = infos
+                .iter()
+                .map(|(&room, info)| (CacheKey::Room(room), info.clone()))
+                .collect();
+            cache.set_many(&entries).await;
+            Ok(infos)
         }
-        let keys: Vec<CacheKey> = reads.iter().map(|read| CacheKey::Room(read.room)).collect();
-        let cached: Vec<Option<RoomInfo>> = cache.get_many(&keys).await;
-        let mut missed: Vec<RoomId> = reads
-            .iter()
-            .zip(&cached)
-            .filter(|(_, cached)| cached.is_none())
-            .map(|(read, _)| read.room)
-            .collect();
-        missed.sort_unstable();
-        missed.dedup();
-        let loaded = if missed.is_empty() {
-            Ok(HashMap::new())
-        } else {
-            metrics
-                .directory_loads
-                .with_label_values(&["room"])
-                .inc_by(missed.len() as u64);
-            store.rooms(missed).await
-        };
-        let loaded: Result<HashMap<RoomId, RoomInfo>, CheckFailed> = match loaded {
-            Ok(rows) => {
-                let infos: HashMap<RoomId, RoomInfo> = rows
-                    .into_iter()
-                    .map(|(room, row)| (room, RoomInfo::from(row)))
-                    .collect();
-                let entries: Vec<(CacheKey, RoomInfo)> = infos
-                    .iter()
-                    .map(|(&room, info)| (CacheKey::Room(room), info.clone()))
-                    .collect();
-                cache.set_many(&entries).await;
-                Ok(infos)
-            }
-            Err(error) => {
-                tracing::error!(%error, "could not read rooms");
-                Err(CheckFailed)
-            }
-        };
-        for (read, cached) in reads.into_iter().zip(cached) {
-            let info = match (cached, &loaded) {
-                (Some(info), _) => Ok(Some(info)),
-                (None, Ok(infos)) => Ok(infos.get(&read.room).cloned()),
-                (None, Err(failed)) => Err(*failed),
-            };
-            let _ = read.answer.send(info);
+        Err(error) => {
+            tracing::error!(%error, "could not read rooms");
+            Err(CheckFailed)
         }
-    }
+    };
+    Ok(reads
+        .iter()
+        .zip(cached)
+        .map(|(room, cached)| match (cached, &loaded) {
+            (Some(info), _) => Ok(Some(info)),
+            (None, Ok(infos)) => Ok(infos.get(room).cloned()),
+            (None, Err(failed)) => Err(*failed),
+        })
+        .collect())
+}
+
+/// The keys the cache did not answer, each once.
+fn misses<K: Copy + Ord, V>(keys: &[K], cached: &[Option<V>]) -> Vec<K> {
+    let mut missed: Vec<K> = keys
+        .iter()
+        .zip(cached)
+        .filter(|(_, cached)| cached.is_none())
+        .map(|(&key, _)| key)
+        .collect();
+    missed.sort_unstable();
+    missed.dedup();
+    missed
 }

@@ -53,18 +53,28 @@ impl<K: Send + 'static, V: Send + 'static> Batched<K, V> {
             + Copy
             + 'static,
     {
+        self.get_with(key, || {
+            let connections = connections.clone();
+            move |keys: Vec<K>| {
+                let connections = connections.clone();
+                async move { connections.run(move |conn| load(conn, keys)).await }
+            }
+        })
+        .await
+    }
+
+    /// Reads `key` in the next batch, for reads that are not one query: `loader` (called once,
+    /// when the first read starts the batching task) makes the function that answers a batch,
+    /// one value per key, in the keys' order.
+    pub async fn get_with<M, L, Fut>(&self, key: K, loader: M) -> Result<V, StoreError>
+    where
+        M: FnOnce() -> L,
+        L: Fn(Vec<K>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<V>, StoreError>> + Send + 'static,
+    {
         let queue = self.queue.get_or_init(|| {
             let (queue, waiting) = mpsc::unbounded_channel();
-            let connections = connections.clone();
-            tokio::spawn(run_batches(
-                self.what,
-                self.limits,
-                waiting,
-                move |keys: Vec<K>| {
-                    let connections = connections.clone();
-                    async move { connections.run(move |conn| load(conn, keys)).await }
-                },
-            ));
+            tokio::spawn(run_batches(self.what, self.limits, waiting, loader()));
             queue
         });
         let (answer, answered) = oneshot::channel();
@@ -82,7 +92,7 @@ async fn run_batches<K, V, L, Fut>(
 ) where
     K: Send + 'static,
     V: Send + 'static,
-    L: Fn(Vec<K>) -> Fut,
+    L: Fn(Vec<K>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Vec<V>, StoreError>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
