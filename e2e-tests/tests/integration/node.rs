@@ -1,6 +1,6 @@
 //! The operator's view of a node: health, readiness, metrics and graceful shutdown.
 
-use chat_protocol::ServerFrame;
+use e2e_tests::checks::Observed;
 use e2e_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,10 +26,13 @@ async fn health_readiness_and_metrics_answer() -> anyhow::Result<()> {
     let mut client = node.user("ops").await?;
     let (room, _) = client.join("ops").await?;
     client.send_message(room, "m", "count me").await?;
+    // The delivery can overtake RabbitMQ's confirm: wait for both, in either order.
+    let mut observed = Observed::default();
     client
-        .recv_until(|frame| matches!(frame, ServerFrame::Accepted { .. }).then_some(()))
+        .observe_until(&mut observed, |seen| {
+            seen.accepted.contains("m") && seen.room_ids(room).len() == 1
+        })
         .await?;
-    client.next_message(room).await?;
     let metrics = http
         .get(format!("{}/metrics", node.http_url()))
         .send()
