@@ -2,8 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// The node's metrics. Each node has its own registry so several nodes can live in one test process.
@@ -25,6 +25,7 @@ pub struct Metrics {
     pub store_retries: IntCounter,
     pub messages_gap_filled: IntCounter,
     pub delivery_seconds: Histogram,
+    pub pipeline_seconds: HistogramVec,
     pub messages_redelivered: IntCounter,
     pub bus_reconnects: IntCounter,
     pub cache_requests: IntCounterVec,
@@ -118,7 +119,22 @@ impl Metrics {
             delivery_seconds: histogram(
                 "delivery_seconds",
                 "Time from a send being accepted to its message being queued to local sockets.",
-                latency_buckets,
+                latency_buckets.clone(),
+            ),
+            pipeline_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "pipeline_seconds",
+                        "Time each message spent in a persister stage, by stage: ingest (send \
+                         read on its node to a persister taking it; millisecond resolution), \
+                         store (its batch's transaction), queue (waiting for the publish stage), \
+                         invalidate (marking cached history out of date), publish (delivery \
+                         publish).",
+                    )
+                    .buckets(latency_buckets),
+                    &["stage"],
+                ),
             ),
             messages_redelivered: counter(
                 "messages_redelivered_total",

@@ -47,7 +47,12 @@ pub async fn run_shard(
 ) {
     let publisher = shard.publisher();
     let (stored_tx, stored_rx) = mpsc::channel::<StoredBatch>(BATCHES_IN_FLIGHT);
-    let publishing = tokio::spawn(publish_stage(publisher.clone(), history, stored_rx));
+    let publishing = tokio::spawn(publish_stage(
+        publisher.clone(),
+        history,
+        metrics.clone(),
+        stored_rx,
+    ));
     // Valid while this consumer is the shard's: a new consumer starts with empty counters.
     let counters = SeqCounters::default();
     loop {
@@ -62,9 +67,16 @@ pub async fn run_shard(
             }
             break;
         };
+        let taken = Instant::now();
+        observe_ingest(&metrics, &batch);
         let stored = store_batch(&publisher, &store, &metrics, &counters, batch, &stop).await;
         match stored {
-            Ok(Some(stored)) => {
+            Ok(Some(mut stored)) => {
+                stored.stored_at = Instant::now();
+                metrics
+                    .pipeline_seconds
+                    .with_label_values(&["store"])
+                    .observe_each(stored.messages, taken.elapsed());
                 if stored_tx.send(stored).await.is_err() {
                     // The publish stage failed and has reported it.
                     break;
@@ -92,6 +104,9 @@ struct StoredBatch {
     rooms: Vec<RoomId>,
     deliveries: Vec<Delivery>,
     last_tag: u64,
+    /// Messages it stored or delivers again, and when it was stored (for the stage metrics).
+    messages: u64,
+    stored_at: Instant,
 }
 
 /// A published batch waiting for its confirms.
@@ -103,13 +118,20 @@ struct PublishedBatch {
 async fn publish_stage(
     publisher: ShardPublisher,
     history: History,
+    metrics: Metrics,
     mut stored: mpsc::Receiver<StoredBatch>,
 ) {
+    let stage = |name: &str| metrics.pipeline_seconds.with_label_values(&[name]);
+    let (queue, invalidate, publish) = (stage("queue"), stage("invalidate"), stage("publish"));
     let (published_tx, published_rx) = mpsc::channel::<PublishedBatch>(BATCHES_IN_FLIGHT);
     let acknowledging = tokio::spawn(acknowledge_stage(publisher.clone(), published_rx));
     while let Some(batch) = stored.recv().await {
         // Cached history pages of these rooms are out of date before anyone hears of them.
+        let picked = Instant::now();
+        queue.observe_each(batch.messages, picked.duration_since(batch.stored_at));
         history.changed(batch.rooms).await;
+        let invalidated = Instant::now();
+        invalidate.observe_each(batch.messages, invalidated.duration_since(picked));
         let confirms = match publisher.publish_deliveries(&batch.deliveries).await {
             Ok(confirms) => confirms,
             Err(error) => {
@@ -118,6 +140,7 @@ async fn publish_stage(
                 break;
             }
         };
+        publish.observe_each(batch.messages, invalidated.elapsed());
         let published = PublishedBatch {
             confirms,
             last_tag: batch.last_tag,
@@ -167,6 +190,8 @@ async fn store_batch(
             rooms: Vec::new(),
             deliveries: Vec::new(),
             last_tag: 0,
+            messages: 0,
+            stored_at: Instant::now(),
         }));
     };
     // Every send of the batch with the item it came in.
@@ -191,6 +216,8 @@ async fn store_batch(
             rooms: Vec::new(),
             deliveries: Vec::new(),
             last_tag,
+            messages: 0,
+            stored_at: Instant::now(),
         }));
     }
 
@@ -234,6 +261,7 @@ async fn store_batch(
     }
 
     let changed: Vec<RoomId> = rooms.keys().copied().collect();
+    let messages = rooms.values().map(|room| room.len() as u64).sum();
     let mut rooms: Vec<RoomMessages> = rooms
         .into_iter()
         .map(|(room_id, mut messages)| {
@@ -259,7 +287,37 @@ async fn store_batch(
         rooms: changed,
         deliveries,
         last_tag,
+        messages,
+        stored_at: Instant::now(),
     }))
+}
+
+/// How long the batch's sends took from being read on their nodes to here (the nodes' clocks
+/// are the persister's: they share a host or NTP; milliseconds, as the sends carry them).
+fn observe_ingest(metrics: &Metrics, batch: &[IngestItem]) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let ingest = metrics.pipeline_seconds.with_label_values(&["ingest"]);
+    for message in batch
+        .iter()
+        .filter_map(|item| item.messages.as_ref().ok())
+        .flatten()
+    {
+        ingest.observe((now_ms - message.sent_at_ms).max(0) as f64 / 1000.0);
+    }
+}
+
+/// Observes `duration` once per message.
+trait ObserveEach {
+    fn observe_each(&self, messages: u64, duration: Duration);
+}
+
+impl ObserveEach for prometheus::Histogram {
+    fn observe_each(&self, messages: u64, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        for _ in 0..messages {
+            self.observe(seconds);
+        }
+    }
 }
 
 fn push_room(

@@ -68,6 +68,13 @@ async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
         report.totals.stored * config.members as u64,
         "every stored message reaches each member of its room once"
     );
+    let stored = report.stages.iter().find(|stage| stage.stage == "store");
+    assert_eq!(
+        stored.map(|stage| stage.count),
+        Some(report.totals.stored),
+        "the nodes' stage metrics account for every stored message: {:?}",
+        report.stages
+    );
     for node in nodes {
         node.stop().await?;
     }

@@ -7,6 +7,7 @@
 //! - `database`: what PostgreSQL stored, for the storm workload's loss check.
 //! - `procstat`: CPU and memory of the processes involved, from /proc.
 //! - `rooms`, `idle`, `storm`: the workloads; each returns a [`report::RunReport`].
+//! - `stages`: where a message's time goes, from the nodes' own histograms.
 //! - `report`: the JSON report, the progress bar and the latency-over-time plot.
 //! - `tables`: the Markdown tables of BENCHMARKS.md, from reports.
 //!
@@ -19,6 +20,7 @@ pub mod idle;
 pub mod procstat;
 pub mod report;
 pub mod rooms;
+pub mod stages;
 pub mod stats;
 pub mod storm;
 pub mod tables;

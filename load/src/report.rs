@@ -58,6 +58,9 @@ pub struct RunReport {
     pub drained: bool,
     pub cpu: Vec<ProcessCpu>,
     pub timeline: Vec<TimelinePoint>,
+    /// Time per pipeline stage, from the nodes' metrics (rooms only).
+    #[serde(default)]
+    pub stages: Vec<crate::stages::StageLatency>,
     /// Workload-specific results (idle: memory per connection; storm: resume times).
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -96,6 +99,7 @@ impl RunReport {
             drained,
             cpu,
             timeline: recorder.timeline(),
+            stages: Vec::new(),
             extra: serde_json::Value::Null,
         }
     }
@@ -119,11 +123,21 @@ impl RunReport {
             .iter()
             .map(|p| format!("{} {:.0}%", p.name, p.cpu_percent))
             .collect();
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| format!("{} {:.2}", s.stage, s.mean_ms))
+            .collect();
+        let stages = if stages.is_empty() {
+            String::new()
+        } else {
+            format!("\n  stages (node metrics), mean ms: {}", stages.join(", "))
+        };
         format!(
             "{}: sent {:.0}/s, accepted {:.0}/s, deliveries {:.0}/s\n  \
              send→accepted ms p50 {:.2} p99 {:.2} max {:.2}\n  \
              send→deliver ms p50 {:.2} p90 {:.2} p99 {:.2} p999 {:.2} max {:.2}\n  \
-             lost {} duplicated {} out-of-order {} unconfirmed {} drained {}\n  cpu: {}",
+             lost {} duplicated {} out-of-order {} unconfirmed {} drained {}\n  cpu: {}{}",
             self.label,
             self.sent_per_s,
             self.accepted_per_s,
@@ -141,7 +155,8 @@ impl RunReport {
             c.out_of_order,
             c.unconfirmed,
             self.drained,
-            cpu.join(", ")
+            cpu.join(", "),
+            stages
         )
     }
 }

@@ -6,6 +6,7 @@ use crate::conn::Socket;
 use crate::identity::{self, JoinedRoom, Session};
 use crate::procstat::CpuMeter;
 use crate::report::{self, RunReport};
+use crate::stages;
 use crate::stats::{now_micros, Recorder, RoomView, Samples};
 use crate::Target;
 use anyhow::Context;
@@ -94,6 +95,7 @@ pub async fn run_rooms(
 
     let recorder = Arc::new(Recorder::new());
     let stop = CancellationToken::new();
+    let stages_before = stages::snapshot(&target.nodes).await;
     let started = Instant::now();
     let send_until = started + config.duration;
     let cpu = CpuMeter::start(target.watched());
@@ -148,6 +150,7 @@ pub async fn run_rooms(
     let drained = wait_drained(&recorder, config).await;
     progress.finish_and_clear();
     stop.cancel();
+    let stages = stages::snapshot(&target.nodes).await.since(&stages_before);
 
     let mut outcomes = Vec::with_capacity(tasks.len());
     for task in tasks {
@@ -175,7 +178,7 @@ pub async fn run_rooms(
         .sent
         .saturating_sub(totals.refused)
         .saturating_sub(totals.stored);
-    Ok(RunReport::new(
+    let mut report = RunReport::new(
         label,
         "rooms",
         serde_json::to_value(config)?,
@@ -186,7 +189,9 @@ pub async fn run_rooms(
         checks,
         cpu,
         drained,
-    ))
+    );
+    report.stages = stages;
+    Ok(report)
 }
 
 fn user_period(config: &RoomsConfig, rate: f64) -> Duration {

@@ -2,6 +2,7 @@
 
 use crate::idle::IdleResult;
 use crate::report::RunReport;
+use crate::stages::STAGES;
 use crate::storm::StormResult;
 use std::fmt::Write;
 
@@ -24,6 +25,17 @@ fn cpu(report: &RunReport) -> String {
         .map(|p| format!("{} {:.0}%", p.name, p.cpu_percent))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A bucket bound in ms, as a table shows it.
+fn bound(ms: f64) -> String {
+    if ms.is_infinite() {
+        "∞".into()
+    } else if ms < 1.0 {
+        format!("{ms}")
+    } else {
+        format!("{ms:.0}")
+    }
 }
 
 /// Idle runs labelled `idle-spread…` are one of several side-by-side runs, one per node.
@@ -156,6 +168,29 @@ pub fn tables(reports: &[RunReport]) -> String {
             },
             cpu(r)
         );
+    }
+    let staged: Vec<&&RunReport> = rooms.iter().filter(|r| !r.stages.is_empty()).collect();
+    if !staged.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### rooms: where a message's time goes\n\nFrom the nodes' own histograms over each run (`chat_pipeline_seconds`, `chat_delivery_seconds`): mean, and the bucket bound p99 falls under, in ms. *Delivered* is the whole trip from the send being read to its frame being queued to the receivers' sockets; what it leaves over the stages before it is the delivery hop (RabbitMQ and the receiving node's fan-out).\n\n| Run | {} |\n|---|{}",
+            STAGES.join(" | "),
+            "---|".repeat(STAGES.len())
+        );
+        for r in staged {
+            let cells: Vec<String> = STAGES
+                .iter()
+                .map(|&stage| {
+                    r.stages
+                        .iter()
+                        .find(|s| s.stage == stage)
+                        .map_or("—".into(), |s| {
+                            format!("{:.1} / ≤ {}", s.mean_ms, bound(s.p99_ms_at_most))
+                        })
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
+        }
     }
     if let Some(idle) = &idle {
         let _ = writeln!(

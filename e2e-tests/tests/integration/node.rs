@@ -33,21 +33,39 @@ async fn health_readiness_and_metrics_answer() -> anyhow::Result<()> {
             seen.accepted.contains("m") && seen.room_ids(room).len() == 1
         })
         .await?;
-    let metrics = http
-        .get(format!("{}/metrics", node.http_url()))
-        .send()
-        .await?
-        .text()
-        .await?;
-    assert!(
-        metrics.contains("chat_messages_accepted_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("chat_messages_persisted_total 1"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("chat_connections 1"), "{metrics}");
+    // Every stage of the message's trip is counted once; the last stage's count can land just
+    // after the delivery, so the metrics are read until they show it all.
+    let mut expected = vec![
+        "chat_messages_accepted_total 1".to_owned(),
+        "chat_messages_persisted_total 1".to_owned(),
+        "chat_connections 1".to_owned(),
+    ];
+    for stage in ["ingest", "store", "queue", "invalidate", "publish"] {
+        expected.push(format!(
+            "chat_pipeline_seconds_count{{stage=\"{stage}\"}} 1"
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + e2e_tests::DEADLINE;
+    loop {
+        let metrics = http
+            .get(format!("{}/metrics", node.http_url()))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|line| !metrics.contains(line.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "missing {missing:?} in {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     node.stop().await?;
     Ok(())
 }
