@@ -139,8 +139,12 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RoomRow>, StoreError> {
         self.run(move |conn| {
+            // The kind is written into the statement, not bound: only then does a cached
+            // (generic) plan match the trigram index, which covers public rooms only.
             let rows = rooms::table
-                .filter(rooms::kind.eq(RoomKind::Public.as_str()))
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    "kind = 'public'",
+                ))
                 .filter(
                     diesel::dsl::sql::<diesel::sql_types::Bool>("lower(name) LIKE ")
                         .bind::<diesel::sql_types::Text, _>(like_pattern(&query)),
