@@ -223,98 +223,100 @@ async fn check_roles(
     metrics: Metrics,
     checks: Vec<(RoomId, UserId)>,
 ) -> Result<Vec<Checked<Option<Role>>>, StoreError> {
-    let keys: Vec<CacheKey> = checks
-        .iter()
-        .map(|&(room, user)| CacheKey::Membership(room, user))
-        .collect();
-    let cached: Vec<Option<CachedRole>> = cache.get_many(&keys).await;
-    let missed = misses(&checks, &cached);
-    let loaded = if missed.is_empty() {
-        Ok(HashMap::new())
-    } else {
-        metrics
-            .directory_loads
-            .with_label_values(&["membership"])
-            .inc_by(missed.len() as u64);
-        store.roles(missed.clone()).await
-    };
-    let loaded = match loaded {
-        Ok(roles) => {
-            let entries: Vec<(CacheKey, CachedRole)> = missed
-                .iter()
-                .map(|&(room, user)| {
-                    (
-                        CacheKey::Membership(room, user),
-                        CachedRole(roles.get(&(room, user)).copied()),
-                    )
-                })
-                .collect();
-            cache.set_many(&entries).await;
-            Ok(roles)
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not check memberships");
-            Err(CheckFailed)
-        }
-    };
-    Ok(checks
-        .iter()
-        .zip(cached)
-        .map(|(check, cached)| match (cached, &loaded) {
-            (Some(CachedRole(role)), _) => Ok(role),
-            (None, Ok(roles)) => Ok(roles.get(check).copied()),
-            (None, Err(failed)) => Err(*failed),
-        })
-        .collect())
+    Ok(read_through(
+        &cache,
+        &metrics,
+        "membership",
+        &checks,
+        |(room, user)| CacheKey::Membership(room, user),
+        |missed| store.roles(missed),
+        |role| Some(CachedRole(role.copied())),
+        |CachedRole(role)| role,
+    )
+    .await)
 }
 
 /// Answers a batch of room reads: one multi-get, then one query for the misses, whose answers
-/// are cached.
+/// are cached (rooms that exist only).
 async fn read_rooms(
     store: Store,
     cache: Cache,
     metrics: Metrics,
     reads: Vec<RoomId>,
 ) -> Result<Vec<Checked<Option<RoomInfo>>>, StoreError> {
-    let keys: Vec<CacheKey> = reads.iter().map(|&room| CacheKey::Room(room)).collect();
-    let cached: Vec<Option<RoomInfo>> = cache.get_many(&keys).await;
-    let missed = misses(&reads, &cached);
+    Ok(read_through(
+        &cache,
+        &metrics,
+        "room",
+        &reads,
+        CacheKey::Room,
+        |missed| async move {
+            let rows = store.rooms(missed).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(room, row)| (room, RoomInfo::from(row)))
+                .collect())
+        },
+        |info: Option<&RoomInfo>| info.cloned(),
+        Some,
+    )
+    .await)
+}
+
+/// One batch of reads through the cache: a multi-get, one load for the keys it missed (each
+/// once), and `to_cache` of each missed key's answer cached. Keys the cache answered succeed
+/// even when the load fails.
+#[allow(clippy::too_many_arguments)]
+async fn read_through<K, V, C, Fut>(
+    cache: &Cache,
+    metrics: &Metrics,
+    kind: &str,
+    keys: &[K],
+    cache_key: impl Fn(K) -> CacheKey,
+    load: impl FnOnce(Vec<K>) -> Fut,
+    to_cache: impl Fn(Option<&V>) -> Option<C>,
+    from_cache: impl Fn(C) -> Option<V>,
+) -> Vec<Checked<Option<V>>>
+where
+    K: Copy + Ord + std::hash::Hash,
+    V: Clone,
+    C: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    Fut: std::future::Future<Output = Result<HashMap<K, V>, StoreError>>,
+{
+    let cache_keys: Vec<CacheKey> = keys.iter().map(|&key| cache_key(key)).collect();
+    let cached: Vec<Option<C>> = cache.get_many(&cache_keys).await;
+    let missed = misses(keys, &cached);
     let loaded = if missed.is_empty() {
         Ok(HashMap::new())
     } else {
         metrics
             .directory_loads
-            .with_label_values(&["room"])
+            .with_label_values(&[kind])
             .inc_by(missed.len() as u64);
-        store.rooms(missed).await
+        load(missed.clone()).await
     };
-    let loaded: Result<HashMap<RoomId, RoomInfo>, CheckFailed> = match loaded {
-        Ok(rows) => {
-            let infos: HashMap<RoomId, RoomInfo> = rows
-                .into_iter()
-                .map(|(room, row)| (room, RoomInfo::from(row)))
-                .collect();
-            let entries: Vec<(CacheKey, RoomInfo)> = infos
+    let loaded = match loaded {
+        Ok(values) => {
+            let entries: Vec<(CacheKey, C)> = missed
                 .iter()
-                .map(|(&room, info)| (CacheKey::Room(room), info.clone()))
+                .filter_map(|&key| Some((cache_key(key), to_cache(values.get(&key))?)))
                 .collect();
             cache.set_many(&entries).await;
-            Ok(infos)
+            Ok(values)
         }
         Err(error) => {
-            tracing::error!(%error, "could not read rooms");
+            tracing::error!(%error, kind, "could not read the directory from PostgreSQL");
             Err(CheckFailed)
         }
     };
-    Ok(reads
-        .iter()
+    keys.iter()
         .zip(cached)
-        .map(|(room, cached)| match (cached, &loaded) {
-            (Some(info), _) => Ok(Some(info)),
-            (None, Ok(infos)) => Ok(infos.get(room).cloned()),
+        .map(|(key, cached)| match (cached, &loaded) {
+            (Some(cached), _) => Ok(from_cache(cached)),
+            (None, Ok(values)) => Ok(values.get(key).cloned()),
             (None, Err(failed)) => Err(*failed),
         })
-        .collect())
+        .collect()
 }
 
 /// The keys the cache did not answer, each once.

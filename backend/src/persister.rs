@@ -71,12 +71,11 @@ pub async fn run_shard(
         observe_ingest(&metrics, &batch);
         let stored = store_batch(&publisher, &store, &metrics, &counters, batch, &stop).await;
         match stored {
-            Ok(Some(mut stored)) => {
-                stored.stored_at = Instant::now();
+            Ok(Some(stored)) => {
                 metrics
                     .pipeline_seconds
                     .with_label_values(&["store"])
-                    .observe_each(stored.messages, taken.elapsed());
+                    .observe_each(stored.messages, stored.stored_at.duration_since(taken));
                 if stored_tx.send(stored).await.is_err() {
                     // The publish stage failed and has reported it.
                     break;

@@ -106,23 +106,15 @@ pub struct CatchUp {
     pub missed: Vec<ChatMessage>,
 }
 
-#[derive(QueryableByName)]
-struct LastSeqRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = BigInt)]
-    last_seq: i64,
-}
-
-/// The newest sequence number of each room (0 for rooms that do not exist), in one query.
+/// The newest sequence number of each of `rooms` that exists, in one query.
 pub(super) fn last_seqs(
     conn: &mut super::DbConnection,
     rooms: &[RoomId],
-) -> Result<HashMap<RoomId, Seq>, StoreError> {
+) -> diesel::QueryResult<HashMap<RoomId, Seq>> {
     let ids: Vec<i64> = rooms.iter().map(|room| room.0).collect();
-    let rows = diesel::sql_query("SELECT id, last_seq FROM rooms WHERE id = ANY($1)")
+    let rows = diesel::sql_query("SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])")
         .bind::<diesel::sql_types::Array<BigInt>, _>(ids)
-        .load::<LastSeqRow>(conn)?;
+        .load::<super::persist::RoomSeqRow>(conn)?;
     Ok(rows
         .into_iter()
         .map(|row| (RoomId(row.id), Seq(row.last_seq)))

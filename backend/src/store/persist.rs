@@ -10,7 +10,7 @@
 use super::messages::{StoredRow, MESSAGE_COLUMNS};
 use super::{Store, StoreError};
 use chat_protocol::bus::IngestMessage;
-use chat_protocol::{ChatMessage, Seq};
+use chat_protocol::{ChatMessage, RoomId, Seq};
 use chrono::{DateTime, TimeZone, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
@@ -103,21 +103,19 @@ fn persist_common(
     {
         return Err(FastPath::NotCommon);
     }
-    let mut unknown: Vec<i64> = batch
+    let mut unknown: Vec<RoomId> = batch
         .iter()
-        .map(|m| m.room_id.0)
-        .filter(|room| !counters.contains_key(room))
+        .map(|m| m.room_id)
+        .filter(|room| !counters.contains_key(&room.0))
         .collect();
     unknown.sort_unstable();
     unknown.dedup();
     if !unknown.is_empty() {
-        let rows = diesel::sql_query("SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])")
-            .bind::<Array<BigInt>, _>(&unknown)
-            .load::<RoomSeqRow>(conn)?;
-        if rows.len() != unknown.len() {
+        let found = super::messages::last_seqs(conn, &unknown)?;
+        if found.len() != unknown.len() {
             return Err(FastPath::NotCommon);
         }
-        counters.extend(rows.into_iter().map(|row| (row.id, row.last_seq)));
+        counters.extend(found.into_iter().map(|(room, seq)| (room.0, seq.0)));
     }
 
     let mut columns = InsertColumns::with_capacity(batch.len());
@@ -191,11 +189,11 @@ struct IdRow {
 }
 
 #[derive(QueryableByName)]
-struct RoomSeqRow {
+pub(super) struct RoomSeqRow {
     #[diesel(sql_type = BigInt)]
-    id: i64,
+    pub(super) id: i64,
     #[diesel(sql_type = BigInt)]
-    last_seq: i64,
+    pub(super) last_seq: i64,
 }
 
 /// The careful way, for batches with resends or unknown rooms or users: reads which ids are
