@@ -64,7 +64,9 @@ impl App {
             shards: config.ingest_shards.max(1),
             quorum: config.queue_type == QueueType::Quorum,
         };
-        let bus = Bus::new(config.amqp_url.expose(), names);
+        let balance_every =
+            (config.shard_balance_ms > 0).then(|| Duration::from_millis(config.shard_balance_ms));
+        let bus = Bus::new(config.amqp_url.expose(), names, balance_every);
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
         let (fanout, fanout_events) = mpsc::unbounded_channel();
         let cache = Cache::new(
@@ -160,6 +162,11 @@ impl BusEvents for App {
         }
         let _ = self.fanout.send(FanoutEvent::Resync);
         let _ = self.presence_tx.send(PresenceEvent::Connected);
+    }
+
+    fn shard_handed_over(&self, shard: u16) {
+        tracing::info!(shard, "ingest shard handed over to another node");
+        self.metrics.shard_handovers.inc();
     }
 
     fn shard_started(&self, shard: IngestShard) {

@@ -97,6 +97,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_QUEUE_TYPE", value_enum, default_value = "classic")]
     pub queue_type: QueueType,
 
+    /// How often a node checks that it is not the active persister of more than its share of
+    /// the ingest shards (their count over the number of nodes, rounded up), handing one over
+    /// when it is, in milliseconds. 0 turns it off: then the first node to subscribe persists
+    /// every shard until it stops.
+    #[arg(long, env = "CHAT_SHARD_BALANCE_MS", default_value_t = 2_000)]
+    pub shard_balance_ms: u64,
+
     /// Most messages the persister stores in one transaction.
     #[arg(long, env = "CHAT_PERSIST_BATCH", default_value_t = 500)]
     pub persist_batch: usize,

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub pipeline_seconds: HistogramVec,
     pub messages_redelivered: IntCounter,
     pub bus_reconnects: IntCounter,
+    pub shard_handovers: IntCounter,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounter,
     pub directory_loads: IntCounterVec,
@@ -80,6 +81,10 @@ impl Metrics {
             messages_persisted: counter(
                 "messages_persisted_total",
                 "Messages stored in PostgreSQL by this node's persisters.",
+            ),
+            shard_handovers: counter(
+                "shard_handovers_total",
+                "Ingest shards this node handed to another node's persister because it held more than its share.",
             ),
             messages_duplicate: counter(
                 "messages_duplicate_total",

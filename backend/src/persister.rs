@@ -55,10 +55,13 @@ pub async fn run_shard(
     ));
     // Valid while this consumer is the shard's: a new consumer starts with empty counters.
     let counters = SeqCounters::default();
+    let release = shard.release();
     loop {
         let batch = tokio::select! {
             batch = shard.next_batch(max_batch.max(1)) => batch,
             _ = stop.cancelled() => break,
+            // Another node takes the shard over once this one has acknowledged what it took.
+            _ = release.cancelled() => break,
         };
         let Some(batch) = batch else {
             if !stop.is_cancelled() {

@@ -50,6 +50,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         ingest_shards: TEST_SHARDS,
         queue_type: chat_backend::config::QueueType::Classic,
         persist_batch: 500,
+        shard_balance_ms: 2_000,
         memcached_servers: memcached_servers(),
         // Keys of their own per test, so tests share one memcached without seeing each other.
         cache_prefix: prefix.to_owned(),

@@ -7,8 +7,10 @@ use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
+use tokio_util::sync::CancellationToken;
 
 /// One AMQP message taken from an ingest queue: a node's batch of sends, decoded when possible.
 pub struct IngestItem {
@@ -27,6 +29,23 @@ pub struct IngestShard {
     names: Names,
     /// Wakes the bus supervisor, which then rebuilds the connection and every consumer.
     lost: Arc<Notify>,
+    /// Set whenever a batch is taken: the balancer reads it to learn which shards this node
+    /// is the active consumer of.
+    took: Arc<AtomicBool>,
+    /// Cancelled by the balancer when this node should hand the shard to another one.
+    release: CancellationToken,
+    /// Dropped with the shard: tells the balancer that everything taken is acknowledged.
+    _finished: oneshot::Sender<()>,
+}
+
+/// The bus's side of a shard's consumer: what the balancer needs to see it working and to
+/// hand it over.
+pub(super) struct ShardSlot {
+    pub(super) shard: u16,
+    pub(super) channel: Channel,
+    pub(super) took: Arc<AtomicBool>,
+    pub(super) release: CancellationToken,
+    pub(super) finished: oneshot::Receiver<()>,
 }
 
 impl IngestShard {
@@ -36,14 +55,35 @@ impl IngestShard {
         consumer: Consumer,
         names: Names,
         lost: Arc<Notify>,
-    ) -> Self {
-        IngestShard {
+    ) -> (Self, ShardSlot) {
+        let took = Arc::new(AtomicBool::new(false));
+        let release = CancellationToken::new();
+        let (finished_tx, finished) = oneshot::channel();
+        let slot = ShardSlot {
+            shard,
+            channel: channel.clone(),
+            took: took.clone(),
+            release: release.clone(),
+            finished,
+        };
+        let shard = IngestShard {
             shard,
             channel,
             consumer,
             names,
             lost,
-        }
+            took,
+            release,
+            _finished: finished_tx,
+        };
+        (shard, slot)
+    }
+
+    /// Cancelled when the balancer asks this node to hand the shard over: the persister then
+    /// takes nothing more, finishes what it took, and drops the shard. What the consumer holds
+    /// but was not taken goes back to the queue, in order, for the next consumer.
+    pub fn release(&self) -> CancellationToken {
+        self.release.clone()
     }
 
     /// Reports that this shard's channel or consumer failed. A shard without a consumer would
@@ -67,6 +107,7 @@ impl IngestShard {
     /// `None` means the consumer is gone (connection lost or node closing).
     pub async fn next_batch(&mut self, max: usize) -> Option<Vec<IngestItem>> {
         let first = self.consumer.next().await?.ok()?;
+        self.took.store(true, Ordering::Relaxed);
         let mut batch = vec![decode(first)];
         while batch.len() < max {
             match self.consumer.next().now_or_never() {

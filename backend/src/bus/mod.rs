@@ -8,6 +8,7 @@
 mod ingest;
 pub mod topology;
 
+use ingest::ShardSlot;
 pub use ingest::{DeliveryConfirms, IngestItem, IngestShard, ShardPublisher};
 pub use topology::Names;
 
@@ -16,7 +17,7 @@ use chat_protocol::RoomId;
 use futures::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueBindOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
@@ -59,6 +60,8 @@ pub trait BusEvents: Send + Sync + 'static {
     fn shard_started(&self, shard: IngestShard);
     /// The node queue was (re)declared and bound: deliveries made meanwhile were missed.
     fn connected(&self);
+    /// This node handed an ingest shard to another node's consumer (see [`Bus::new`]).
+    fn shard_handed_over(&self, shard: u16);
 }
 
 /// A handle to the node's RabbitMQ connection. Cheap to clone.
@@ -70,6 +73,8 @@ pub struct Bus {
 struct Inner {
     url: String,
     names: Names,
+    /// How often the node checks whether it persists more than its share of the shards.
+    balance_every: Option<Duration>,
     session: RwLock<Option<Session>>,
     /// Rooms the node queue must be bound to; re-applied after every reconnect.
     rooms: Mutex<HashSet<RoomId>>,
@@ -78,6 +83,18 @@ struct Inner {
     connections: std::sync::atomic::AtomicU64,
     ingest: mpsc::UnboundedSender<PendingIngest>,
     ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
+}
+
+/// What a connection's shard balancer works with.
+struct Balancer {
+    connection: Arc<Connection>,
+    /// Its own channel: a failed passive declaration closes the channel it was made on.
+    channel: Channel,
+    every: Duration,
+    /// The session's: the balancer stops with its connection.
+    ended: CancellationToken,
+    events: Arc<dyn BusEvents>,
+    lost: Arc<Notify>,
 }
 
 /// A send waiting to be published, with the way to tell its sender the outcome.
@@ -91,6 +108,8 @@ struct Session {
     connection: Arc<Connection>,
     publish: Channel,
     control: Channel,
+    /// Cancelled when the session is taken down: stops its shard balancer.
+    ended: CancellationToken,
 }
 
 /// A send submitted for publishing, waiting for RabbitMQ's confirm.
@@ -138,12 +157,17 @@ fn check_confirmation(confirmation: Confirmation) -> Result<(), BusError> {
 }
 
 impl Bus {
-    pub fn new(url: &str, names: Names) -> Bus {
+    /// A bus for the node `names.node_id`. With `balance_every`, the node checks that often
+    /// whether it is the active persister of more shards than its share (the shard count over
+    /// the number of nodes consuming them, rounded up), and if so hands one of them over: see
+    /// [`Bus::balance_shards`].
+    pub fn new(url: &str, names: Names, balance_every: Option<Duration>) -> Bus {
         let (ingest, ingest_queue) = mpsc::unbounded_channel();
         Bus {
             inner: Arc::new(Inner {
                 url: url.to_owned(),
                 names,
+                balance_every,
                 session: RwLock::new(None),
                 rooms: Mutex::new(HashSet::new()),
                 ready: AtomicBool::new(false),
@@ -223,11 +247,16 @@ impl Bus {
     }
 
     fn take_session(&self) -> Option<Session> {
-        self.inner
+        let session = self
+            .inner
             .session
             .write()
             .map(|mut guard| guard.take())
-            .unwrap_or(None)
+            .unwrap_or(None);
+        if let Some(session) = &session {
+            session.ended.cancel();
+        }
+        session
     }
 
     fn session(&self) -> Option<Session> {
@@ -258,12 +287,14 @@ impl Bus {
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let ended = CancellationToken::new();
         // Installed before anything can fail below, so a failed set-up closes this connection.
         if let Ok(mut guard) = self.inner.session.write() {
             *guard = Some(Session {
                 connection: connection.clone(),
                 publish,
                 control: control.clone(),
+                ended: ended.clone(),
             });
         }
 
@@ -313,32 +344,132 @@ impl Bus {
             });
         }
 
+        let mut slots = Vec::with_capacity(usize::from(names.shards));
         for shard in 0..names.shards {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(INGEST_PREFETCH, BasicQosOptions::default())
-                .await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    &names.ingest_queue(shard),
-                    &format!("persister-{}-{shard}", names.node_id),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            events.shard_started(IngestShard::new(
-                shard,
-                channel,
-                consumer,
-                names.clone(),
-                lost.clone(),
-            ));
+            slots.push(
+                self.consume_shard(&connection, shard, events, &lost)
+                    .await?,
+            );
+        }
+        if let Some(every) = self.inner.balance_every.filter(|_| names.shards > 0) {
+            let balancer = Balancer {
+                channel: connection.create_channel().await?,
+                connection,
+                every,
+                ended,
+                events: events.clone(),
+                lost: lost.clone(),
+            };
+            let bus = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = bus.balance_shards(&balancer, slots).await {
+                    tracing::warn!(%error, "shard balancer failed; reconnecting");
+                    balancer.lost.notify_one();
+                }
+            });
         }
         events.connected();
         Ok(lost)
+    }
+
+    /// Subscribes to one ingest queue and hands the consumer to the persister. RabbitMQ makes
+    /// the first subscriber of a queue its active consumer; the others wait in line.
+    async fn consume_shard(
+        &self,
+        connection: &Connection,
+        shard: u16,
+        events: &Arc<dyn BusEvents>,
+        lost: &Arc<Notify>,
+    ) -> Result<ShardSlot, BusError> {
+        let names = &self.inner.names;
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(INGEST_PREFETCH, BasicQosOptions::default())
+            .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                &names.ingest_queue(shard),
+                &format!("persister-{}-{shard}", names.node_id),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (shard, slot) = IngestShard::new(shard, channel, consumer, names.clone(), lost.clone());
+        events.shard_started(shard);
+        Ok(slot)
+    }
+
+    /// Keeps this node from persisting more than its share of the shards. Every
+    /// `balance_every`, it counts the consumers of each ingest queue (every node subscribes to
+    /// every shard, so the largest count is the number of nodes) and the shards this node took
+    /// a batch from since the last look (the ones it is the active consumer of). With more
+    /// than `ceil(shards / nodes)` of them, it hands the highest over: the persister takes
+    /// nothing more, finishes and acknowledges what it took, then the channel is closed, which
+    /// returns what the consumer held but had not taken to the queue in order, and makes the
+    /// next consumer in line (another node's) the active one. The node subscribes again, last
+    /// in line. The new owner reads the rooms' counters from PostgreSQL, where everything the
+    /// old one acknowledged is committed, so sequence numbers continue without a gap.
+    async fn balance_shards(
+        &self,
+        balancer: &Balancer,
+        mut slots: Vec<ShardSlot>,
+    ) -> Result<(), BusError> {
+        let names = &self.inner.names;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(balancer.every) => {}
+                _ = balancer.ended.cancelled() => return Ok(()),
+            }
+            let mut nodes: u32 = 1;
+            for slot in &slots {
+                let queue = balancer
+                    .channel
+                    .queue_declare(
+                        &names.ingest_queue(slot.shard),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                nodes = nodes.max(queue.consumer_count());
+            }
+            let active: Vec<usize> = (slots.iter().enumerate())
+                .filter(|(_, slot)| slot.took.swap(false, Ordering::Relaxed))
+                .map(|(index, _)| index)
+                .collect();
+            let share = usize::from(names.shards).div_ceil(nodes as usize);
+            let Some(&index) = active.last().filter(|_| active.len() > share) else {
+                continue;
+            };
+            let slot = &mut slots[index];
+            let shard = slot.shard;
+            tracing::info!(
+                shard,
+                nodes,
+                active = active.len(),
+                share,
+                "handing an ingest shard over"
+            );
+            slot.release.cancel();
+            tokio::select! {
+                _ = &mut slot.finished => {}
+                _ = balancer.ended.cancelled() => return Ok(()),
+            }
+            slot.channel.close(200, "shard handed over").await?;
+            *slot = (self.consume_shard(
+                &balancer.connection,
+                shard,
+                &balancer.events,
+                &balancer.lost,
+            ))
+            .await?;
+            balancer.events.shard_handed_over(shard);
+        }
     }
 
     /// Submits a send for publishing to its room's ingest shard. Sends submitted by one task

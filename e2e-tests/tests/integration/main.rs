@@ -21,6 +21,7 @@ mod read_markers;
 mod resume;
 mod rooms;
 mod rooms_cache;
+mod shard_balance;
 mod store_reads;
 mod two_nodes;
 mod typing;
