@@ -85,6 +85,13 @@ struct Inner {
     ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
 }
 
+/// Which of the shards this node is the active persister of (`active`, ascending) it should
+/// hand over: the last one, when it has more than its share, `ceil(shards / nodes)`.
+fn shard_to_hand_over(active: &[usize], shards: u16, nodes: u32) -> Option<usize> {
+    let share = usize::from(shards).div_ceil(nodes.max(1) as usize);
+    active.last().copied().filter(|_| active.len() > share)
+}
+
 /// What a connection's shard balancer works with.
 struct Balancer {
     connection: Arc<Connection>,
@@ -442,10 +449,10 @@ impl Bus {
                 .filter(|(_, slot)| slot.took.swap(false, Ordering::Relaxed))
                 .map(|(index, _)| index)
                 .collect();
-            let share = usize::from(names.shards).div_ceil(nodes as usize);
-            let Some(&index) = active.last().filter(|_| active.len() > share) else {
+            let Some(index) = shard_to_hand_over(&active, names.shards, nodes) else {
                 continue;
             };
+            let share = usize::from(names.shards).div_ceil(nodes.max(1) as usize);
             let slot = &mut slots[index];
             let shard = slot.shard;
             tracing::info!(
@@ -634,4 +641,28 @@ fn transient_json() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(1)
         .with_content_type("application/json".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_to_hand_over;
+
+    #[test]
+    fn a_node_keeps_its_share_and_hands_over_the_highest_shard_beyond_it() {
+        // Alone, a node keeps everything.
+        assert_eq!(shard_to_hand_over(&[0, 1, 2, 3], 4, 1), None);
+        // Two nodes, four shards: two each.
+        assert_eq!(shard_to_hand_over(&[0, 1, 2, 3], 4, 2), Some(3));
+        assert_eq!(shard_to_hand_over(&[0, 1, 2], 4, 2), Some(2));
+        assert_eq!(shard_to_hand_over(&[0, 1], 4, 2), None);
+        // Shares round up: two shards over three nodes is one each, and one node idle.
+        assert_eq!(shard_to_hand_over(&[0, 1], 2, 3), Some(1));
+        assert_eq!(shard_to_hand_over(&[1], 2, 3), None);
+        // Five shards over two nodes: three and two.
+        assert_eq!(shard_to_hand_over(&[0, 2, 4], 5, 2), None);
+        assert_eq!(shard_to_hand_over(&[0, 1, 2, 4], 5, 2), Some(4));
+        // Nothing taken, or no consumers counted: nothing to do.
+        assert_eq!(shard_to_hand_over(&[], 4, 2), None);
+        assert_eq!(shard_to_hand_over(&[0, 1], 2, 0), None);
+    }
 }
