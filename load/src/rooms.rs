@@ -391,13 +391,12 @@ impl UserLoop {
                     self.samples.accept(now_micros().saturating_sub(sent_at));
                 }
             }
-            "error" => {
+            "error"
                 if frame
                     .client_msg_id
-                    .is_some_and(|id| self.take_pending(&id).is_some())
-                {
-                    counters.refused.fetch_add(1, Relaxed);
-                }
+                    .is_some_and(|id| self.take_pending(&id).is_some()) =>
+            {
+                counters.refused.fetch_add(1, Relaxed);
             }
             "stored" => {
                 counters.stored.fetch_add(1, Relaxed);
