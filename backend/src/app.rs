@@ -164,6 +164,10 @@ impl BusEvents for App {
         let _ = self.presence_tx.send(PresenceEvent::Connected);
     }
 
+    fn peer_nodes(&self) -> usize {
+        self.presence.peer_nodes()
+    }
+
     fn shard_handed_over(&self, shard: u16) {
         tracing::info!(shard, "ingest shard handed over to another node");
         self.metrics.shard_handovers.inc();

@@ -48,6 +48,9 @@ struct State {
     reported: HashMap<String, HashSet<UserId>>,
     /// The state last announced to local connections, for users not offline.
     announced: HashMap<UserId, PresenceStatus>,
+    /// Other nodes heard from (every node sends a snapshot each heartbeat, users or not), with
+    /// when that expires.
+    peers: HashMap<String, Instant>,
 }
 
 impl State {
@@ -151,6 +154,22 @@ impl Presence {
             .unwrap_or_default()
     }
 
+    /// Other nodes alive by their presence snapshots (each sends one every heartbeat, and one
+    /// at once when another node connects); they count until their last one expires.
+    pub fn peer_nodes(&self) -> usize {
+        let now = Instant::now();
+        self.state
+            .lock()
+            .map(|state| {
+                state
+                    .peers
+                    .values()
+                    .filter(|expires| **expires > now)
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Records another node's report on one user.
     fn apply_report(&self, node: &str, user: UserId, status: PresenceStatus) {
         if let Ok(mut state) = self.state.lock() {
@@ -165,6 +184,7 @@ impl Presence {
             return Vec::new();
         };
         let expires = Instant::now() + self.ttl;
+        state.peers.insert(node.to_owned(), expires);
         let listed: HashSet<UserId> = users.iter().map(|(user, _)| *user).collect();
         let gone: Vec<UserId> = state
             .reported
@@ -185,6 +205,7 @@ impl Presence {
         let Ok(mut state) = self.state.lock() else {
             return Vec::new();
         };
+        state.peers.retain(|_, expires| *expires > now);
         let mut expired = Vec::new();
         for (user, nodes) in state.remote.iter_mut() {
             let before = nodes.len();
@@ -374,6 +395,19 @@ mod tests {
         assert_eq!(presence.status(ada), Away);
         assert_eq!(presence.set_local(ada, 2, Offline), Some(Offline));
         assert_eq!(presence.status(ada), Offline);
+    }
+
+    #[test]
+    fn nodes_count_as_peers_while_their_snapshots_hold() {
+        let presence = Presence::new(Duration::from_millis(50));
+        assert_eq!(presence.peer_nodes(), 0);
+        // A node without users still sends its snapshot every heartbeat.
+        presence.apply_snapshot("b", &[]);
+        presence.apply_snapshot("c", &[(UserId(1), Online)]);
+        presence.apply_snapshot("b", &[]);
+        assert_eq!(presence.peer_nodes(), 2);
+        presence.expire(Instant::now() + Duration::from_millis(60));
+        assert_eq!(presence.peer_nodes(), 0);
     }
 
     #[test]

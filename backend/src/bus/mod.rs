@@ -62,6 +62,8 @@ pub trait BusEvents: Send + Sync + 'static {
     fn connected(&self);
     /// This node handed an ingest shard to another node's consumer (see [`Bus::new`]).
     fn shard_handed_over(&self, shard: u16);
+    /// Other nodes of the deployment known to be alive (by their presence heartbeats).
+    fn peer_nodes(&self) -> usize;
 }
 
 /// A handle to the node's RabbitMQ connection. Cheap to clone.
@@ -411,7 +413,9 @@ impl Bus {
 
     /// Keeps this node from persisting more than its share of the shards. Every
     /// `balance_every`, it counts the consumers of each ingest queue (every node subscribes to
-    /// every shard, so the largest count is the number of nodes) and the shards this node took
+    /// every shard, so the largest count of a classic queue is the number of nodes; quorum
+    /// queues count only the active one, so the nodes' presence heartbeats are counted too) and
+    /// the shards this node took
     /// a batch from since the last look (the ones it is the active consumer of). With more
     /// than `ceil(shards / nodes)` of them, it hands the highest over: the persister takes
     /// nothing more, finishes and acknowledges what it took, then the channel is closed, which
@@ -430,7 +434,11 @@ impl Bus {
                 _ = tokio::time::sleep(balancer.every) => {}
                 _ = balancer.ended.cancelled() => return Ok(()),
             }
-            let mut nodes: u32 = 1;
+            // Quorum queues count only the active consumer, so the nodes' own heartbeats count
+            // too.
+            let mut nodes = u32::try_from(balancer.events.peer_nodes())
+                .unwrap_or(u32::MAX)
+                .saturating_add(1);
             for slot in &slots {
                 let queue = balancer
                     .channel

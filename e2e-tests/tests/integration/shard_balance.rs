@@ -2,6 +2,7 @@
 //! hands shards over, one at a time, once another node is there, until each holds its share. A
 //! room moved to another persister keeps one order, with nothing lost or stored twice.
 
+use chat_backend::config::QueueType;
 use chat_protocol::RoomId;
 use e2e_tests::checks::{assert_gapless, by_room, stored_messages, Observed};
 use e2e_tests::services::TEST_SHARDS;
@@ -50,10 +51,22 @@ async fn round(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_node_takes_its_share_of_the_shards_and_rooms_stay_in_order() -> anyhow::Result<()>
 {
+    shards_move_and_rooms_stay_in_order(QueueType::Classic).await
+}
+
+/// Quorum queues report only their active consumer, so the nodes are counted by their presence
+/// heartbeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shards_spread_over_the_nodes_with_quorum_queues_too() -> anyhow::Result<()> {
+    shards_move_and_rooms_stay_in_order(QueueType::Quorum).await
+}
+
+async fn shards_move_and_rooms_stay_in_order(queue_type: QueueType) -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let quick = |id: &str| {
         let mut config = env.config(id);
         config.shard_balance_ms = 100;
+        config.queue_type = queue_type;
         config
     };
     let node_a = TestNode::start(quick("a")).await?;
