@@ -470,12 +470,21 @@ impl Bus {
                 share,
                 "handing an ingest shard over"
             );
+            let released = std::time::Instant::now();
             slot.release.cancel();
             tokio::select! {
                 _ = &mut slot.finished => {}
                 _ = balancer.ended.cancelled() => return Ok(()),
             }
+            let drained = released.elapsed();
             slot.channel.close(200, "shard handed over").await?;
+            // From here the next consumer has the shard; until here its sends waited.
+            tracing::info!(
+                shard,
+                drain_ms = drained.as_millis() as u64,
+                pause_ms = released.elapsed().as_millis() as u64,
+                "ingest shard released"
+            );
             *slot = (self.consume_shard(
                 &balancer.connection,
                 shard,
