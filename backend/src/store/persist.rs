@@ -12,8 +12,10 @@ use super::{Store, StoreError};
 use chat_protocol::bus::IngestMessage;
 use chat_protocol::{ChatMessage, RoomId, Seq};
 use chrono::{DateTime, TimeZone, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Untyped};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -127,34 +129,85 @@ fn persist_common(
         outcomes.push(MessageOutcome::Stored(stored_message(message, *last)));
     }
     let (rooms, last_seqs): (Vec<i64>, Vec<i64>) = room_counters(batch, counters);
-    let inserted = diesel::sql_query(
-        "WITH inserted AS ( \
-           INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-                                $5::text[], $6::timestamptz[]) \
-           ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING 1), \
-         moved AS ( \
-           UPDATE rooms SET last_seq = d.last_seq \
-           FROM unnest($7::bigint[], $8::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id) \
-         SELECT CASE WHEN count(*) = $9 THEN count(*) \
-           ELSE ('not a common batch: ' || count(*) || ' of ' || $9 || ' rows new')::bigint \
-         END AS n FROM inserted",
-    )
-    .bind::<Array<BigInt>, _>(columns.room_ids)
-    .bind::<Array<BigInt>, _>(columns.seqs)
-    .bind::<Array<BigInt>, _>(columns.sender_ids)
-    .bind::<Array<Text>, _>(columns.client_msg_ids)
-    .bind::<Array<Text>, _>(columns.bodies)
-    .bind::<Array<Timestamptz>, _>(columns.sent_at)
-    .bind::<Array<BigInt>, _>(rooms)
-    .bind::<Array<BigInt>, _>(last_seqs)
-    .bind::<BigInt, _>(batch.len() as i64)
+    let inserted = CommonBatch {
+        columns: &columns,
+        rooms: &rooms,
+        last_seqs: &last_seqs,
+        count: batch.len() as i64,
+    }
     .get_result::<CountRow>(conn)?;
     if inserted.n != batch.len() as i64 {
         return Err(FastPath::NotCommon);
     }
     Ok(outcomes)
 }
+
+/// The common batch's statement. Written out rather than through `diesel::sql_query`, which
+/// marks every statement unsafe to cache, so that each connection prepares it once: planning
+/// it (a CTE over `unnest`, an upsert and an update) took about as long as running it, 0.13–0.22
+/// ms against 0.33–0.40 ms for 8 rows (`EXPLAIN ANALYZE`, warm backend), and a persister runs
+/// hundreds a second. Binds: the six columns, the rooms and their new counters, and the row
+/// count twice. Fewer rows than sent fails the statement on purpose (a cast whose message says
+/// why, in PostgreSQL's log), which undoes it as a whole (it runs outside an explicit
+/// transaction, so this is its rollback).
+struct CommonBatch<'a> {
+    columns: &'a InsertColumns,
+    rooms: &'a Vec<i64>,
+    last_seqs: &'a Vec<i64>,
+    count: i64,
+}
+
+impl QueryFragment<Pg> for CommonBatch<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let columns = self.columns;
+        out.push_sql(
+            "WITH inserted AS ( \
+               INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+               SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<BigInt>, _>(&columns.room_ids)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&columns.seqs)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&columns.sender_ids)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Text>, _>(&columns.client_msg_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&columns.bodies)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&columns.sent_at)?;
+        out.push_sql(
+            "::timestamptz[]) \
+               ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING 1), \
+             moved AS ( \
+               UPDATE rooms SET last_seq = d.last_seq FROM unnest(",
+        );
+        out.push_bind_param::<Array<BigInt>, _>(self.rooms)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<BigInt>, _>(self.last_seqs)?;
+        out.push_sql(
+            "::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id) \
+             SELECT CASE WHEN count(*) = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.count)?;
+        out.push_sql(" THEN count(*) ELSE ('not a common batch: ' || count(*) || ' of ' || ");
+        out.push_bind_param::<BigInt, _>(&self.count)?;
+        out.push_sql(" || ' rows new')::bigint END AS n FROM inserted");
+        Ok(())
+    }
+}
+
+// No static id: diesel keys its statement cache by the SQL text, which is the same every time.
+impl QueryId for CommonBatch<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for CommonBatch<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for CommonBatch<'_> {}
 
 /// Each room of the batch with its counter after the batch.
 fn room_counters(batch: &[IngestMessage], counters: &HashMap<i64, i64>) -> (Vec<i64>, Vec<i64>) {
