@@ -87,11 +87,18 @@ struct Inner {
     ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
 }
 
+/// How many shards one node of `nodes` should persist at most: `ceil(shards / nodes)`.
+fn shard_share(shards: u16, nodes: u32) -> usize {
+    usize::from(shards).div_ceil(nodes.max(1) as usize)
+}
+
 /// Which of the shards this node is the active persister of (`active`, ascending) it should
-/// hand over: the last one, when it has more than its share, `ceil(shards / nodes)`.
+/// hand over: the last one, when it has more than its share.
 fn shard_to_hand_over(active: &[usize], shards: u16, nodes: u32) -> Option<usize> {
-    let share = usize::from(shards).div_ceil(nodes.max(1) as usize);
-    active.last().copied().filter(|_| active.len() > share)
+    active
+        .last()
+        .copied()
+        .filter(|_| active.len() > shard_share(shards, nodes))
 }
 
 /// What a connection's shard balancer works with.
@@ -460,14 +467,13 @@ impl Bus {
             let Some(index) = shard_to_hand_over(&active, names.shards, nodes) else {
                 continue;
             };
-            let share = usize::from(names.shards).div_ceil(nodes.max(1) as usize);
             let slot = &mut slots[index];
             let shard = slot.shard;
             tracing::info!(
                 shard,
                 nodes,
                 active = active.len(),
-                share,
+                share = shard_share(names.shards, nodes),
                 "handing an ingest shard over"
             );
             let released = std::time::Instant::now();
@@ -485,13 +491,14 @@ impl Bus {
                 pause_ms = released.elapsed().as_millis() as u64,
                 "ingest shard released"
             );
-            *slot = (self.consume_shard(
-                &balancer.connection,
-                shard,
-                &balancer.events,
-                &balancer.lost,
-            ))
-            .await?;
+            *slot = self
+                .consume_shard(
+                    &balancer.connection,
+                    shard,
+                    &balancer.events,
+                    &balancer.lost,
+                )
+                .await?;
             balancer.events.shard_handed_over(shard);
         }
     }

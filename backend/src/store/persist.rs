@@ -147,9 +147,7 @@ fn persist_common(
 /// it (a CTE over `unnest`, an upsert and an update) took about as long as running it, 0.13–0.22
 /// ms against 0.33–0.40 ms for 8 rows (`EXPLAIN ANALYZE`, warm backend), and a persister runs
 /// hundreds a second. Binds: the six columns, the rooms and their new counters, and the row
-/// count twice. Fewer rows than sent fails the statement on purpose (a cast whose message says
-/// why, in PostgreSQL's log), which undoes it as a whole (it runs outside an explicit
-/// transaction, so this is its rollback).
+/// count twice (for the deliberate failure [`persist_common`] describes).
 struct CommonBatch<'a> {
     columns: &'a InsertColumns,
     rooms: &'a Vec<i64>,
