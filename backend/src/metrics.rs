@@ -109,7 +109,7 @@ impl Metrics {
             ),
             persist_seconds: histogram(
                 "persist_seconds",
-                "Time to store one batch in PostgreSQL.",
+                "Time to store one persister transaction (a batch, or one lane of a large batch).",
                 latency_buckets.clone(),
             ),
             accept_seconds: histogram(

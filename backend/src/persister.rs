@@ -28,6 +28,13 @@ const MAX_ROOMS_PER_DELIVERY: usize = 200;
 /// finishes the previous one.
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// Batches of at least this many messages are stored in lanes of disjoint rooms at the same
+/// time; smaller ones in one transaction.
+const PARALLEL_STORE_FROM: usize = 64;
+
+/// How many transactions one batch may be stored in at the same time.
+const STORE_LANES: usize = 2;
+
 /// Runs one shard's persister until its consumer ends or the node stops.
 ///
 /// Three stages: this loop takes a batch and stores it; the publish stage marks its rooms'
@@ -224,7 +231,7 @@ async fn store_batch(
     }
 
     let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
-    let Some(outcomes) = store_with_retry(store, metrics, counters, messages, stop).await else {
+    let Some(outcomes) = store_in_lanes(store, metrics, counters, messages, stop).await else {
         return Ok(None);
     };
 
@@ -333,6 +340,66 @@ fn push_room(
         .push(StoredMessage { message, origin });
 }
 
+/// Stores a batch, a large one in [`STORE_LANES`] parts of disjoint rooms at the same time
+/// (each part keeps its rooms' messages in batch order, and no room is in two parts, so every
+/// room's sequence numbers are assigned as in one transaction). The outcomes are in batch
+/// order; `None` if the node stops while PostgreSQL is unreachable, in which case nothing of
+/// the batch is acknowledged, whatever parts were stored.
+async fn store_in_lanes(
+    store: &Store,
+    metrics: &Metrics,
+    counters: &SeqCounters,
+    messages: Vec<IngestMessage>,
+    stop: &CancellationToken,
+) -> Option<Vec<MessageOutcome>> {
+    let lanes = lanes_of(&messages);
+    if lanes.len() < 2 {
+        return store_with_retry(store, metrics, counters, messages, stop).await;
+    }
+    let parts = lanes.iter().map(|lane| {
+        let part = lane.iter().map(|&index| messages[index].clone()).collect();
+        store_with_retry(store, metrics, counters, part, stop)
+    });
+    let stored = futures::future::join_all(parts).await;
+    let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; messages.len()];
+    for (lane, part) in lanes.iter().zip(stored) {
+        for (&index, outcome) in lane.iter().zip(part?) {
+            outcomes[index] = Some(outcome);
+        }
+    }
+    outcomes.into_iter().collect()
+}
+
+/// Splits a batch of at least [`PARALLEL_STORE_FROM`] messages into up to [`STORE_LANES`]
+/// lanes of whole rooms, each a list of indices in batch order, the busiest rooms spread
+/// first so the lanes carry about the same number of messages. Smaller batches, and batches of
+/// one room, stay one lane: at low rates one transaction at a time is faster than two.
+fn lanes_of(messages: &[IngestMessage]) -> Vec<Vec<usize>> {
+    if messages.len() < PARALLEL_STORE_FROM {
+        return vec![(0..messages.len()).collect()];
+    }
+    let mut per_room: BTreeMap<RoomId, usize> = BTreeMap::new();
+    for message in messages {
+        *per_room.entry(message.room_id).or_default() += 1;
+    }
+    let mut rooms: Vec<(RoomId, usize)> = per_room.into_iter().collect();
+    rooms.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut load = [0usize; STORE_LANES];
+    let mut lane_of: BTreeMap<RoomId, usize> = BTreeMap::new();
+    for (room, count) in rooms {
+        let lightest = (0..STORE_LANES).min_by_key(|&lane| load[lane]).unwrap_or(0);
+        load[lightest] += count;
+        lane_of.insert(room, lightest);
+    }
+    let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); STORE_LANES];
+    for (index, message) in messages.iter().enumerate() {
+        let lane = lane_of.get(&message.room_id).copied().unwrap_or(0);
+        lanes[lane].push(index);
+    }
+    lanes.retain(|lane| !lane.is_empty());
+    lanes
+}
+
 /// Stores the batch. While PostgreSQL is unreachable it retries with backoff (`None` if the node
 /// stops first). When the batch fails for what it contains, it is split in halves, stored in
 /// order, until the one message that can never be stored is found and rejected.
@@ -394,4 +461,75 @@ fn store_with_retry<'a>(
             delay = (delay * 2).min(Duration::from_secs(2));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chat_protocol::ClientMsgId;
+    use chat_protocol::UserId;
+
+    fn sends(rooms: &[i64]) -> Vec<IngestMessage> {
+        rooms
+            .iter()
+            .enumerate()
+            .map(|(index, room)| IngestMessage {
+                room_id: RoomId(*room),
+                sender_id: UserId(1),
+                sender_name: "ada".into(),
+                client_msg_id: ClientMsgId(format!("m{index}")),
+                body: String::new(),
+                sent_at_ms: 0,
+                origin: Origin {
+                    node_id: "n".into(),
+                    conn_id: 1,
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_batch_is_one_lane() {
+        let batch = sends(&[1, 2, 3, 1, 2, 3]);
+        assert_eq!(lanes_of(&batch), vec![(0..6).collect::<Vec<_>>()]);
+    }
+
+    #[test]
+    fn a_large_batch_splits_into_lanes_of_whole_rooms_in_batch_order() {
+        // Room 7 has half the messages, rooms 1 to 4 share the other half.
+        let rooms: Vec<i64> = (0..PARALLEL_STORE_FROM * 2)
+            .map(|i| {
+                if i % 2 == 0 {
+                    7
+                } else {
+                    1 + (i as i64 / 2) % 4
+                }
+            })
+            .collect();
+        let batch = sends(&rooms);
+        let lanes = lanes_of(&batch);
+        assert_eq!(lanes.len(), STORE_LANES);
+        let mut all: Vec<usize> = lanes.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..batch.len()).collect::<Vec<_>>());
+        for lane in &lanes {
+            assert!(lane.windows(2).all(|pair| pair[0] < pair[1]), "{lane:?}");
+            assert_eq!(lane.len(), PARALLEL_STORE_FROM);
+        }
+        let room_lanes = |room: i64| {
+            lanes
+                .iter()
+                .filter(|lane| lane.iter().any(|&index| batch[index].room_id.0 == room))
+                .count()
+        };
+        for room in [1, 2, 3, 4, 7] {
+            assert_eq!(room_lanes(room), 1, "room {room} in more than one lane");
+        }
+    }
+
+    #[test]
+    fn a_large_batch_of_one_room_stays_one_lane() {
+        let batch = sends(&vec![5; PARALLEL_STORE_FROM * 2]);
+        assert_eq!(lanes_of(&batch).len(), 1);
+    }
 }

@@ -34,13 +34,37 @@ pub enum MessageOutcome {
 /// Valid only while the persister owns the shard: a new consumer starts with empty counters.
 /// A wrong counter cannot store anything wrong: the primary key on (room, seq) refuses the
 /// insert, and the batch goes the checked way, which reads the rooms' counters from the table.
+///
+/// A batch checks its rooms' counters out for as long as it is being stored and returns them
+/// moved when it is committed, so batches of disjoint rooms can be stored at the same time.
 #[derive(Clone, Default)]
 pub struct SeqCounters(Arc<Mutex<HashMap<i64, i64>>>);
+
+impl SeqCounters {
+    /// Takes the counters of these rooms out; rooms without one are absent from the result.
+    fn check_out(&self, rooms: &[i64]) -> HashMap<i64, i64> {
+        let Ok(mut counters) = self.0.lock() else {
+            return HashMap::new();
+        };
+        rooms
+            .iter()
+            .filter_map(|room| counters.remove(room).map(|seq| (*room, seq)))
+            .collect()
+    }
+
+    /// Returns counters taken out with [`SeqCounters::check_out`], moved by a committed batch.
+    fn check_in(&self, moved: HashMap<i64, i64>) {
+        if let Ok(mut counters) = self.0.lock() {
+            counters.extend(moved);
+        }
+    }
+}
 
 impl Store {
     /// Stores a batch: drops resends, assigns each room's next sequence numbers in batch order
     /// and inserts the rest, in one transaction. The caller owns the rooms' shard, so no other
-    /// writer advances these rooms' counters meanwhile. The outcomes are in batch order.
+    /// writer advances these rooms' counters meanwhile; batches stored at the same time must
+    /// not share a room. The outcomes are in batch order.
     pub async fn persist_batch(
         &self,
         batch: Vec<IngestMessage>,
@@ -48,19 +72,22 @@ impl Store {
     ) -> Result<Vec<MessageOutcome>, StoreError> {
         self.run(move |conn| {
             let conn: &mut PgConnection = conn;
-            let Ok(mut known) = counters.0.lock() else {
-                return conn.transaction(|conn| persist_checked(conn, &batch));
-            };
+            let mut rooms: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            let mut known = counters.check_out(&rooms);
             // On any failure the counters may have moved for rows that were rolled back: they
-            // are dropped and read again.
+            // stay out, and the rooms' next batch reads them again.
             match persist_common(conn, &batch, &mut known) {
-                Ok(outcomes) => return Ok(outcomes),
+                Ok(outcomes) => {
+                    counters.check_in(known);
+                    return Ok(outcomes);
+                }
                 Err(FastPath::NotCommon) => {}
                 Err(FastPath::Refused(error)) => {
                     tracing::debug!(%error, "batch refused as a common one; checking it");
                 }
             }
-            known.clear();
             conn.transaction(|conn| persist_checked(conn, &batch))
         })
         .await

@@ -13,6 +13,7 @@ mod persist_counters;
 mod pipeline_dead_letter;
 mod pipeline_dedup;
 mod pipeline_failures;
+mod pipeline_lanes;
 mod pipeline_order;
 mod presence;
 mod profiles_cache;
