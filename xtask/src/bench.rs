@@ -231,6 +231,10 @@ fn start_node(
         .env("CHAT_CACHE_PREFIX", prefix)
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
+        // One ingest shard: with every process on two shared cores, two persisters working at
+        // once made each message slower than one (BENCHMARKS.md, section 6); one shard's
+        // persister stores large batches in two lanes of rooms at once.
+        .env("CHAT_INGEST_SHARDS", "1")
         // The load comes from four addresses and shares a few accounts: lift the per-user and
         // per-address limits, which would otherwise be what is measured.
         .env("CHAT_SEND_RATE_PER_USER", "1000000")
