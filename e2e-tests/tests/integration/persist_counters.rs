@@ -86,18 +86,30 @@ async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Re
     assert_eq!(seqs(&stored), vec![(5, false), (2, true)]);
     // And the common way works again from the counters read back.
     let stored = store
-        .persist_batch(vec![send(room, ada, "f")], first)
+        .persist_batch(vec![send(room, ada, "f")], first.clone())
         .await?;
     assert_eq!(seqs(&stored), vec![(6, false)]);
+    // A sender that does not exist, in a batch the counters would store the common way: the
+    // statement counts the senders and fails as a whole, and the checked way rejects the one.
+    let stored = store
+        .persist_batch(
+            vec![
+                send(room, UserId(987_654_321), "ghost"),
+                send(room, ada, "g"),
+            ],
+            first,
+        )
+        .await?;
+    assert_eq!(seqs(&stored), vec![(-1, false), (7, false)]);
 
     assert_eq!(
         stored_messages(&env.db, room).await?,
-        ["a", "b", "c", "d", "e", "f"]
+        ["a", "b", "c", "d", "e", "f", "g"]
             .iter()
             .enumerate()
             .map(|(index, id)| (index as i64 + 1, id.to_string()))
             .collect::<Vec<_>>()
     );
-    assert_eq!(store.last_seq(room).await?.0, 6);
+    assert_eq!(store.last_seq(room).await?.0, 7);
     Ok(())
 }
