@@ -91,7 +91,7 @@ fn standard_set(quick: bool) -> Vec<Run> {
         run(SPREAD_LABEL, "idle --connections 16667 --hold 30"),
     ));
     for rate in [
-        1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 15_000,
+        1_000, 2_000, 3_000, 4_000, 5_000, 6_000, 8_000, 10_000, 12_000, 15_000,
     ] {
         runs.push(run(
             &format!("rooms-{rate}"),
