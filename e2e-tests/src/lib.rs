@@ -173,6 +173,27 @@ where
     }
 }
 
+/// A send as a node would put it into an ingest batch, for tests that publish to the ingest
+/// exchange or call the persister's store directly; its body is `body of <id>`.
+pub fn ingest_message(
+    room_id: chat_protocol::RoomId,
+    sender_id: chat_protocol::UserId,
+    id: &str,
+) -> chat_protocol::bus::IngestMessage {
+    chat_protocol::bus::IngestMessage {
+        room_id,
+        sender_id,
+        sender_name: "ada".into(),
+        client_msg_id: chat_protocol::ClientMsgId(id.into()),
+        body: format!("body of {id}"),
+        sent_at_ms: 1_795_817_270_814,
+        origin: chat_protocol::bus::Origin {
+            node_id: "test".into(),
+            conn_id: 1,
+        },
+    }
+}
+
 mod shutdown {
     use tokio::sync::watch;
 

@@ -4,25 +4,10 @@
 
 use chat_backend::store::{MessageOutcome, NewUser, SeqCounters, Store};
 use chat_protocol::api::RoomKind;
-use chat_protocol::bus::{IngestMessage, Origin};
-use chat_protocol::{ClientMsgId, RoomId, UserId};
+use chat_protocol::UserId;
 use e2e_tests::checks::stored_messages;
+use e2e_tests::ingest_message as send;
 use e2e_tests::TestEnv;
-
-fn send(room_id: RoomId, sender_id: UserId, id: &str) -> IngestMessage {
-    IngestMessage {
-        room_id,
-        sender_id,
-        sender_name: "ada".into(),
-        client_msg_id: ClientMsgId(id.into()),
-        body: format!("body of {id}"),
-        sent_at_ms: 1_795_817_270_814,
-        origin: Origin {
-            node_id: "test".into(),
-            conn_id: 1,
-        },
-    }
-}
 
 fn seqs(outcomes: &[MessageOutcome]) -> Vec<(i64, bool)> {
     outcomes

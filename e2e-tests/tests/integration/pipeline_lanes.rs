@@ -2,9 +2,10 @@
 //! gets one order: its messages numbered 1, 2, 3… in the order they were sent, a resend stored
 //! once, a message for a room that does not exist dead-lettered, and members see it all in order.
 
-use chat_protocol::bus::{IngestBatch, IngestMessage, Origin};
-use chat_protocol::{ClientMsgId, RoomId, UserId};
+use chat_protocol::bus::IngestBatch;
+use chat_protocol::RoomId;
 use e2e_tests::checks::{assert_gapless, by_room, stored_messages, Observed};
+use e2e_tests::ingest_message as send;
 use e2e_tests::services::{amqp_url, TEST_SHARDS};
 use e2e_tests::{eventually, TestEnv};
 use lapin::options::BasicPublishOptions;
@@ -13,21 +14,6 @@ use std::collections::BTreeMap;
 
 /// Messages per room: three rooms make a batch well above the size stored in lanes.
 const PER_ROOM: usize = 40;
-
-fn send(room_id: RoomId, sender_id: UserId, id: &str) -> IngestMessage {
-    IngestMessage {
-        room_id,
-        sender_id,
-        sender_name: "ada".into(),
-        client_msg_id: ClientMsgId(id.into()),
-        body: format!("body of {id}"),
-        sent_at_ms: 0,
-        origin: Origin {
-            node_id: "elsewhere".into(),
-            conn_id: 0,
-        },
-    }
-}
 
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
