@@ -1,13 +1,16 @@
 //! A large batch is stored in lanes of disjoint rooms at the same time, and every room still
 //! gets one order: its messages numbered 1, 2, 3… in the order they were sent, a resend stored
-//! once, a message for a room that does not exist dead-lettered, and members see it all in order.
+//! once, a message for a room that does not exist dead-lettered, and members see it all in order,
+//! also when both lanes wait out a PostgreSQL outage.
 
+use chat_backend::config::Secret;
 use chat_protocol::bus::IngestBatch;
 use chat_protocol::RoomId;
 use e2e_tests::checks::{assert_gapless, by_room, stored_messages, Observed};
 use e2e_tests::ingest_message as send;
+use e2e_tests::proxy::TcpProxy;
 use e2e_tests::services::{amqp_url, TEST_SHARDS};
-use e2e_tests::{eventually, TestEnv};
+use e2e_tests::{eventually, TestEnv, TestNode, WsClient};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
@@ -20,14 +23,20 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
-    let node = env.start_node("lanes").await?;
-    let mut ada = node.user("ada").await?;
-    let ada_id = ada.user_id()?;
+async fn metrics(node: &TestNode) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("{}/metrics", node.http_url()))
+        .await?
+        .text()
+        .await?)
+}
 
-    // Rooms of one ingest shard, so that one AMQP message can carry all of them.
+/// Three rooms of one ingest shard that ada is in, and one ingest payload for them: sends
+/// interleaved as many senders would make them, with a resend in the middle and a message for
+/// a room that does not exist. Returns the shard, the rooms' expected ids in order, the payload.
+async fn one_shard_batch(
+    ada: &mut WsClient,
+) -> anyhow::Result<(i64, BTreeMap<RoomId, Vec<String>>, Vec<u8>)> {
+    let ada_id = ada.user_id()?;
     let mut by_shard: BTreeMap<i64, Vec<RoomId>> = BTreeMap::new();
     for index in 0..(3 * TEST_SHARDS as usize) {
         let (room, _) = ada.join(&format!("lanes-{index}")).await?;
@@ -43,8 +52,6 @@ async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> an
     anyhow::ensure!(rooms.len() >= 3, "rooms per shard: {rooms:?}");
     let rooms = &rooms[..3];
 
-    // Interleaved as many senders would be, with a resend in the middle and a message for a
-    // room that does not exist.
     let mut messages = Vec::new();
     let mut expected: BTreeMap<RoomId, Vec<String>> = BTreeMap::new();
     for n in 0..PER_ROOM {
@@ -58,7 +65,15 @@ async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> an
             messages.push(send(RoomId(987_654_321), ada_id, "nowhere"));
         }
     }
-    let payload = serde_json::to_vec(&IngestBatch { messages })?;
+    Ok((
+        shard,
+        expected,
+        serde_json::to_vec(&IngestBatch { messages })?,
+    ))
+}
+
+/// Publishes the payload into the shard's ingest queue as one AMQP message.
+async fn publish(env: &TestEnv, shard: i64, payload: &[u8]) -> anyhow::Result<()> {
     let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel
@@ -66,52 +81,54 @@ async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> an
             &format!("{}.ingest", env.bus.prefix),
             &format!("shard.{shard}"),
             BasicPublishOptions::default(),
-            &payload,
+            payload,
             BasicProperties::default().with_delivery_mode(2),
         )
         .await?
         .await?;
+    let _ = connection.close(200, "done").await;
+    Ok(())
+}
 
-    for room in rooms {
+/// Every room is stored 1, 2, 3… in sending order, ada sees each the same way, and the node
+/// stored the batch as two transactions, dead-lettered the message for no room.
+async fn assert_stored_in_lanes(
+    env: &TestEnv,
+    node: &TestNode,
+    ada: &mut WsClient,
+    expected: &BTreeMap<RoomId, Vec<String>>,
+) -> anyhow::Result<()> {
+    for (room, ids) in expected {
         let stored = eventually("the room's messages stored", || async {
             let stored = stored_messages(&env.db, *room).await.ok()?;
             (stored.len() >= PER_ROOM).then_some(stored)
         })
         .await?;
         assert_gapless(&format!("room {room}"), &stored);
-        let ids: Vec<String> = stored.into_iter().map(|(_, id)| id).collect();
-        assert_eq!(
-            Some(&ids),
-            expected.get(room),
-            "room {room}: stored in sending order"
-        );
+        let stored: Vec<String> = stored.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(&stored, ids, "room {room}: stored in sending order");
     }
 
-    // The member sees every room in the same order as it is stored.
     let mut observed = Observed::default();
     ada.observe_until(&mut observed, |seen| {
-        rooms
-            .iter()
+        expected
+            .keys()
             .all(|room| seen.room_ids(*room).len() >= PER_ROOM)
     })
     .await?;
     let seen = by_room(&observed);
-    for room in rooms {
+    for (room, ids) in expected {
         let seen = seen.get(room).cloned().unwrap_or_default();
         assert_gapless(&format!("room {room} as seen"), &seen);
-        let ids: Vec<String> = seen.into_iter().map(|(_, id)| id).collect();
-        assert_eq!(Some(&ids), expected.get(room), "room {room} as seen");
+        let seen: Vec<String> = seen.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(&seen, ids, "room {room} as seen");
     }
 
-    // One batch, stored in two parts; the message for no room went to the dead letters.
-    let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics(node).await?;
     assert_eq!(
         metric(&metrics, "chat_persist_batch_size_count"),
         Some(2.0),
-        "{metrics}"
+        "one batch, two transactions: {metrics}"
     );
     assert_eq!(
         metric(&metrics, "chat_messages_dead_lettered_total"),
@@ -121,7 +138,48 @@ async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> an
         metric(&metrics, "chat_messages_persisted_total"),
         Some((3 * PER_ROOM) as f64)
     );
-    let _ = connection.close(200, "done").await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_is_stored_in_lanes_and_every_room_keeps_its_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start_node("lanes").await?;
+    let mut ada = node.user("ada").await?;
+    let (shard, expected, payload) = one_shard_batch(&mut ada).await?;
+    publish(&env, shard, &payload).await?;
+    assert_stored_in_lanes(&env, &node, &mut ada, &expected).await?;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn both_lanes_wait_out_a_postgres_outage_and_keep_the_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let proxy = TcpProxy::start("127.0.0.1:5432").await?;
+    let mut config = env.config("lanes-outage");
+    config.database_url = Secret(format!(
+        "postgres://postgres@{}/{}",
+        proxy.addr, env.db.name
+    ));
+    let node = TestNode::start(config).await?;
+    let mut ada = node.user("ada").await?;
+    let (shard, expected, payload) = one_shard_batch(&mut ada).await?;
+
+    proxy.cut();
+    publish(&env, shard, &payload).await?;
+    // Both lanes fail and retry with backoff; nothing of the batch is stored meanwhile.
+    eventually("both lanes retrying", || async {
+        let text = metrics(&node).await.ok()?;
+        (metric(&text, "chat_store_retries_total")? >= 2.0).then_some(())
+    })
+    .await?;
+    for room in expected.keys() {
+        assert!(stored_messages(&env.db, *room).await?.is_empty());
+    }
+
+    proxy.restore();
+    assert_stored_in_lanes(&env, &node, &mut ada, &expected).await?;
     node.stop().await?;
     Ok(())
 }
