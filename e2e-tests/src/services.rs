@@ -85,6 +85,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// This database's URL through a TCP proxy (or anything else) listening at `addr`.
+    pub fn url_through(&self, addr: std::net::SocketAddr) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+
     pub async fn create() -> anyhow::Result<TestDb> {
         let name = format!("chat_test_{}", unique_suffix());
         let server = postgres_server_url();

@@ -422,8 +422,8 @@ impl Bus {
     /// `balance_every`, it counts the consumers of each ingest queue (every node subscribes to
     /// every shard, so the largest count of a classic queue is the number of nodes; quorum
     /// queues count only the active one, so the nodes' presence heartbeats are counted too) and
-    /// the shards this node took
-    /// a batch from since the last look (the ones it is the active consumer of). With more
+    /// the shards this node took a batch from since the last look (the ones it is the active
+    /// consumer of). With more
     /// than `ceil(shards / nodes)` of them, it hands the highest over: the persister takes
     /// nothing more, finishes and acknowledges what it took, then the channel is closed, which
     /// returns what the consumer held but had not taken to the queue in order, and makes the
@@ -441,8 +441,6 @@ impl Bus {
                 _ = tokio::time::sleep(balancer.every) => {}
                 _ = balancer.ended.cancelled() => return Ok(()),
             }
-            // Quorum queues count only the active consumer, so the nodes' own heartbeats count
-            // too.
             let mut nodes = u32::try_from(balancer.events.peer_nodes())
                 .unwrap_or(u32::MAX)
                 .saturating_add(1);

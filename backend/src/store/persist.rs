@@ -72,9 +72,7 @@ impl Store {
     ) -> Result<Vec<MessageOutcome>, StoreError> {
         self.run(move |conn| {
             let conn: &mut PgConnection = conn;
-            let mut rooms: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
-            rooms.sort_unstable();
-            rooms.dedup();
+            let rooms = distinct(batch.iter().map(|m| m.room_id.0));
             let mut known = counters.check_out(&rooms);
             // On any failure the counters may have moved for rows that were rolled back: they
             // stay out, and the rooms' next batch reads them again.
@@ -158,15 +156,15 @@ fn persist_common(
         outcomes.push(MessageOutcome::Stored(stored_message(message, *last)));
     }
     let (rooms, last_seqs): (Vec<i64>, Vec<i64>) = room_counters(batch, counters);
-    let mut senders: Vec<i64> = batch.iter().map(|m| m.sender_id.0).collect();
-    senders.sort_unstable();
-    senders.dedup();
+    let senders = distinct(batch.iter().map(|m| m.sender_id.0));
     let inserted = CommonBatch {
         columns: &columns,
         rooms: &rooms,
         last_seqs: &last_seqs,
         senders: &senders,
         count: batch.len() as i64,
+        room_count: rooms.len() as i64,
+        sender_count: senders.len() as i64,
     }
     .get_result::<CountRow>(conn)?;
     if inserted.n != batch.len() as i64 {
@@ -187,6 +185,8 @@ struct CommonBatch<'a> {
     last_seqs: &'a Vec<i64>,
     senders: &'a Vec<i64>,
     count: i64,
+    room_count: i64,
+    sender_count: i64,
 }
 
 impl QueryFragment<Pg> for CommonBatch<'_> {
@@ -229,12 +229,12 @@ impl QueryFragment<Pg> for CommonBatch<'_> {
              SELECT CASE WHEN rows = ",
         );
         out.push_bind_param::<BigInt, _>(&self.count)?;
-        out.push_sql(" AND rooms = cardinality(");
-        out.push_bind_param::<Array<BigInt>, _>(self.rooms)?;
-        out.push_sql("::bigint[]) AND senders = cardinality(");
-        out.push_bind_param::<Array<BigInt>, _>(self.senders)?;
+        out.push_sql(" AND rooms = ");
+        out.push_bind_param::<BigInt, _>(&self.room_count)?;
+        out.push_sql(" AND senders = ");
+        out.push_bind_param::<BigInt, _>(&self.sender_count)?;
         out.push_sql(
-            "::bigint[]) THEN rows ELSE ('not a common batch: ' || rows || ' rows new, ' || \
+            " THEN rows ELSE ('not a common batch: ' || rows || ' rows new, ' || \
              rooms || ' rooms moved, ' || senders || ' senders known')::bigint END AS n \
              FROM checked",
         );
@@ -256,14 +256,20 @@ impl RunQueryDsl<PgConnection> for CommonBatch<'_> {}
 
 /// Each room of the batch with its counter after the batch.
 fn room_counters(batch: &[IngestMessage], counters: &HashMap<i64, i64>) -> (Vec<i64>, Vec<i64>) {
-    let mut rooms: Vec<i64> = batch.iter().map(|m| m.room_id.0).collect();
-    rooms.sort_unstable();
-    rooms.dedup();
+    let rooms = distinct(batch.iter().map(|m| m.room_id.0));
     let last_seqs = rooms
         .iter()
         .map(|room| counters.get(room).copied().unwrap_or_default())
         .collect();
     (rooms, last_seqs)
+}
+
+/// The ids, each once, ascending.
+fn distinct(ids: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut ids: Vec<i64> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 fn stored_message(message: &IngestMessage, seq: i64) -> ChatMessage {

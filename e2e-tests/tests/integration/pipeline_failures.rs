@@ -172,10 +172,7 @@ async fn postgres_outage_keeps_accepting_and_stores_everything_in_order() -> any
     let proxy = TcpProxy::start("127.0.0.1:5432").await?;
     let via_proxy = |node_id: &str| {
         let mut config = env.config(node_id);
-        config.database_url = Secret(format!(
-            "postgres://postgres@{}/{}",
-            proxy.addr, env.db.name
-        ));
+        config.database_url = Secret(env.db.url_through(proxy.addr));
         config
     };
     let node_a = e2e_tests::TestNode::start(via_proxy("pg-a")).await?;

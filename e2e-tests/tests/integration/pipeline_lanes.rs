@@ -158,10 +158,7 @@ async fn both_lanes_wait_out_a_postgres_outage_and_keep_the_order() -> anyhow::R
     let env = TestEnv::new().await?;
     let proxy = TcpProxy::start("127.0.0.1:5432").await?;
     let mut config = env.config("lanes-outage");
-    config.database_url = Secret(format!(
-        "postgres://postgres@{}/{}",
-        proxy.addr, env.db.name
-    ));
+    config.database_url = Secret(env.db.url_through(proxy.addr));
     let node = TestNode::start(config).await?;
     let mut ada = node.user("ada").await?;
     let (shard, expected, payload) = one_shard_batch(&mut ada).await?;

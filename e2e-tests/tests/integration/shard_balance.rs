@@ -117,11 +117,12 @@ async fn shards_move_and_rooms_stay_in_order(queue_type: QueueType) -> anyhow::R
     let mut last_move = (0, tokio::time::Instant::now());
     let mut index = 0;
     loop {
-        let moved = handovers(&node_a).await? + handovers(&node_b).await?;
+        let from_a = handovers(&node_a).await?;
+        let moved = from_a + handovers(&node_b).await?;
         if moved != last_move.0 {
             last_move = (moved, tokio::time::Instant::now());
         }
-        if handovers(&node_a).await? >= 2
+        if from_a >= 2
             && persisted(&node_b).await? > 0
             && last_move.1.elapsed() >= Duration::from_millis(500)
         {

@@ -165,10 +165,7 @@ async fn after_an_outage_at_most_one_read_fails_on_a_dead_connection() -> anyhow
     let ada = user(&direct, "ada").await?;
     drop(direct);
     let proxy = TcpProxy::start("127.0.0.1:5432").await?;
-    let store = Store::new(
-        &format!("postgres://postgres@{}/{}", proxy.addr, env.db.name),
-        4,
-    );
+    let store = Store::new(&env.db.url_through(proxy.addr), 4);
     // Fill the pool: four reads at once each hold a connection.
     let first = join_all((0..4).map(|_| store.load_profile(ada))).await;
     assert!(first.iter().all(|read| matches!(read, Ok(Some(_)))));
