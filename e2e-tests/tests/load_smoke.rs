@@ -75,6 +75,13 @@ async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
         "the nodes' stage metrics account for every stored message: {:?}",
         report.stages
     );
+    let Some(host) = report.host.as_ref() else {
+        anyhow::bail!("the report does not describe the machine");
+    };
+    assert!(
+        host.wake_late.is_some_and(|late| late.samples > 0),
+        "the wake-up probe measured the run: {host:?}"
+    );
     for node in nodes {
         node.stop().await?;
     }

@@ -57,6 +57,9 @@ pub struct RunReport {
     /// Every ack and delivery arrived before the drain time ran out.
     pub drained: bool,
     pub cpu: Vec<ProcessCpu>,
+    /// The machine over the measured phase.
+    #[serde(default)]
+    pub host: Option<crate::host::HostReport>,
     pub timeline: Vec<TimelinePoint>,
     /// Time per pipeline stage, from the nodes' metrics (rooms only).
     #[serde(default)]
@@ -98,6 +101,7 @@ impl RunReport {
             checks,
             drained,
             cpu,
+            host: None,
             timeline: recorder.timeline(),
             stages: Vec::new(),
             extra: serde_json::Value::Null,
@@ -128,11 +132,15 @@ impl RunReport {
             .iter()
             .map(|s| format!("{} {:.2}", s.stage, s.mean_ms))
             .collect();
-        let stages = if stages.is_empty() {
+        let mut stages = if stages.is_empty() {
             String::new()
         } else {
             format!("\n  stages (node metrics), mean ms: {}", stages.join(", "))
         };
+        if let Some(host) = &self.host {
+            stages.push_str("\n  ");
+            stages.push_str(&host.summary());
+        }
         format!(
             "{}: sent {:.0}/s, accepted {:.0}/s, deliveries {:.0}/s\n  \
              send→accepted ms p50 {:.2} p99 {:.2} max {:.2}\n  \

@@ -3,6 +3,7 @@
 //! allows (saturation).
 
 use crate::conn::Socket;
+use crate::host::HostMeter;
 use crate::identity::{self, JoinedRoom, Session};
 use crate::procstat::CpuMeter;
 use crate::report::{self, RunReport};
@@ -119,6 +120,7 @@ pub async fn run_rooms(
     let started = Instant::now();
     let send_until = started + config.duration;
     let cpu = CpuMeter::start(target.watched());
+    let host = HostMeter::start();
     let room_of_index: HashMap<RoomId, usize> = members
         .iter()
         .flat_map(|member| member.rooms.iter().map(|(r, joined)| (joined.room_id, *r)))
@@ -167,6 +169,7 @@ pub async fn run_rooms(
     let progress = report::progress_bar(target.progress, config.duration, label);
     let at_deadline = report::follow_progress(&progress, &recorder, send_until).await;
     let cpu = cpu.finish();
+    let host = host.finish();
     let drained = wait_drained(&recorder, config).await;
     progress.finish_and_clear();
     stop.cancel();
@@ -211,6 +214,7 @@ pub async fn run_rooms(
         drained,
     );
     report.stages = stages;
+    report.host = Some(host);
     Ok(report)
 }
 

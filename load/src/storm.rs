@@ -11,6 +11,7 @@
 
 use crate::conn::Socket;
 use crate::database::stored_messages;
+use crate::host::HostMeter;
 use crate::identity::{self, Account, JoinedRoom};
 use crate::procstat::CpuMeter;
 use crate::report::{self, RunReport, SequenceChecks};
@@ -180,6 +181,7 @@ pub async fn run_storm(
         .collect();
     let started = Instant::now();
     let cpu = CpuMeter::start(target.watched());
+    let host = HostMeter::start();
     let client_tasks: Vec<_> = clients
         .into_iter()
         .map(|(n, name, session, joined)| {
@@ -224,6 +226,7 @@ pub async fn run_storm(
     let at_deadline = shared.recorder.counters.snapshot();
     stop_sending.cancel();
     let cpu = cpu.finish();
+    let host = host.finish();
     // Let the last sends be stored and delivered.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.cancel();
@@ -323,6 +326,7 @@ pub async fn run_storm(
         result.resumed == config.clients,
     );
     report.extra = serde_json::to_value(result)?;
+    report.host = Some(host);
     Ok(report)
 }
 

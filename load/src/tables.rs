@@ -1,5 +1,6 @@
 //! The Markdown tables of `BENCHMARKS.md`, built from the JSON reports of a bench run.
 
+use crate::host::HostReport;
 use crate::idle::IdleResult;
 use crate::report::RunReport;
 use crate::stages::STAGES;
@@ -192,6 +193,7 @@ pub fn tables(reports: &[RunReport]) -> String {
             let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
         }
     }
+    host_table(&mut out, reports);
     if let Some(idle) = &idle {
         let _ = writeln!(
             out,
@@ -261,4 +263,34 @@ pub fn tables(reports: &[RunReport]) -> String {
         }
     }
     out
+}
+
+/// The machine during each run that watched it.
+fn host_table(out: &mut String, reports: &[RunReport]) {
+    let watched: Vec<(&RunReport, &HostReport)> = (reports.iter())
+        .filter_map(|r| Some((r, r.host.as_ref()?)))
+        .collect();
+    if watched.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Steal*: share of the cores' time the hypervisor kept. *Woke late*: by how much a thread of the load generator that sleeps 1 ms at a time overslept.\n\n| Run | Busy | Waiting | Steal | Woke late p50 / p99 / max ms |\n|---|---|---|---|---|"
+    );
+    let percent = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}%"));
+    for (report, host) in watched {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            report.label,
+            percent(host.busy_percent),
+            percent(host.cpu_pressure_percent),
+            host.steal_percent
+                .map_or("—".into(), |v| format!("{v:.1}%")),
+            host.wake_late.map_or("—".into(), |w| format!(
+                "{:.2} / {:.2} / {:.2}",
+                w.p50_ms, w.p99_ms, w.max_ms
+            )),
+        );
+    }
 }
