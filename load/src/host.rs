@@ -1,18 +1,15 @@
 //! The machine itself during a run: how busy its cores were, how much of the time work waited
-//! for a core, how much time the hypervisor kept for itself, and how late a sleeping thread
-//! woke up. Everything under test shares the machine's cores with the load generator, so these
-//! move the tail latency as much as the code does; a report carries them so that two runs can
-//! be told apart by their machine as well as by their code.
+//! for a core, and how much time the hypervisor kept for itself. Everything under test shares
+//! the machine's cores with the load generator, so these move the tail latency as much as the
+//! code does; a report carries them so that two runs can be told apart by their machine as well
+//! as by their code.
+//!
+//! Only counters the kernel keeps anyway are read, at the start and at the end. A thread that
+//! measured its own wake-up delays (sleeping 1 ms at a time) was tried and dropped: its thousand
+//! wake-ups a second cost 7–20% of the saturation run's deliveries.
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-/// How long the probe thread asks to sleep each time.
-const PROBE_SLEEP: Duration = Duration::from_millis(1);
+use std::time::Instant;
 
 /// Cumulative CPU time of all cores, in clock ticks, from the first line of `/proc/stat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,16 +58,6 @@ fn read_cpu_pressure() -> Option<u64> {
     parse_cpu_pressure(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
 }
 
-/// How late a thread that slept [`PROBE_SLEEP`] woke up, in ms.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct WakeLate {
-    pub samples: u64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub p999_ms: f64,
-    pub max_ms: f64,
-}
-
 /// The machine over one run. Absent values could not be read (no `/proc/pressure` on this
 /// kernel, say).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,21 +68,14 @@ pub struct HostReport {
     pub cpu_pressure_percent: Option<f64>,
     /// Share of all cores' time the hypervisor kept while this machine had work.
     pub steal_percent: Option<f64>,
-    pub wake_late: Option<WakeLate>,
 }
 
 impl HostReport {
     /// One line for the terminal.
     pub fn summary(&self) -> String {
         let percent = |value: Option<f64>| value.map_or("?".into(), |v| format!("{v:.0}%"));
-        let wake = self.wake_late.map_or("?".into(), |w| {
-            format!(
-                "p50 {:.2} p99 {:.2} max {:.2}",
-                w.p50_ms, w.p99_ms, w.max_ms
-            )
-        });
         format!(
-            "host: cores busy {}, work waiting for a core {} of the time, steal {}, 1 ms sleep woke late ms {wake}",
+            "host: cores busy {}, work waiting for a core {} of the time, steal {}",
             percent(self.busy_percent),
             percent(self.cpu_pressure_percent),
             self.steal_percent
@@ -109,58 +89,20 @@ pub struct HostMeter {
     started: Instant,
     times: Option<CpuTimes>,
     pressure: Option<u64>,
-    stop: Arc<AtomicBool>,
-    samples: Arc<AtomicU64>,
-    probe: Option<JoinHandle<Option<Histogram<u64>>>>,
 }
 
 impl HostMeter {
-    /// Starts the wake-up probe: a thread of its own that sleeps 1 ms at a time and records by
-    /// how much each sleep overran (a thousand wake-ups a second, next to tens of thousands by
-    /// the processes under test).
     pub fn start() -> HostMeter {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(AtomicU64::new(0));
-        let probe = {
-            let (stop, samples) = (stop.clone(), samples.clone());
-            std::thread::Builder::new()
-                .name("host-probe".into())
-                .spawn(move || {
-                    let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
-                    while !stop.load(Ordering::Relaxed) {
-                        let asleep = Instant::now();
-                        std::thread::sleep(PROBE_SLEEP);
-                        let over = asleep.elapsed().saturating_sub(PROBE_SLEEP);
-                        if let Some(late) = late.as_mut() {
-                            let micros = u64::try_from(over.as_micros()).unwrap_or(u64::MAX);
-                            late.saturating_record(micros.max(1));
-                        }
-                        samples.fetch_add(1, Ordering::Relaxed);
-                    }
-                    late
-                })
-                .ok()
-        };
         HostMeter {
             started: Instant::now(),
             times: read_cpu_times(),
             pressure: read_cpu_pressure(),
-            stop,
-            samples,
-            probe,
         }
     }
 
-    /// Wake-ups measured so far.
-    pub fn samples(&self) -> u64 {
-        self.samples.load(Ordering::Relaxed)
-    }
-
-    /// Stops the probe and reports the machine since [`HostMeter::start`].
-    pub fn finish(mut self) -> HostReport {
+    /// The machine since [`HostMeter::start`].
+    pub fn finish(&self) -> HostReport {
         let wall_micros = self.started.elapsed().as_micros() as f64;
-        self.stop.store(true, Ordering::Relaxed);
-        let late = (self.probe.take()).and_then(|probe| probe.join().ok().flatten());
         let times = match (self.times, read_cpu_times()) {
             (Some(before), Some(after)) if after.total > before.total => Some((
                 (after.total - before.total) as f64,
@@ -175,25 +117,11 @@ impl HostMeter {
             }
             _ => None,
         };
-        let ms = |micros: u64| micros as f64 / 1000.0;
         HostReport {
             busy_percent: times.map(|(total, idle, _)| (total - idle) / total * 100.0),
             cpu_pressure_percent: pressure,
             steal_percent: times.map(|(total, _, steal)| steal / total * 100.0),
-            wake_late: late.filter(|late| !late.is_empty()).map(|late| WakeLate {
-                samples: late.len(),
-                p50_ms: ms(late.value_at_quantile(0.5)),
-                p99_ms: ms(late.value_at_quantile(0.99)),
-                p999_ms: ms(late.value_at_quantile(0.999)),
-                max_ms: ms(late.max()),
-            }),
         }
-    }
-}
-
-impl Drop for HostMeter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -225,23 +153,30 @@ mod tests {
     }
 
     #[test]
-    fn the_probe_reports_every_wake_up_it_measured() {
+    fn a_meter_reports_shares_of_the_interval() {
         let meter = HostMeter::start();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while meter.samples() < 20 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        // Some work of this thread, until the kernel's tick counters have moved.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut spin = 0u64;
+        while meter.times.is_some()
+            && read_cpu_times().map(|now| now.total) == meter.times.map(|then| then.total)
+            && Instant::now() < deadline
+        {
+            spin = spin.wrapping_add(1);
         }
         let report = meter.finish();
-        let Some(late) = report.wake_late else {
-            panic!("no wake-ups measured: {report:?}");
-        };
-        assert!(late.samples >= 20, "{late:?}");
-        assert!(
-            late.p50_ms <= late.p99_ms && late.p99_ms <= late.max_ms,
-            "{late:?}"
-        );
-        if let Some(busy) = report.busy_percent {
-            assert!((0.0..=100.0).contains(&busy), "{busy}");
+        for share in [
+            report.busy_percent,
+            report.cpu_pressure_percent,
+            report.steal_percent,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!((0.0..=100.0).contains(&share), "{report:?} after {spin}");
+        }
+        if std::path::Path::new("/proc/stat").exists() {
+            assert!(report.busy_percent.is_some(), "{report:?}");
         }
     }
 }

@@ -275,22 +275,18 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
     }
     let _ = writeln!(
         out,
-        "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Steal*: share of the cores' time the hypervisor kept. *Woke late*: by how much a thread of the load generator that sleeps 1 ms at a time overslept.\n\n| Run | Busy | Waiting | Steal | Woke late p50 / p99 / max ms |\n|---|---|---|---|---|"
+        "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Steal*: share of the cores' time the hypervisor kept.\n\n| Run | Busy | Waiting | Steal |\n|---|---|---|---|"
     );
     let percent = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}%"));
     for (report, host) in watched {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             report.label,
             percent(host.busy_percent),
             percent(host.cpu_pressure_percent),
             host.steal_percent
                 .map_or("—".into(), |v| format!("{v:.1}%")),
-            host.wake_late.map_or("—".into(), |w| format!(
-                "{:.2} / {:.2} / {:.2}",
-                w.p50_ms, w.p99_ms, w.max_ms
-            )),
         );
     }
 }
