@@ -133,10 +133,33 @@ pub enum Delivery {
     PresenceSync { node_id: String },
 }
 
+impl Delivery {
+    /// Decodes a delivery payload. serde reads an internally tagged enum by first copying the
+    /// whole payload into a tree of its own; the common kind, `rooms` (every persister batch),
+    /// is read directly instead, and every other kind the general way.
+    pub fn decode(payload: &[u8]) -> Result<Delivery, serde_json::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum RoomsKind {
+            Rooms,
+        }
+        #[derive(Deserialize)]
+        struct RoomsPayload {
+            #[allow(dead_code)]
+            kind: RoomsKind,
+            rooms: Vec<RoomMessages>,
+        }
+        match serde_json::from_slice::<RoomsPayload>(payload) {
+            Ok(RoomsPayload { rooms, .. }) => Ok(Delivery::Rooms { rooms }),
+            Err(_) => serde_json::from_slice(payload),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ClientMsgId, RoomId, UserId};
+    use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
 
     fn message(id: &str) -> IngestMessage {
         IngestMessage {
@@ -166,5 +189,81 @@ mod tests {
             Some(vec![message("c")])
         );
         assert!(IngestBatch::decode(b"{}").is_err());
+    }
+
+    fn stored(room: i64, seq: i64) -> StoredMessage {
+        StoredMessage {
+            message: ChatMessage {
+                room_id: RoomId(room),
+                seq: Seq(seq),
+                sender_id: UserId(2),
+                sender_name: "ada \"the\" first".into(),
+                client_msg_id: ClientMsgId("c-1".into()),
+                body: "hé\nllo".into(),
+                sent_at_ms: 3,
+                edited_at_ms: None,
+                deleted: false,
+            },
+            origin: Origin {
+                node_id: "n".into(),
+                conn_id: 4,
+            },
+        }
+    }
+
+    /// Every kind decodes to what was encoded, the direct way (`rooms`) and the general way
+    /// alike, and both ways agree on what they refuse.
+    #[test]
+    fn deliveries_decode_to_what_was_encoded() {
+        let kinds = vec![
+            Delivery::Rooms {
+                rooms: vec![
+                    RoomMessages {
+                        room_id: RoomId(1),
+                        messages: vec![stored(1, 7), stored(1, 8)],
+                    },
+                    RoomMessages {
+                        room_id: RoomId(5),
+                        messages: vec![stored(5, 1)],
+                    },
+                ],
+            },
+            Delivery::Rooms { rooms: Vec::new() },
+            Delivery::Room {
+                room_id: RoomId(1),
+                messages: vec![stored(1, 9)],
+            },
+            Delivery::MemberLeft {
+                room_id: RoomId(1),
+                user_id: UserId(2),
+            },
+            Delivery::PresenceSync {
+                node_id: "n".into(),
+            },
+        ];
+        for delivery in kinds {
+            let encoded = serde_json::to_vec(&delivery).unwrap_or_default();
+            assert_eq!(Delivery::decode(&encoded).ok(), Some(delivery.clone()));
+            assert_eq!(
+                serde_json::from_slice::<Delivery>(&encoded).ok(),
+                Some(delivery)
+            );
+        }
+        // Fields in another order, and fields this version does not know.
+        let reordered = br#"{"rooms":[],"extra":1,"kind":"rooms"}"#;
+        assert_eq!(
+            Delivery::decode(reordered).ok(),
+            Some(Delivery::Rooms { rooms: Vec::new() })
+        );
+        for refused in [
+            &br#"{"kind":"rooms"}"#[..],
+            br#"{"kind":"nope","rooms":[]}"#,
+            br#"{"rooms":[]}"#,
+            br#"[]"#,
+            br#"{"kind":"rooms","rooms":[{"room_id":1}]}"#,
+        ] {
+            assert!(Delivery::decode(refused).is_err(), "{refused:?}");
+            assert!(serde_json::from_slice::<Delivery>(refused).is_err());
+        }
     }
 }

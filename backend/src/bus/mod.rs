@@ -351,7 +351,7 @@ impl Bus {
                             break;
                         }
                     };
-                    match serde_json::from_slice::<Delivery>(&delivery.data) {
+                    match Delivery::decode(&delivery.data) {
                         Ok(payload) => events.deliver(payload),
                         Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
                     }
