@@ -1,5 +1,5 @@
 //! The machine itself during a run: how busy its cores were, how much of the time work waited
-//! for a core, and how much time the hypervisor kept for itself. Everything under test shares
+//! for a core or for the disk, and how much time the hypervisor kept for itself. Everything under test shares
 //! the machine's cores with the load generator, so these move the tail latency as much as the
 //! code does; a report carries them so that two runs can be told apart by their machine as well
 //! as by their code.
@@ -40,9 +40,9 @@ pub fn parse_cpu_times(stat: &str) -> Option<CpuTimes> {
     })
 }
 
-/// The `some` total of `/proc/pressure/cpu`: microseconds during which at least one runnable
-/// task waited for a core.
-pub fn parse_cpu_pressure(pressure: &str) -> Option<u64> {
+/// The `some` total of a `/proc/pressure/` file: microseconds during which at least one task
+/// waited for the resource (a core, the disk).
+pub fn parse_pressure(pressure: &str) -> Option<u64> {
     let line = pressure.lines().find(|line| line.starts_with("some "))?;
     line.split_whitespace()
         .find_map(|field| field.strip_prefix("total="))?
@@ -54,8 +54,8 @@ fn read_cpu_times() -> Option<CpuTimes> {
     parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?)
 }
 
-fn read_cpu_pressure() -> Option<u64> {
-    parse_cpu_pressure(&std::fs::read_to_string("/proc/pressure/cpu").ok()?)
+fn read_pressure(resource: &str) -> Option<u64> {
+    parse_pressure(&std::fs::read_to_string(format!("/proc/pressure/{resource}")).ok()?)
 }
 
 /// The machine over one run. Absent values could not be read (no `/proc/pressure` on this
@@ -66,6 +66,10 @@ pub struct HostReport {
     pub busy_percent: Option<f64>,
     /// Share of the run during which at least one runnable task waited for a core.
     pub cpu_pressure_percent: Option<f64>,
+    /// Share of the run during which at least one task waited for the disk (a stalled `fsync`
+    /// holds up RabbitMQ's confirms and PostgreSQL's commits alike).
+    #[serde(default)]
+    pub io_pressure_percent: Option<f64>,
     /// Share of all cores' time the hypervisor kept while this machine had work.
     pub steal_percent: Option<f64>,
 }
@@ -75,9 +79,10 @@ impl HostReport {
     pub fn summary(&self) -> String {
         let percent = |value: Option<f64>| value.map_or("?".into(), |v| format!("{v:.0}%"));
         format!(
-            "host: cores busy {}, work waiting for a core {} of the time, steal {}",
+            "host: cores busy {}, work waiting for a core {} of the time, for the disk {}, steal {}",
             percent(self.busy_percent),
             percent(self.cpu_pressure_percent),
+            percent(self.io_pressure_percent),
             self.steal_percent
                 .map_or("?".into(), |v| format!("{v:.1}%")),
         )
@@ -88,7 +93,8 @@ impl HostReport {
 pub struct HostMeter {
     started: Instant,
     times: Option<CpuTimes>,
-    pressure: Option<u64>,
+    cpu_pressure: Option<u64>,
+    io_pressure: Option<u64>,
 }
 
 impl HostMeter {
@@ -96,7 +102,8 @@ impl HostMeter {
         HostMeter {
             started: Instant::now(),
             times: read_cpu_times(),
-            pressure: read_cpu_pressure(),
+            cpu_pressure: read_pressure("cpu"),
+            io_pressure: read_pressure("io"),
         }
     }
 
@@ -111,7 +118,7 @@ impl HostMeter {
             )),
             _ => None,
         };
-        let pressure = match (self.pressure, read_cpu_pressure()) {
+        let share = |before: Option<u64>, resource: &str| match (before, read_pressure(resource)) {
             (Some(before), Some(after)) if wall_micros > 0.0 => {
                 Some((after.saturating_sub(before) as f64 / wall_micros * 100.0).min(100.0))
             }
@@ -119,7 +126,8 @@ impl HostMeter {
         };
         HostReport {
             busy_percent: times.map(|(total, idle, _)| (total - idle) / total * 100.0),
-            cpu_pressure_percent: pressure,
+            cpu_pressure_percent: share(self.cpu_pressure, "cpu"),
+            io_pressure_percent: share(self.io_pressure, "io"),
             steal_percent: times.map(|(total, _, steal)| steal / total * 100.0),
         }
     }
@@ -145,11 +153,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_some_total_of_cpu_pressure() {
+    fn reads_the_some_total_of_a_pressure_file() {
         let pressure = "some avg10=66.24 avg60=30.13 avg300=10.34 total=50010381\n\
                         full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
-        assert_eq!(parse_cpu_pressure(pressure), Some(50_010_381));
-        assert_eq!(parse_cpu_pressure("full avg10=0.00 total=7\n"), None);
+        assert_eq!(parse_pressure(pressure), Some(50_010_381));
+        assert_eq!(parse_pressure("full avg10=0.00 total=7\n"), None);
     }
 
     #[test]
@@ -168,6 +176,7 @@ mod tests {
         for share in [
             report.busy_percent,
             report.cpu_pressure_percent,
+            report.io_pressure_percent,
             report.steal_percent,
         ]
         .into_iter()

@@ -6,7 +6,7 @@
 //! - `stats`: counters, HDR latency histograms, per-room sequence checks.
 //! - `database`: what PostgreSQL stored, for the storm workload's loss check.
 //! - `procstat`: CPU and memory of the processes involved, from /proc.
-//! - `host`: the machine during a run: busy cores, work waiting for a core, steal, wake-ups.
+//! - `host`: the machine during a run: busy cores, work waiting for a core or the disk, steal.
 //! - `rooms`, `idle`, `storm`: the workloads; each returns a [`report::RunReport`].
 //! - `stages`: where a message's time goes, from the nodes' own histograms.
 //! - `report`: the JSON report, the progress bar and the latency-over-time plot.
