@@ -1,8 +1,8 @@
 //! The machine itself during a run: how busy its cores were, how much of the time work waited
-//! for a core or for the disk, and how much time the hypervisor kept for itself. Everything under test shares
-//! the machine's cores with the load generator, so these move the tail latency as much as the
-//! code does; a report carries them so that two runs can be told apart by their machine as well
-//! as by their code.
+//! for a core or for the disk, and how much time the hypervisor kept for itself. Everything
+//! under test shares the machine's cores with the load generator, so these move the tail
+//! latency as much as the code does; a report carries them so that two runs can be told apart
+//! by their machine as well as by their code.
 //!
 //! Only counters the kernel keeps anyway are read, at the start and at the end. A thread that
 //! measured its own wake-up delays (sleeping 1 ms at a time) was tried and dropped: its thousand
