@@ -275,7 +275,7 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
     }
     let _ = writeln!(
         out,
-        "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting for a core*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Disk*: share of the run during which some task waited for the disk (`/proc/pressure/io`, `some`; a stalled `fsync` holds up RabbitMQ's confirms and PostgreSQL's commits). *Steal*: share of the cores' time the hypervisor kept.\n\n| Run | Busy | Waiting for a core | Waiting for the disk | Steal |\n|---|---|---|---|---|"
+        "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting for a core*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Waiting for the disk*: share of the run during which some task waited for the disk (`/proc/pressure/io`, `some`; a stalled `fsync` holds up RabbitMQ's confirms and PostgreSQL's commits). *Steal*: share of the cores' time the hypervisor kept.\n\n| Run | Busy | Waiting for a core | Waiting for the disk | Steal |\n|---|---|---|---|---|"
     );
     let percent = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}%"));
     for (report, host) in watched {
