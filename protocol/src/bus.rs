@@ -145,8 +145,8 @@ impl Delivery {
         }
         #[derive(Deserialize)]
         struct RoomsPayload {
-            #[allow(dead_code)]
-            kind: RoomsKind,
+            #[serde(rename = "kind")]
+            _kind: RoomsKind,
             rooms: Vec<RoomMessages>,
         }
         match serde_json::from_slice::<RoomsPayload>(payload) {

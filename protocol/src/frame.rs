@@ -432,8 +432,7 @@ impl ClientFrame {
         #[derive(Deserialize)]
         struct SendFrame {
             #[serde(rename = "type")]
-            #[allow(dead_code)]
-            frame_type: SendType,
+            _type: SendType,
             room_id: RoomId,
             client_msg_id: ClientMsgId,
             body: String,
