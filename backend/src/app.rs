@@ -57,7 +57,11 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Arc<App> {
         let metrics = Metrics::new();
-        let store = Store::new(config.database_url.expose(), config.db_pool_size);
+        let store = Store::new(
+            config.database_url.expose(),
+            config.db_pool_size,
+            config.db_persist_pool_size,
+        );
         let names = Names {
             prefix: config.amqp_prefix.clone(),
             node_id: config.node_id.clone(),

@@ -73,6 +73,11 @@ pub struct Config {
     #[arg(long, env = "CHAT_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
 
+    /// How many of those connections are the persisters' own (at most half of them): a
+    /// persister stores one batch per lane at a time, two lanes per shard it holds.
+    #[arg(long, env = "CHAT_DB_PERSIST_POOL_SIZE", default_value_t = 4)]
+    pub db_persist_pool_size: u32,
+
     /// RabbitMQ connection URL.
     #[arg(
         long,

@@ -45,6 +45,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         node_id: node_id.to_owned(),
         database_url: Secret(database_url.to_owned()),
         db_pool_size: 8,
+        db_persist_pool_size: 2,
         amqp_url: Secret(amqp_url()),
         amqp_prefix: prefix.to_owned(),
         ingest_shards: TEST_SHARDS,

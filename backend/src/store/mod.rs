@@ -1,7 +1,8 @@
 //! The store: the only module that speaks SQL.
 //!
 //! Diesel and r2d2 block, so every call goes through [`Store::run`], which runs it on tokio's
-//! blocking pool with the caller's tracing span.
+//! blocking pool with the caller's tracing span. The persisters store through connections of
+//! their own ([`Store::new`]).
 
 mod accounts;
 pub mod batch;
@@ -83,6 +84,8 @@ impl StoreError {
 #[derive(Clone)]
 pub struct Store {
     connections: Connections,
+    /// The persisters' connections, which plan prepared statements once ([`Store::new`]).
+    persisting: Connections,
     batches: Arc<Batches>,
 }
 
@@ -126,6 +129,8 @@ impl Default for Batches {
 pub struct Manager {
     inner: ConnectionManager<PgConnection>,
     generation: Arc<AtomicU64>,
+    /// Run on every new connection before it is used.
+    setup: Option<&'static str>,
 }
 
 /// A pooled connection: the pool generation it was last known alive in, and whether it is dead.
@@ -140,8 +145,14 @@ impl ManageConnection for Manager {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<Tracked, Self::Error> {
+        let mut conn = self.inner.connect()?;
+        if let Some(setup) = self.setup {
+            diesel::sql_query(setup)
+                .execute(&mut conn)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+        }
         Ok(Tracked {
-            conn: self.inner.connect()?,
+            conn,
             generation: self.generation.load(Ordering::Acquire),
             dead: false,
         })
@@ -160,21 +171,25 @@ impl ManageConnection for Manager {
 const MAX_DEAD_CHECKOUTS: usize = 64;
 
 impl Store {
-    /// Creates the pool without connecting: the node starts even while PostgreSQL is down.
-    pub fn new(database_url: &str, pool_size: u32) -> Store {
-        let generation = Arc::new(AtomicU64::new(0));
-        let manager = Manager {
-            inner: ConnectionManager::<PgConnection>::new(database_url),
-            generation: generation.clone(),
-        };
-        let pool = Pool::builder()
-            .max_size(pool_size.max(2))
-            .min_idle(Some(1))
-            .connection_timeout(Duration::from_secs(3))
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+    /// Creates the pools without connecting: the node starts even while PostgreSQL is down.
+    ///
+    /// Of `pool_size` connections, `persist_pool_size` (at least one, at most half) are the
+    /// persisters' own, so that a burst of reads never makes a persister wait for a connection.
+    /// Those plan the persister's prepared statement once rather than for every batch
+    /// (`plan_cache_mode = force_generic_plan`): left to choose, PostgreSQL kept planning it for
+    /// each batch's values, which at a few messages a batch cost as much as running it, and its
+    /// plan does not depend on them (every row comes out of `unnest`, every lookup is by key).
+    /// Every other statement keeps PostgreSQL's own choice.
+    pub fn new(database_url: &str, pool_size: u32, persist_pool_size: u32) -> Store {
+        let pool_size = pool_size.max(3);
+        let persist_pool_size = persist_pool_size.clamp(1, pool_size / 2);
         Store {
-            connections: Connections { pool, generation },
+            connections: Connections::new(database_url, pool_size - persist_pool_size, None),
+            persisting: Connections::new(
+                database_url,
+                persist_pool_size,
+                Some("SET plan_cache_mode = force_generic_plan"),
+            ),
             batches: Arc::default(),
         }
     }
@@ -219,6 +234,22 @@ impl Store {
 }
 
 impl Connections {
+    fn new(database_url: &str, size: u32, setup: Option<&'static str>) -> Connections {
+        let generation = Arc::new(AtomicU64::new(0));
+        let manager = Manager {
+            inner: ConnectionManager::<PgConnection>::new(database_url),
+            generation: generation.clone(),
+            setup,
+        };
+        let pool = Pool::builder()
+            .max_size(size.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(3))
+            .test_on_check_out(false)
+            .build_unchecked(manager);
+        Connections { pool, generation }
+    }
+
     /// Runs `work` with a pooled connection on the blocking pool.
     pub async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where

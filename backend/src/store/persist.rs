@@ -70,25 +70,26 @@ impl Store {
         batch: Vec<IngestMessage>,
         counters: SeqCounters,
     ) -> Result<Vec<MessageOutcome>, StoreError> {
-        self.run(move |conn| {
-            let conn: &mut PgConnection = conn;
-            let rooms = distinct(batch.iter().map(|m| m.room_id.0));
-            let mut known = counters.check_out(&rooms);
-            // On any failure the counters may have moved for rows that were rolled back: they
-            // stay out, and the rooms' next batch reads them again.
-            match persist_common(conn, &batch, &mut known) {
-                Ok(outcomes) => {
-                    counters.check_in(known);
-                    return Ok(outcomes);
+        self.persisting
+            .run(move |conn| {
+                let conn: &mut PgConnection = conn;
+                let rooms = distinct(batch.iter().map(|m| m.room_id.0));
+                let mut known = counters.check_out(&rooms);
+                // On any failure the counters may have moved for rows that were rolled back: they
+                // stay out, and the rooms' next batch reads them again.
+                match persist_common(conn, &batch, &mut known) {
+                    Ok(outcomes) => {
+                        counters.check_in(known);
+                        return Ok(outcomes);
+                    }
+                    Err(FastPath::NotCommon) => {}
+                    Err(FastPath::Refused(error)) => {
+                        tracing::debug!(%error, "batch refused as a common one; checking it");
+                    }
                 }
-                Err(FastPath::NotCommon) => {}
-                Err(FastPath::Refused(error)) => {
-                    tracing::debug!(%error, "batch refused as a common one; checking it");
-                }
-            }
-            conn.transaction(|conn| persist_checked(conn, &batch))
-        })
-        .await
+                conn.transaction(|conn| persist_checked(conn, &batch))
+            })
+            .await
     }
 }
 

@@ -23,7 +23,7 @@ fn seqs(outcomes: &[MessageOutcome]) -> Vec<(i64, bool)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let store = Store::new(&env.db.url, 2);
+    let store = Store::new(&env.db.url, 3, 1);
     store.migrate().await?;
     let ada = store
         .create_user(NewUser {
@@ -96,5 +96,58 @@ async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Re
             .collect::<Vec<_>>()
     );
     assert_eq!(store.last_seq(room).await?.0, 7);
+    Ok(())
+}
+
+/// The persisters' connections plan their statement once, for whatever batch comes first: the
+/// same plan must store a batch of one message in one room as correctly as hundreds over many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_plan_stores_batches_of_every_size() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    // One persisting connection: every batch below goes through the same prepared statement.
+    let store = Store::new(&env.db.url, 3, 1);
+    store.migrate().await?;
+    let ada = store
+        .create_user(NewUser {
+            username: "ada".into(),
+            display_name: "Ada".into(),
+            avatar_initials: "A".into(),
+            password_hash: "not a hash".into(),
+        })
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("user not created"))?;
+    let ada = UserId(ada.id);
+    let mut rooms = Vec::new();
+    for index in 0..12 {
+        let room = store
+            .create_room(format!("sizes-{index}"), RoomKind::Public, ada)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("room not created"))?
+            .room_id;
+        rooms.push(room);
+    }
+
+    let counters = SeqCounters::default();
+    let mut expected: Vec<Vec<(i64, String)>> = vec![Vec::new(); rooms.len()];
+    let mut next_id = 0;
+    for size in [1usize, 3, 300, 2, 64, 1] {
+        let mut batch = Vec::with_capacity(size);
+        let mut wanted = Vec::with_capacity(size);
+        for position in 0..size {
+            let which = (position * 7 + size) % rooms.len();
+            let id = format!("m{next_id}");
+            next_id += 1;
+            let seq = expected[which].len() as i64 + 1;
+            expected[which].push((seq, id.clone()));
+            batch.push(send(rooms[which], ada, &id));
+            wanted.push((seq, false));
+        }
+        let stored = store.persist_batch(batch, counters.clone()).await?;
+        assert_eq!(seqs(&stored), wanted, "a batch of {size}");
+    }
+    for (room, expected) in rooms.iter().zip(expected) {
+        assert_eq!(stored_messages(&env.db, *room).await?, expected);
+        assert_eq!(store.last_seq(*room).await?.0, expected.len() as i64);
+    }
     Ok(())
 }

@@ -65,7 +65,7 @@ async fn room_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn catch_ups_arriving_together_each_get_what_they_missed() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let store = Store::new(&env.db.url, 4);
+    let store = Store::new(&env.db.url, 4, 1);
     store.migrate().await?;
     let ada = user(&store, "ada").await?;
     let long = room_with(&store, ada, "long", 30).await?;
@@ -126,7 +126,7 @@ async fn catch_ups_arriving_together_each_get_what_they_missed() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn session_lookups_arriving_together_each_find_their_own_user() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let store = Store::new(&env.db.url, 4);
+    let store = Store::new(&env.db.url, 4, 1);
     store.migrate().await?;
     let mut lookups = Vec::new();
     for n in 0..40 {
@@ -160,12 +160,12 @@ async fn session_lookups_arriving_together_each_find_their_own_user() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_an_outage_at_most_one_read_fails_on_a_dead_connection() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let direct = Store::new(&env.db.url, 2);
+    let direct = Store::new(&env.db.url, 3, 1);
     direct.migrate().await?;
     let ada = user(&direct, "ada").await?;
     drop(direct);
     let proxy = TcpProxy::start("127.0.0.1:5432").await?;
-    let store = Store::new(&env.db.url_through(proxy.addr), 4);
+    let store = Store::new(&env.db.url_through(proxy.addr), 4, 1);
     // Fill the pool: four reads at once each hold a connection.
     let first = join_all((0..4).map(|_| store.load_profile(ada))).await;
     assert!(first.iter().all(|read| matches!(read, Ok(Some(_)))));
