@@ -83,6 +83,12 @@ async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
             .is_some_and(|busy| (0.0..=100.0).contains(&busy)),
         "the report says how busy the cores were: {host:?}"
     );
+    // Two nodes, RabbitMQ and PostgreSQL exchanged every message of the run: the kernel
+    // switched between their threads.
+    assert!(
+        host.switches_per_s.is_some_and(|rate| rate > 0.0),
+        "the report counts the machine's context switches: {host:?}"
+    );
     for node in nodes {
         node.stop().await?;
     }

@@ -1,5 +1,6 @@
 //! The machine itself during a run: how busy its cores were, how much of the time work waited
-//! for a core or for the disk, and how much time the hypervisor kept for itself. Everything
+//! for a core or for the disk, how often the kernel switched between threads, and how much time
+//! the hypervisor kept for itself. Everything
 //! under test shares the machine's cores with the load generator, so these move the tail
 //! latency as much as the code does; a report carries them so that two runs can be told apart
 //! by their machine as well as by their code.
@@ -19,6 +20,8 @@ pub struct CpuTimes {
     pub idle: u64,
     /// Taken by the hypervisor while this machine had work to run.
     pub steal: u64,
+    /// Context switches since boot, all cores (the `ctxt` line), when present.
+    pub switches: Option<u64>,
 }
 
 /// Parses the aggregate `cpu` line of `/proc/stat`.
@@ -33,10 +36,15 @@ pub fn parse_cpu_times(stat: &str) -> Option<CpuTimes> {
     // user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already
     // counted in user and nice.
     let field = |index: usize| fields.get(index).copied().unwrap_or(0);
+    let switches = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("ctxt "))
+        .and_then(|count| count.trim().parse().ok());
     Some(CpuTimes {
         total: (0..8).map(field).sum(),
         idle: field(3) + field(4),
         steal: field(7),
+        switches,
     })
 }
 
@@ -72,6 +80,10 @@ pub struct HostReport {
     pub io_pressure_percent: Option<f64>,
     /// Share of all cores' time the hypervisor kept while this machine had work.
     pub steal_percent: Option<f64>,
+    /// Context switches a second, all processes: every hand-off of work between threads or
+    /// processes that finds the receiver asleep is (at least) one.
+    #[serde(default)]
+    pub switches_per_s: Option<f64>,
 }
 
 impl HostReport {
@@ -79,12 +91,14 @@ impl HostReport {
     pub fn summary(&self) -> String {
         let percent = |value: Option<f64>| value.map_or("?".into(), |v| format!("{v:.0}%"));
         format!(
-            "host: cores busy {}, work waiting for a core {} of the time, for the disk {}, steal {}",
+            "host: cores busy {}, work waiting for a core {} of the time, for the disk {}, steal {}, {} context switches/s",
             percent(self.busy_percent),
             percent(self.cpu_pressure_percent),
             percent(self.io_pressure_percent),
             self.steal_percent
                 .map_or("?".into(), |v| format!("{v:.1}%")),
+            self.switches_per_s
+                .map_or("?".into(), |v| format!("{v:.0}")),
         )
     }
 }
@@ -110,7 +124,17 @@ impl HostMeter {
     /// The machine since [`HostMeter::start`].
     pub fn finish(&self) -> HostReport {
         let wall_micros = self.started.elapsed().as_micros() as f64;
-        let times = match (self.times, read_cpu_times()) {
+        let now = read_cpu_times();
+        let switches_per_s = match (
+            self.times.and_then(|t| t.switches),
+            now.and_then(|t| t.switches),
+        ) {
+            (Some(before), Some(after)) if wall_micros > 0.0 => {
+                Some(after.saturating_sub(before) as f64 / wall_micros * 1e6)
+            }
+            _ => None,
+        };
+        let times = match (self.times, now) {
             (Some(before), Some(after)) if after.total > before.total => Some((
                 (after.total - before.total) as f64,
                 after.idle.saturating_sub(before.idle) as f64,
@@ -129,6 +153,7 @@ impl HostMeter {
             cpu_pressure_percent: share(self.cpu_pressure, "cpu"),
             io_pressure_percent: share(self.io_pressure, "io"),
             steal_percent: times.map(|(total, _, steal)| steal / total * 100.0),
+            switches_per_s,
         }
     }
 }
@@ -139,14 +164,21 @@ mod tests {
 
     #[test]
     fn reads_the_aggregate_cpu_line() {
-        let stat = "cpu  60028 5 11580 31769 1504 0 995 85 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let stat = "cpu  60028 5 11580 31769 1504 0 995 85 7 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n\
+                    intr 99 1 2\nctxt 123456789\nbtime 1795817270\n";
         assert_eq!(
             parse_cpu_times(stat),
             Some(CpuTimes {
                 total: 60028 + 5 + 11580 + 31769 + 1504 + 995 + 85,
                 idle: 31769 + 1504,
                 steal: 85,
+                switches: Some(123_456_789),
             })
+        );
+        let without_switches = "cpu  1 2 3 4 5 6 7 8\n";
+        assert_eq!(
+            parse_cpu_times(without_switches).map(|times| times.switches),
+            Some(None)
         );
         assert_eq!(parse_cpu_times("intr 1 2 3\n"), None);
         assert_eq!(parse_cpu_times("cpu  1 x 3\n"), None);
@@ -186,6 +218,10 @@ mod tests {
         }
         if std::path::Path::new("/proc/stat").exists() {
             assert!(report.busy_percent.is_some(), "{report:?}");
+            assert!(
+                report.switches_per_s.is_some_and(|rate| rate >= 0.0),
+                "{report:?}"
+            );
         }
     }
 }
