@@ -137,7 +137,9 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     }
 
     let prefix = format!("bench{}", std::process::id());
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{DATABASE}");
+    // Plain TCP, as in the compose deployment (the postgres image has no TLS configured):
+    // this machine's PostgreSQL offers TLS, which libpq would otherwise take on loopback.
+    let database_url = format!("postgres://postgres@127.0.0.1:5432/{DATABASE}?sslmode=disable");
     let start_nodes = |count: u16| -> Result<Vec<NodeProcess>> {
         (0..count)
             .map(|index| start_node(&server, index, &prefix, &database_url, &reports))
