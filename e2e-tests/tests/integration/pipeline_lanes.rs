@@ -15,8 +15,9 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::collections::BTreeMap;
 
-/// Messages per room: three rooms make a batch well above the size stored in lanes.
-const PER_ROOM: usize = 40;
+/// Messages per room: three rooms make a batch above the size stored in lanes (256) and
+/// within the largest batch (500).
+const PER_ROOM: usize = 100;
 
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
