@@ -20,9 +20,8 @@ fn seqs(outcomes: &[MessageOutcome]) -> Vec<(i64, bool)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
+/// A store on the test's database with one persisting connection, and a user to send as.
+async fn store_with_ada(env: &TestEnv) -> anyhow::Result<(Store, UserId)> {
     let store = Store::new(&env.db.url, 3, 1);
     store.migrate().await?;
     let ada = store
@@ -34,7 +33,13 @@ async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Re
         })
         .await?
         .ok_or_else(|| anyhow::anyhow!("user not created"))?;
-    let ada = UserId(ada.id);
+    Ok((store, UserId(ada.id)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let (store, ada) = store_with_ada(&env).await?;
     let room = store
         .create_room("counters".into(), RoomKind::Public, ada)
         .await?
@@ -105,18 +110,7 @@ async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Re
 async fn one_plan_stores_batches_of_every_size() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     // One persisting connection: every batch below goes through the same prepared statement.
-    let store = Store::new(&env.db.url, 3, 1);
-    store.migrate().await?;
-    let ada = store
-        .create_user(NewUser {
-            username: "ada".into(),
-            display_name: "Ada".into(),
-            avatar_initials: "A".into(),
-            password_hash: "not a hash".into(),
-        })
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("user not created"))?;
-    let ada = UserId(ada.id);
+    let (store, ada) = store_with_ada(&env).await?;
     let mut rooms = Vec::new();
     for index in 0..12 {
         let room = store
