@@ -87,18 +87,27 @@ pub struct HostReport {
 }
 
 impl HostReport {
+    /// The figures as printed: busy, waiting for a core, waiting for the disk, steal, context
+    /// switches a second; `missing` for a value that could not be read.
+    pub fn figures(&self, missing: &str) -> [String; 5] {
+        let shown = |value: Option<f64>, format: fn(f64) -> String| {
+            value.map_or(missing.to_owned(), format)
+        };
+        let percent = |v: f64| format!("{v:.0}%");
+        [
+            shown(self.busy_percent, percent),
+            shown(self.cpu_pressure_percent, percent),
+            shown(self.io_pressure_percent, percent),
+            shown(self.steal_percent, |v| format!("{v:.1}%")),
+            shown(self.switches_per_s, |v| format!("{v:.0}")),
+        ]
+    }
+
     /// One line for the terminal.
     pub fn summary(&self) -> String {
-        let percent = |value: Option<f64>| value.map_or("?".into(), |v| format!("{v:.0}%"));
+        let [busy, cpu, io, steal, switches] = self.figures("?");
         format!(
-            "host: cores busy {}, work waiting for a core {} of the time, for the disk {}, steal {}, {} context switches/s",
-            percent(self.busy_percent),
-            percent(self.cpu_pressure_percent),
-            percent(self.io_pressure_percent),
-            self.steal_percent
-                .map_or("?".into(), |v| format!("{v:.1}%")),
-            self.switches_per_s
-                .map_or("?".into(), |v| format!("{v:.0}")),
+            "host: cores busy {busy}, work waiting for a core {cpu} of the time, for the disk {io}, steal {steal}, {switches} context switches/s"
         )
     }
 }

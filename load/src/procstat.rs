@@ -39,15 +39,11 @@ impl Watched {
 
     /// CPU ticks of each process of the group now.
     fn ticks(&self) -> HashMap<u32, u64> {
-        let found;
-        let pids = match &self.comm {
-            Some(comm) => {
-                found = pids_of(comm);
-                &found
-            }
-            None => &self.pids,
-        };
-        pids.iter()
+        let found = self.comm.as_deref().map(pids_of);
+        found
+            .as_deref()
+            .unwrap_or(&self.pids)
+            .iter()
             .filter_map(|&pid| Some((pid, cpu_ticks(pid)?)))
             .collect()
     }

@@ -277,7 +277,6 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
         out,
         "\n### the machine during each run\n\nEvery process shares the same two cores. *Busy*: share of both cores' time not idle. *Waiting for a core*: share of the run during which some runnable task waited for a core (`/proc/pressure/cpu`, `some`). *Waiting for the disk*: share of the run during which some task waited for the disk (`/proc/pressure/io`, `some`; a stalled `fsync` holds up RabbitMQ's confirms and PostgreSQL's commits). *Steal*: share of the cores' time the hypervisor kept. *Context switches*: a second, all processes (`/proc/stat`, `ctxt`), and per message sent in rooms runs: a hand-off between threads or processes that finds the receiver asleep is one, and on this machine each is dear (section 1).\n\n| Run | Busy | Waiting for a core | Waiting for the disk | Steal | Context switches /s | per message sent |\n|---|---|---|---|---|---|---|"
     );
-    let percent = |value: Option<f64>| value.map_or("—".into(), |v| format!("{v:.0}%"));
     for (report, host) in watched {
         let per_message = match (host.switches_per_s, report.workload.as_str()) {
             (Some(rate), "rooms") if report.sent_per_s > 0.0 => {
@@ -285,18 +284,11 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
             }
             _ => "—".into(),
         };
+        let [busy, cpu, io, steal, switches] = host.figures("—");
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {busy} | {cpu} | {io} | {steal} | {switches} | {per_message} |",
             report.label,
-            percent(host.busy_percent),
-            percent(host.cpu_pressure_percent),
-            percent(host.io_pressure_percent),
-            host.steal_percent
-                .map_or("—".into(), |v| format!("{v:.1}%")),
-            host.switches_per_s
-                .map_or("—".into(), |v| format!("{v:.0}")),
-            per_message,
         );
     }
 }
