@@ -15,10 +15,17 @@
 //! pause doubles with each failed probe, up to a few seconds. Deletes that could not be sent are
 //! remembered and sent first when memcached answers again, so an entry invalidated while it was
 //! unreachable is not served afterwards.
+//!
+//! Version bumps, which every stored batch waits for, skip the crate and the blocking pool: each
+//! server has one connection on which a bump's `incr`s (and any deletes owed) are written at
+//! once and answered in one round trip (`pipeline`).
+
+mod pipeline;
 
 use crate::metrics::Metrics;
 use chat_protocol::{RoomId, UserId};
 use memcache::{ConnectionManager, Url};
+use pipeline::{Command, Pipeline};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -56,6 +63,8 @@ pub struct Cache {
 
 struct Inner {
     urls: Vec<Url>,
+    /// One per server, in the order of `urls`: a key goes to the same server either way.
+    pipelines: Vec<Pipeline>,
     prefix: String,
     ttl_secs: u32,
     metrics: Metrics,
@@ -107,12 +116,16 @@ impl Servers {
     }
 
     fn index_of(&self, key: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut hasher);
-        let count = self.clients.len().max(1) as u64;
-        usize::try_from(hasher.finish() % count).unwrap_or(0)
+        server_index(key, self.clients.len())
     }
+}
+
+/// Which of `count` servers holds `key`.
+fn server_index(key: &str, count: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    usize::try_from(hasher.finish() % count.max(1) as u64).unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +172,7 @@ fn absent_or_present(error: &memcache::MemcacheError) -> bool {
 impl Cache {
     /// `servers` is a comma-separated list of `host:port`; empty turns the cache off.
     pub fn new(servers: &str, prefix: &str, ttl_secs: u32, metrics: Metrics) -> Cache {
-        let urls = servers
+        let (urls, pipelines) = servers
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -171,17 +184,18 @@ impl Cache {
                     TIMEOUT.as_secs_f64()
                 );
                 match Url::parse(&url) {
-                    Ok(url) => Some(url),
+                    Ok(url) => Some((url, Pipeline::new(server))),
                     Err(error) => {
                         tracing::error!(%error, server, "ignoring a malformed memcached address");
                         None
                     }
                 }
             })
-            .collect();
+            .unzip();
         Cache {
             inner: Arc::new(Inner {
                 urls,
+                pipelines,
                 prefix: prefix.to_owned(),
                 ttl_secs,
                 metrics,
@@ -284,10 +298,8 @@ impl Cache {
             .is_some()
         {
             self.count(Op::Delete, "ok");
-        } else if let Ok(mut state) = self.inner.state.lock() {
-            if state.pending_deletes.len() < MAX_PENDING_DELETES {
-                state.pending_deletes.insert(remembered);
-            }
+        } else {
+            self.remember_deletes([remembered]);
         }
     }
 
@@ -350,8 +362,11 @@ impl Cache {
     }
 
     /// Moves versions on, so entries tagged with the old ones are never served again: pairs of
-    /// (version, entry), in one trip to the blocking pool. If memcached cannot be told, the
-    /// entries are deleted before anything else once it answers again.
+    /// (version, entry), one pipelined round trip per server. A version that does not exist
+    /// stays so: no reader has tagged an entry with it, and one created after this belongs to a
+    /// reader that reads PostgreSQL later still, so after the change being announced. If
+    /// memcached cannot be told, the entries are deleted before anything else once it answers
+    /// again.
     pub async fn bump(&self, pairs: Vec<(CacheKey, CacheKey)>) {
         if pairs.is_empty() {
             return;
@@ -360,30 +375,61 @@ impl Cache {
             .iter()
             .map(|(version, _)| self.key(*version))
             .collect();
-        let remembered: Vec<String> = pairs.iter().map(|(_, entry)| self.key(*entry)).collect();
-        let outcome = self
-            .call(Op::Bump, move |servers| {
-                // Only versions that exist need a bump, and one multi-get per server finds them.
-                // A version created after this read belongs to a reader that reads PostgreSQL
-                // later still, so after the change being announced: its entry is current.
-                let existing = servers.get_many(&versions)?;
-                for version in existing.keys() {
-                    match servers.for_key(version)?.increment(version, 1) {
-                        Ok(_) => {}
-                        // No version: no reader has tagged an entry with one still valid.
-                        Err(error) if absent_or_present(&error) => {}
-                        Err(error) => return Err(error),
+        let Some((_, pending)) = self.checkout() else {
+            self.count(Op::Bump, "skipped");
+            self.remember_deletes(pairs.iter().map(|(_, entry)| self.key(*entry)));
+            return;
+        };
+        let servers = self.inner.pipelines.len();
+        let mut requests: Vec<Vec<Command<'_>>> = vec![Vec::new(); servers];
+        // Deletes owed since an outage first, as every other request sends them.
+        for key in &pending {
+            requests[server_index(key, servers)].push(Command::Delete(key));
+        }
+        for key in &versions {
+            requests[server_index(key, servers)].push(Command::Incr(key));
+        }
+        let sent =
+            self.inner
+                .pipelines
+                .iter()
+                .zip(&requests)
+                .map(|(pipeline, commands)| async move {
+                    match tokio::time::timeout(TIMEOUT, pipeline.run(commands)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "memcached did not answer in time",
+                        )),
                     }
+                });
+        let failure = futures::future::join_all(sent)
+            .await
+            .into_iter()
+            .find_map(Result::err);
+        match failure {
+            None => {
+                if let Ok(mut state) = self.inner.state.lock() {
+                    for key in &pending {
+                        state.pending_deletes.remove(key);
+                    }
+                    state.failures = 0;
                 }
-                Ok(())
-            })
-            .await;
-        if outcome.is_some() {
-            self.count(Op::Bump, "ok");
-        } else if let Ok(mut state) = self.inner.state.lock() {
-            for entry in remembered {
+                self.count(Op::Bump, "ok");
+            }
+            Some(error) => {
+                self.failed(Op::Bump, &error);
+                self.remember_deletes(pairs.iter().map(|(_, entry)| self.key(*entry)));
+            }
+        }
+    }
+
+    /// Entries to delete before anything else once memcached answers again.
+    fn remember_deletes(&self, keys: impl IntoIterator<Item = String>) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            for key in keys {
                 if state.pending_deletes.len() < MAX_PENDING_DELETES {
-                    state.pending_deletes.insert(entry);
+                    state.pending_deletes.insert(key);
                 }
             }
         }
@@ -578,6 +624,36 @@ mod tests {
         assert_eq!(count(&metrics, "get", "error"), 1);
         assert!(count(&metrics, "get", "skipped") >= 20);
         assert_eq!(metrics.cache_errors.get(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_bump_that_fails_pauses_the_cache_and_remembers_the_entries() -> std::io::Result<()> {
+        let metrics = Metrics::new();
+        let cache = Cache::new(&closed_address()?, "t", 60, metrics.clone());
+        let rooms = [RoomId(1), RoomId(2)];
+        let pairs = || {
+            rooms
+                .iter()
+                .map(|&room| (CacheKey::RecentVersion(room), CacheKey::Recent(room)))
+                .collect::<Vec<_>>()
+        };
+        cache.bump(pairs()).await;
+        assert_eq!(count(&metrics, "bump", "error"), 1);
+        // Paused: the next bump does not wait on the dead server.
+        cache.bump(pairs()).await;
+        assert_eq!(count(&metrics, "bump", "skipped"), 1);
+        let pending = cache
+            .inner
+            .state
+            .lock()
+            .map(|state| state.pending_deletes.clone())
+            .unwrap_or_default();
+        let expected: HashSet<String> = ["t:recent:1", "t:recent:2"].map(String::from).into();
+        assert_eq!(
+            pending, expected,
+            "entries to delete once memcached is back"
+        );
         Ok(())
     }
 }

@@ -180,7 +180,31 @@ pub async fn join(
     room_name: &str,
 ) -> anyhow::Result<JoinedRoom> {
     let room_id = become_member(dialer, session, room_name).await?;
+    first_screen(dialer, session, room_id).await?;
     follow(session, room_id, None).await
+}
+
+/// Reads the room's newest page of history, as a client opening the room does. It also makes
+/// the room's history a cached entry, which every later message must then mark out of date:
+/// the nodes pay for that as they would with real readers.
+async fn first_screen(dialer: &Dialer, session: &Session, room_id: RoomId) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[allow(dead_code)]
+        messages: Vec<serde::de::IgnoredAny>,
+    }
+    let response = dialer
+        .http()
+        .get(format!(
+            "http://{}/api/rooms/{room_id}/messages",
+            session.node
+        ))
+        .query(&[("limit", "50")])
+        .header("authorization", format!("Bearer {}", session.account.token))
+        .send()
+        .await?;
+    let _: Page = answer(response, "history").await?;
+    Ok(())
 }
 
 /// Follows a room the user is already a member of on this connection; with `after`, resumes

@@ -4,6 +4,7 @@
 mod accounts;
 mod authorization;
 mod bad_input;
+mod cache_versions;
 mod edits;
 mod history;
 mod leave_across_nodes;

@@ -1,0 +1,164 @@
+//! Pipelined memcached commands on a connection of their own, without the blocking pool.
+//!
+//! The `memcache` crate sends a command and waits for its answer before the next one, on a
+//! blocking thread. Marking a batch's rooms out of date is one `incr` per room, in series with
+//! every message's delivery: a hundred rooms were a hundred round trips. Here every command of a
+//! request is written at once and the answers are read in order, so a request is one round trip
+//! whatever its size, on the node's own runtime.
+
+use std::io;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// memcached's longest key.
+const MAX_KEY_BYTES: usize = 250;
+/// The longest answer line these commands get (a 64-bit number or a short word).
+const MAX_ANSWER_BYTES: u64 = 64;
+
+/// One command of a pipelined request. A key that is not there is an answer, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `incr <key> 1`: moves a counter on; a missing one stays missing.
+    Incr(&'a str),
+    /// `delete <key>`.
+    Delete(&'a str),
+}
+
+impl<'a> Command<'a> {
+    fn key(self) -> &'a str {
+        match self {
+            Command::Incr(key) | Command::Delete(key) => key,
+        }
+    }
+
+    fn write(self, out: &mut Vec<u8>) -> io::Result<()> {
+        let key = self.key();
+        let valid = !key.is_empty()
+            && key.len() <= MAX_KEY_BYTES
+            && key.bytes().all(|byte| byte > b' ' && byte != 0x7f);
+        if !valid {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a memcached key: {key:?}"),
+            ));
+        }
+        match self {
+            Command::Incr(key) => out.extend_from_slice(format!("incr {key} 1\r\n").as_bytes()),
+            Command::Delete(key) => out.extend_from_slice(format!("delete {key}\r\n").as_bytes()),
+        }
+        Ok(())
+    }
+
+    /// Whether `answer` (without its line end) is one this command expects.
+    fn answered_by(self, answer: &str) -> bool {
+        match self {
+            Command::Incr(_) => {
+                answer == "NOT_FOUND"
+                    || (!answer.is_empty() && answer.bytes().all(|b| b.is_ascii_digit()))
+            }
+            Command::Delete(_) => answer == "DELETED" || answer == "NOT_FOUND",
+        }
+    }
+}
+
+/// One memcached server's pipelined connection, used by one request at a time and opened on
+/// first use.
+pub struct Pipeline {
+    addr: String,
+    connection: Mutex<Option<BufReader<TcpStream>>>,
+}
+
+impl Pipeline {
+    pub fn new(addr: &str) -> Pipeline {
+        Pipeline {
+            addr: addr.to_owned(),
+            connection: Mutex::new(None),
+        }
+    }
+
+    /// Sends every command in one write and reads every answer. On any error, or if the caller
+    /// gives up half way (a timeout drops this future), the connection is closed: its stream
+    /// may hold answers nobody will read.
+    pub async fn run(&self, commands: &[Command<'_>]) -> io::Result<()> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let mut request = Vec::with_capacity(commands.len() * 64);
+        for command in commands {
+            command.write(&mut request)?;
+        }
+        let mut slot = self.connection.lock().await;
+        let mut connection = match slot.take() {
+            Some(connection) => connection,
+            None => {
+                let stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                BufReader::new(stream)
+            }
+        };
+        connection.get_mut().write_all(&request).await?;
+        let mut line = String::new();
+        for command in commands {
+            line.clear();
+            let read = (&mut connection)
+                .take(MAX_ANSWER_BYTES)
+                .read_line(&mut line)
+                .await?;
+            if read == 0 || !line.ends_with('\n') {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "memcached closed the connection or sent a line too long",
+                ));
+            }
+            let answer = line.trim_end_matches(['\r', '\n']);
+            if !command.answered_by(answer) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("memcached answered {answer:?} to {command:?}"),
+                ));
+            }
+        }
+        *slot = Some(connection);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_written_as_memcached_reads_them() -> io::Result<()> {
+        let mut out = Vec::new();
+        Command::Incr("p:recent-version:1").write(&mut out)?;
+        Command::Delete("p:recent:1").write(&mut out)?;
+        assert_eq!(
+            out,
+            b"incr p:recent-version:1 1\r\ndelete p:recent:1\r\n".to_vec()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn keys_memcached_would_misread_are_refused_before_anything_is_sent() {
+        for key in ["", "a b", "a\r\nflush_all", &"k".repeat(251)] {
+            let mut out = Vec::new();
+            assert!(Command::Incr(key).write(&mut out).is_err(), "{key:?}");
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn answers_are_checked_per_command() {
+        assert!(Command::Incr("k").answered_by("42"));
+        assert!(Command::Incr("k").answered_by("NOT_FOUND"));
+        assert!(!Command::Incr("k").answered_by("DELETED"));
+        assert!(!Command::Incr("k").answered_by(""));
+        assert!(!Command::Incr("k")
+            .answered_by("CLIENT_ERROR cannot increment or decrement non-numeric value"));
+        assert!(Command::Delete("k").answered_by("DELETED"));
+        assert!(Command::Delete("k").answered_by("NOT_FOUND"));
+        assert!(!Command::Delete("k").answered_by("ERROR"));
+    }
+}
