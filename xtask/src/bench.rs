@@ -158,7 +158,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     for node in &mut nodes {
         stop_node(node);
     }
-    delete_queues(&prefix);
+    delete_topology(&prefix);
     let failures = result?;
 
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&reports)?
@@ -381,17 +381,27 @@ fn recreate_database() -> Result<()> {
     Ok(())
 }
 
-/// Removes the run's durable queues (node queues are exclusive and went with their nodes).
-fn delete_queues(prefix: &str) {
+/// Removes the run's durable queues (node queues are exclusive and went with their nodes) and
+/// its exchanges. `rabbitmqctl` of RabbitMQ 3.10 has no `delete_exchange`; the broker's own
+/// function does it.
+fn delete_topology(prefix: &str) {
     let mut queues: Vec<String> = (0..8)
         .map(|shard| format!("{prefix}.ingest.{shard}"))
         .collect();
     queues.push(format!("{prefix}.dead"));
-    let children: Vec<Child> = queues
+    let deletions = queues
         .iter()
-        .filter_map(|queue| {
+        .map(|queue| vec!["-q".to_owned(), "delete_queue".to_owned(), queue.clone()])
+        .chain(["ingest", "delivery", "dead"].iter().map(|kind| {
+            let expression = format!(
+                "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"{prefix}.{kind}\">>), false, <<\"chat-bench\">>)."
+            );
+            vec!["-q".to_owned(), "eval".to_owned(), expression]
+        }));
+    let children: Vec<Child> = deletions
+        .filter_map(|args| {
             Command::new("rabbitmqctl")
-                .args(["-q", "delete_queue", queue])
+                .args(&args)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
