@@ -2,9 +2,9 @@
 //!
 //! The `memcache` crate sends a command and waits for its answer before the next one, on a
 //! blocking thread. Marking a batch's rooms out of date is one `incr` per room, in series with
-//! every message's delivery: a hundred rooms were a hundred round trips. Here every command of a
-//! request is written at once and the answers are read in order, so a request is one round trip
-//! whatever its size, on the node's own runtime.
+//! every message's delivery: a hundred rooms were a hundred round trips. Here the commands of a
+//! request are written at once (up to 512 per write) and the answers read in order, so a
+//! batch's bump is one round trip, on the node's own runtime.
 
 use std::io;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -15,6 +15,10 @@ use tokio::sync::Mutex;
 const MAX_KEY_BYTES: usize = 250;
 /// The longest answer line these commands get (a 64-bit number or a short word).
 const MAX_ANSWER_BYTES: u64 = 64;
+/// Commands written before their answers are read: a batch's rooms fit in one write, and a
+/// long request (the deletes owed after an outage) never has memcached wait for us to read
+/// while we wait for it to read.
+const COMMANDS_PER_WRITE: usize = 512;
 
 /// One command of a pipelined request. A key that is not there is an answer, not a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,16 +81,12 @@ impl Pipeline {
         }
     }
 
-    /// Sends every command in one write and reads every answer. On any error, or if the caller
-    /// gives up half way (a timeout drops this future), the connection is closed: its stream
-    /// may hold answers nobody will read.
+    /// Sends the commands in writes of up to [`COMMANDS_PER_WRITE`] and reads every answer. On
+    /// any error, or if the caller gives up half way (a timeout drops this future), the
+    /// connection is closed: its stream may hold answers nobody will read.
     pub async fn run(&self, commands: &[Command<'_>]) -> io::Result<()> {
         if commands.is_empty() {
             return Ok(());
-        }
-        let mut request = Vec::with_capacity(commands.len() * 64);
-        for command in commands {
-            command.write(&mut request)?;
         }
         let mut slot = self.connection.lock().await;
         let mut connection = match slot.take() {
@@ -97,26 +97,33 @@ impl Pipeline {
                 BufReader::new(stream)
             }
         };
-        connection.get_mut().write_all(&request).await?;
+        let mut request = Vec::new();
         let mut line = String::new();
-        for command in commands {
-            line.clear();
-            let read = (&mut connection)
-                .take(MAX_ANSWER_BYTES)
-                .read_line(&mut line)
-                .await?;
-            if read == 0 || !line.ends_with('\n') {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "memcached closed the connection or sent a line too long",
-                ));
+        for chunk in commands.chunks(COMMANDS_PER_WRITE) {
+            request.clear();
+            for command in chunk {
+                command.write(&mut request)?;
             }
-            let answer = line.trim_end_matches(['\r', '\n']);
-            if !command.answered_by(answer) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("memcached answered {answer:?} to {command:?}"),
-                ));
+            connection.get_mut().write_all(&request).await?;
+            for command in chunk {
+                line.clear();
+                let read = (&mut connection)
+                    .take(MAX_ANSWER_BYTES)
+                    .read_line(&mut line)
+                    .await?;
+                if read == 0 || !line.ends_with('\n') {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "memcached closed the connection or sent a line too long",
+                    ));
+                }
+                let answer = line.trim_end_matches(['\r', '\n']);
+                if !command.answered_by(answer) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("memcached answered {answer:?} to {command:?}"),
+                    ));
+                }
             }
         }
         *slot = Some(connection);

@@ -19,8 +19,8 @@ async fn one_bump_moves_every_version_a_reader_made_and_creates_none() -> anyhow
     let metrics = Metrics::new();
     let prefix = format!("versions-{}", uuid::Uuid::new_v4().simple());
     let cache = Cache::new(&memcached_servers(), &prefix, 60, metrics.clone());
-    let read: Vec<RoomId> = (1..=300).map(RoomId).collect();
-    let never_read: Vec<RoomId> = (301..=400).map(RoomId).collect();
+    let read: Vec<RoomId> = (1..=600).map(RoomId).collect();
+    let never_read: Vec<RoomId> = (601..=700).map(RoomId).collect();
     let versioned = |room: RoomId| {
         let cache = cache.clone();
         async move {
@@ -36,7 +36,7 @@ async fn one_bump_moves_every_version_a_reader_made_and_creates_none() -> anyhow
         before.push(versioned(room).await?);
     }
 
-    // A batch touching 400 rooms, most of which a reader has seen.
+    // A batch touching 700 rooms (more than one write), most of which a reader has seen.
     let pairs = (read.iter().chain(&never_read))
         .map(|&room| (CacheKey::RecentVersion(room), CacheKey::Recent(room)))
         .collect();
