@@ -571,6 +571,9 @@ impl Cache {
         tracing::warn!(%error, op = op.as_str(), "memcached request failed; using PostgreSQL");
         self.inner.metrics.cache_errors.inc();
         self.count(op, "error");
+        for pipeline in &self.inner.pipelines {
+            pipeline.reset();
+        }
         if let Ok(mut state) = self.inner.state.lock() {
             state.servers = None;
             state.probing = false;

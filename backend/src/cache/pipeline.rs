@@ -81,6 +81,14 @@ impl Pipeline {
         }
     }
 
+    /// Closes the connection unless a request is using it (which then finds out by itself):
+    /// after memcached failed for any request, the next one starts on a new connection.
+    pub fn reset(&self) {
+        if let Ok(mut slot) = self.connection.try_lock() {
+            slot.take();
+        }
+    }
+
     /// Sends the commands in writes of up to [`COMMANDS_PER_WRITE`] and reads every answer. On
     /// any error, or if the caller gives up half way (a timeout drops this future), the
     /// connection is closed: its stream may hold answers nobody will read.

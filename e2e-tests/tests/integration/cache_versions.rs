@@ -1,10 +1,12 @@
 //! Room message versions in the real memcached: one bump moves the version of every room a
 //! reader has tagged an entry with, however many rooms a batch touches, and creates none.
 
+use crate::profiles_cache::PrivateMemcached;
 use anyhow::Context;
 use chat_backend::cache::{Cache, CacheKey};
 use chat_backend::metrics::Metrics;
 use chat_protocol::RoomId;
+use e2e_tests::eventually;
 use e2e_tests::services::memcached_servers;
 
 fn bumps(metrics: &Metrics, result: &str) -> u64 {
@@ -72,5 +74,49 @@ async fn one_bump_moves_every_version_a_reader_made_and_creates_none() -> anyhow
         assert_eq!(versioned(room).await?, old + 1, "room {room}");
     }
     assert_eq!(bumps(&metrics, "ok"), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_memcached_comes_back_the_first_bump_succeeds() -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let mut memcached = PrivateMemcached::start()?;
+    memcached.wait_up().await?;
+    let cache = Cache::new(
+        &format!("127.0.0.1:{}", memcached.port),
+        "back",
+        60,
+        metrics.clone(),
+    );
+    let room = RoomId(1);
+    let pair = || vec![(CacheKey::RecentVersion(room), CacheKey::Recent(room))];
+    let version = || {
+        let cache = cache.clone();
+        async move {
+            cache
+                .get_versioned::<String>(CacheKey::RecentVersion(room), CacheKey::Recent(room))
+                .await
+                .map(|(version, _)| version)
+        }
+    };
+    let first = version().await.context("memcached did not answer")?;
+    cache.bump(pair()).await;
+    assert_eq!(bumps(&metrics, "ok"), 1);
+
+    // memcached restarts, empty; a read finds out, and the cache is used again after its pause.
+    memcached.stop();
+    let restarted = PrivateMemcached::start_on(memcached.port)?;
+    restarted.wait_up().await?;
+    let current = eventually("the cache to answer again", &version).await?;
+    assert!(metrics.cache_errors.get() >= 1, "the restart was noticed");
+    assert_ne!(current, first + 1, "a new memcached, a new version");
+
+    // The bump's own connection died with the old memcached; it must not cost another failure.
+    let errors = metrics.cache_errors.get();
+    cache.bump(pair()).await;
+    assert_eq!(bumps(&metrics, "error"), 0);
+    assert_eq!(bumps(&metrics, "ok"), 2);
+    assert_eq!(metrics.cache_errors.get(), errors);
+    assert_eq!(version().await, Some(current + 1));
     Ok(())
 }

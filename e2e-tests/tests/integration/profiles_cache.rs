@@ -76,13 +76,13 @@ async fn profiles_are_cached_and_updates_reach_every_node() -> anyhow::Result<()
 }
 
 /// A memcached of this test's own, on a port of its own; killed on drop.
-struct PrivateMemcached {
-    port: u16,
+pub(crate) struct PrivateMemcached {
+    pub(crate) port: u16,
     process: Option<Child>,
 }
 
 impl PrivateMemcached {
-    fn start_on(port: u16) -> anyhow::Result<PrivateMemcached> {
+    pub(crate) fn start_on(port: u16) -> anyhow::Result<PrivateMemcached> {
         let mut command = Command::new("memcached");
         command
             .args([
@@ -107,14 +107,14 @@ impl PrivateMemcached {
         })
     }
 
-    fn start() -> anyhow::Result<PrivateMemcached> {
+    pub(crate) fn start() -> anyhow::Result<PrivateMemcached> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         PrivateMemcached::start_on(port)
     }
 
-    async fn wait_up(&self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_up(&self) -> anyhow::Result<()> {
         let address = format!("127.0.0.1:{}", self.port);
         eventually("memcached to listen", || {
             let address = address.clone();
@@ -124,7 +124,7 @@ impl PrivateMemcached {
         Ok(())
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill();
             let _ = process.wait();
