@@ -9,6 +9,15 @@ use chat_protocol::RoomId;
 use e2e_tests::eventually;
 use e2e_tests::services::memcached_servers;
 
+/// The room's message version as a reader sees it (created if missing); `None` if memcached
+/// did not answer.
+async fn version_of(cache: Cache, room: RoomId) -> Option<u64> {
+    cache
+        .get_versioned::<String>(CacheKey::RecentVersion(room), CacheKey::Recent(room))
+        .await
+        .map(|(version, _)| version)
+}
+
 fn bumps(metrics: &Metrics, result: &str) -> u64 {
     metrics
         .cache_requests
@@ -26,10 +35,8 @@ async fn one_bump_moves_every_version_a_reader_made_and_creates_none() -> anyhow
     let versioned = |room: RoomId| {
         let cache = cache.clone();
         async move {
-            cache
-                .get_versioned::<String>(CacheKey::RecentVersion(room), CacheKey::Recent(room))
+            version_of(cache, room)
                 .await
-                .map(|(version, _)| version)
                 .context("memcached did not answer")
         }
     };
@@ -90,15 +97,7 @@ async fn after_memcached_comes_back_the_first_bump_succeeds() -> anyhow::Result<
     );
     let room = RoomId(1);
     let pair = || vec![(CacheKey::RecentVersion(room), CacheKey::Recent(room))];
-    let version = || {
-        let cache = cache.clone();
-        async move {
-            cache
-                .get_versioned::<String>(CacheKey::RecentVersion(room), CacheKey::Recent(room))
-                .await
-                .map(|(version, _)| version)
-        }
-    };
+    let version = || version_of(cache.clone(), room);
     let first = version().await.context("memcached did not answer")?;
     cache.bump(pair()).await;
     assert_eq!(bumps(&metrics, "ok"), 1);
