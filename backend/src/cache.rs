@@ -375,9 +375,10 @@ impl Cache {
             .iter()
             .map(|(version, _)| self.key(*version))
             .collect();
+        let entries = || pairs.iter().map(|(_, entry)| self.key(*entry));
         let Some((_, pending)) = self.checkout() else {
             self.count(Op::Bump, "skipped");
-            self.remember_deletes(pairs.iter().map(|(_, entry)| self.key(*entry)));
+            self.remember_deletes(entries());
             return;
         };
         let servers = self.inner.pipelines.len();
@@ -419,7 +420,7 @@ impl Cache {
             }
             Some(error) => {
                 self.failed(Op::Bump, &error);
-                self.remember_deletes(pairs.iter().map(|(_, entry)| self.key(*entry)));
+                self.remember_deletes(entries());
             }
         }
     }

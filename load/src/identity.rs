@@ -37,6 +37,16 @@ pub struct Session {
     pub node: SocketAddr,
 }
 
+impl Session {
+    /// The node's REST API base and this user's `Authorization` value.
+    fn api(&self) -> (String, String) {
+        (
+            format!("http://{}/api", self.node),
+            format!("Bearer {}", self.account.token),
+        )
+    }
+}
+
 /// A room a connection follows, and its newest sequence number at that moment.
 #[derive(Debug, Clone, Copy)]
 pub struct JoinedRoom {
@@ -193,14 +203,12 @@ async fn first_screen(dialer: &Dialer, session: &Session, room_id: RoomId) -> an
         #[allow(dead_code)]
         messages: Vec<serde::de::IgnoredAny>,
     }
+    let (base, bearer) = session.api();
     let response = dialer
         .http()
-        .get(format!(
-            "http://{}/api/rooms/{room_id}/messages",
-            session.node
-        ))
+        .get(format!("{base}/rooms/{room_id}/messages"))
         .query(&[("limit", "50")])
-        .header("authorization", format!("Bearer {}", session.account.token))
+        .header("authorization", bearer)
         .send()
         .await?;
     let _: Page = answer(response, "history").await?;
@@ -238,8 +246,7 @@ async fn become_member(
     room_name: &str,
 ) -> anyhow::Result<RoomId> {
     let http = dialer.http();
-    let base = format!("http://{}/api", session.node);
-    let bearer = format!("Bearer {}", session.account.token);
+    let (base, bearer) = session.api();
     let create = CreateRoomRequest {
         name: room_name.to_owned(),
         visibility: RoomKind::Public,
