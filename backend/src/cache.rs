@@ -410,18 +410,24 @@ impl Cache {
             .find_map(Result::err);
         match failure {
             None => {
-                if let Ok(mut state) = self.inner.state.lock() {
-                    for key in &pending {
-                        state.pending_deletes.remove(key);
-                    }
-                    state.failures = 0;
-                }
+                self.succeeded(&pending);
                 self.count(Op::Bump, "ok");
             }
             Some(error) => {
                 self.failed(Op::Bump, &error);
                 self.remember_deletes(entries());
             }
+        }
+    }
+
+    /// A request went through, with the deletes owed that it was given (`sent`): those are
+    /// done. Deletes remembered while it was under way (another request failed) stay owed.
+    fn succeeded(&self, sent: &[String]) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            for key in sent {
+                state.pending_deletes.remove(key);
+            }
+            state.failures = 0;
         }
     }
 
@@ -471,15 +477,12 @@ impl Cache {
             for key in &pending {
                 delete_key(&servers, key)?;
             }
-            work(&servers)
+            work(&servers).map(|value| (value, pending))
         })
         .await;
         match outcome {
-            Ok(Ok(value)) => {
-                if let Ok(mut state) = self.inner.state.lock() {
-                    state.pending_deletes.clear();
-                    state.failures = 0;
-                }
+            Ok(Ok((value, sent))) => {
+                self.succeeded(&sent);
                 Some(value)
             }
             Ok(Err(error)) => {
@@ -647,16 +650,43 @@ mod tests {
         // Paused: the next bump does not wait on the dead server.
         cache.bump(pairs()).await;
         assert_eq!(count(&metrics, "bump", "skipped"), 1);
-        let pending = cache
+        let expected: HashSet<String> = ["t:recent:1", "t:recent:2"].map(String::from).into();
+        assert_eq!(
+            pending_deletes(&cache),
+            expected,
+            "entries to delete once memcached is back"
+        );
+        Ok(())
+    }
+
+    fn pending_deletes(cache: &Cache) -> HashSet<String> {
+        cache
             .inner
             .state
             .lock()
             .map(|state| state.pending_deletes.clone())
-            .unwrap_or_default();
-        let expected: HashSet<String> = ["t:recent:1", "t:recent:2"].map(String::from).into();
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_request_that_succeeds_keeps_the_deletes_owed_since_it_started() -> std::io::Result<()>
+    {
+        let cache = Cache::new(&closed_address()?, "t", 60, Metrics::new());
+        // While this request is under way, another one fails and leaves a delete owed. The
+        // request itself asks no server anything, so it succeeds even with none listening.
+        let other = cache.clone();
+        let answer = cache
+            .call(Op::Get, move |_| {
+                other.remember_deletes(["t:recent:7".to_owned()]);
+                Ok(1)
+            })
+            .await;
+        assert_eq!(answer, Some(1));
+        let expected: HashSet<String> = ["t:recent:7"].map(String::from).into();
         assert_eq!(
-            pending, expected,
-            "entries to delete once memcached is back"
+            pending_deletes(&cache),
+            expected,
+            "a delete owed since the request started is still owed"
         );
         Ok(())
     }
