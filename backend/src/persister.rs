@@ -17,6 +17,7 @@ use chat_protocol::bus::{
 use chat_protocol::{ChatMessage, RoomId};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -415,6 +416,8 @@ fn store_with_retry<'a>(
     Box::pin(async move {
         let mut delay = Duration::from_millis(50);
         let mut data_failures = 0;
+        // Shared with each attempt, so a retry needs no copy of the messages.
+        let messages: Arc<[IngestMessage]> = messages.into();
         loop {
             let started = Instant::now();
             let error = match store
@@ -437,10 +440,8 @@ fn store_with_retry<'a>(
                 data_failures += 1;
                 if messages.len() > 1 {
                     tracing::warn!(%error, batch = messages.len(), "batch refused; splitting it");
-                    let mut right = messages;
-                    let left = right.split_off(right.len() / 2);
-                    // `split_off` keeps the first half in `right`; store it first to keep order.
-                    let (first, second) = (right, left);
+                    let (first, second) = messages.split_at(messages.len() / 2);
+                    let (first, second) = (first.to_vec(), second.to_vec());
                     let mut outcomes =
                         store_with_retry(store, metrics, counters, first, stop).await?;
                     outcomes

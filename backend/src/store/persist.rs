@@ -67,9 +67,10 @@ impl Store {
     /// not share a room. The outcomes are in batch order.
     pub async fn persist_batch(
         &self,
-        batch: Vec<IngestMessage>,
+        batch: impl Into<Arc<[IngestMessage]>>,
         counters: SeqCounters,
     ) -> Result<Vec<MessageOutcome>, StoreError> {
+        let batch = batch.into();
         self.persisting
             .run(move |conn| {
                 let conn: &mut PgConnection = conn;

@@ -57,7 +57,7 @@ async fn room_with(
         .await?
         .ok_or_else(|| anyhow::anyhow!("room {name} not created"))?
         .room_id;
-    let batch = (1..=count).map(|n| send(room, owner, n)).collect();
+    let batch: Vec<_> = (1..=count).map(|n| send(room, owner, n)).collect();
     store.persist_batch(batch, SeqCounters::default()).await?;
     Ok(room)
 }
