@@ -70,7 +70,12 @@ impl App {
         };
         let balance_every =
             (config.shard_balance_ms > 0).then(|| Duration::from_millis(config.shard_balance_ms));
-        let bus = Bus::new(config.amqp_url.expose(), names, balance_every);
+        let bus = Bus::new(
+            config.amqp_url.expose(),
+            names,
+            balance_every,
+            metrics.ingest_publish_sends.clone(),
+        );
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
         let (fanout, fanout_events) = mpsc::unbounded_channel();
         let cache = Cache::new(

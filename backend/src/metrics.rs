@@ -20,6 +20,7 @@ pub struct Metrics {
     pub frames_dropped_slow_client: IntCounter,
     pub client_errors: IntCounterVec,
     pub persist_batch_size: Histogram,
+    pub ingest_publish_sends: Histogram,
     pub persist_seconds: Histogram,
     pub accept_seconds: Histogram,
     pub store_retries: IntCounter,
@@ -106,6 +107,12 @@ impl Metrics {
                 "persist_batch_size",
                 "Messages per persister transaction.",
                 vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+            ),
+            ingest_publish_sends: histogram(
+                "ingest_publish_sends",
+                "Sends per ingest publish: one AMQP message per shard carries every send that \
+                 waited while the node's previous publish was being written.",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 256.0],
             ),
             persist_seconds: histogram(
                 "persist_seconds",

@@ -22,6 +22,7 @@ use lapin::options::{
 use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use prometheus::Histogram;
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +86,8 @@ struct Inner {
     connections: std::sync::atomic::AtomicU64,
     ingest: mpsc::UnboundedSender<PendingIngest>,
     ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
+    /// Sends per ingest publish.
+    sends_per_publish: Histogram,
 }
 
 /// How many shards one node of `nodes` should persist at most: `ceil(shards / nodes)`.
@@ -176,8 +179,14 @@ impl Bus {
     /// A bus for the node `names.node_id`. With `balance_every`, the node checks that often
     /// whether it is the active persister of more shards than its share (the shard count over
     /// the number of nodes consuming them, rounded up), and if so hands one of them over: see
-    /// [`Bus::balance_shards`].
-    pub fn new(url: &str, names: Names, balance_every: Option<Duration>) -> Bus {
+    /// [`Bus::balance_shards`]. Each ingest publish records how many sends it carries in
+    /// `sends_per_publish`.
+    pub fn new(
+        url: &str,
+        names: Names,
+        balance_every: Option<Duration>,
+        sends_per_publish: Histogram,
+    ) -> Bus {
         let (ingest, ingest_queue) = mpsc::unbounded_channel();
         Bus {
             inner: Arc::new(Inner {
@@ -191,6 +200,7 @@ impl Bus {
                 connections: std::sync::atomic::AtomicU64::new(0),
                 ingest,
                 ingest_queue: Mutex::new(Some(ingest_queue)),
+                sends_per_publish,
             }),
         }
     }
@@ -534,6 +544,7 @@ impl Bus {
                 by_shard.entry(shard).or_default().push(pending);
             }
             for (shard, group) in by_shard {
+                self.inner.sends_per_publish.observe(group.len() as f64);
                 let (messages, answers): (Vec<IngestMessage>, Vec<_>) =
                     group.into_iter().map(|p| (p.message, p.answer)).unzip();
                 let outcome = self

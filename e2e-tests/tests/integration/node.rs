@@ -39,6 +39,8 @@ async fn health_readiness_and_metrics_answer() -> anyhow::Result<()> {
         "chat_messages_accepted_total 1".to_owned(),
         "chat_messages_persisted_total 1".to_owned(),
         "chat_connections 1".to_owned(),
+        "chat_ingest_publish_sends_count 1".to_owned(),
+        "chat_ingest_publish_sends_sum 1".to_owned(),
     ];
     for stage in ["ingest", "store", "queue", "invalidate", "publish"] {
         expected.push(format!(
