@@ -110,6 +110,8 @@ fn standard_set(quick: bool) -> Vec<Run> {
 pub fn bench(root: &Path, quick: bool) -> Result<()> {
     services::ensure_all()?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // Read before anything is built, so the tables name the code they measured.
+    let code = code_version(root);
     recreate_database()?;
     crate::run(crate::cargo().current_dir(root).args([
         "build",
@@ -184,9 +186,10 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     let tables = String::from_utf8_lossy(&output.stdout);
     let mut section =
         format!(
-        "Command: `cargo xtask bench{}` — {}\n\nMachine: {}; load average before the run: {}.\n\n",
+        "Command: `cargo xtask bench{}` — {}, {}\n\nMachine: {}; load average before the run: {}.\n\n",
         if quick { " --quick" } else { "" },
         now_utc(),
+        code,
         machine(),
         load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     );
@@ -472,6 +475,37 @@ fn machine() -> String {
         "{cores} cores ({model}), {mem_gib:.0} GiB RAM, Linux {}",
         kernel.trim()
     )
+}
+
+/// The commit the benchmark builds, and whether the work tree differs from it (apart from the
+/// files the benchmark itself rewrites).
+fn code_version(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=10", "HEAD"]) else {
+        return "code outside git".to_owned();
+    };
+    let changed = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        ".",
+        ":!BENCHMARKS.md",
+        ":!docs/bench",
+    ])
+    .is_some_and(|status| !status.is_empty());
+    if changed {
+        format!("code at commit `{commit}` with uncommitted changes")
+    } else {
+        format!("code at commit `{commit}`")
+    }
 }
 
 fn now_utc() -> String {
