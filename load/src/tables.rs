@@ -4,6 +4,7 @@ use crate::host::HostReport;
 use crate::idle::IdleResult;
 use crate::report::RunReport;
 use crate::stages::STAGES;
+use crate::stats::TimelinePoint;
 use crate::storm::StormResult;
 use std::fmt::Write;
 
@@ -37,6 +38,14 @@ fn bound(ms: f64) -> String {
     } else {
         format!("{ms:.0}")
     }
+}
+
+/// Seconds of a run whose own p99 send→deliver was above `ms`, of the seconds that had
+/// deliveries: a rate held back by a stall or two shows few, one the system cannot carry many.
+fn seconds_over(timeline: &[TimelinePoint], ms: f64) -> (usize, usize) {
+    let measured: Vec<&TimelinePoint> = timeline.iter().filter(|p| p.deliveries > 0).collect();
+    let over = measured.iter().filter(|p| p.deliver_p99_ms > ms).count();
+    (over, measured.len())
 }
 
 /// Idle runs labelled `idle-spread…` are one of several side-by-side runs, one per node.
@@ -140,7 +149,7 @@ pub fn tables(reports: &[RunReport]) -> String {
 
     let _ = writeln!(
         out,
-        "\n### rooms\n\n| Run | Offered | Sent/s | Accepted/s | Deliveries/s | send→accepted p50 / p99 ms | send→deliver p50 / p90 / p99 / p999 / max ms | other node p99 ms | Lost / dup / out-of-order / unconfirmed | CPU |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n### rooms\n\n| Run | Offered | Sent/s | Accepted/s | Deliveries/s | send→accepted p50 / p99 ms | send→deliver p50 / p90 / p99 / p999 / max ms | other node p99 ms | seconds with p99 > 50 ms | Lost / dup / out-of-order / unconfirmed | CPU |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &rooms {
         let (a, d) = (&r.accept_latency, &r.deliver_latency);
@@ -153,9 +162,10 @@ pub fn tables(reports: &[RunReport]) -> String {
             _ => "?".into(),
         };
         let c = &r.checks;
+        let (over, seconds) = seconds_over(&r.timeline, SUSTAINED_P99_MS);
         let _ = writeln!(
             out,
-            "| {} | {offered} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} | {} | {} |",
+            "| {} | {offered} | {:.0} | {:.0} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} / {:.2} / {:.2} / {:.2} | {:.2} | {over} of {seconds} | {} | {} |",
             r.label, r.sent_per_s, r.accepted_per_s, r.deliveries_per_s, a.p50, a.p99,
             d.p50, d.p90, d.p99, d.p999, d.max, r.deliver_remote_latency.p99,
             if r.drained {
@@ -290,5 +300,34 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
             "| {} | {busy} | {cpu} | {io} | {steal} | {switches} | {per_message} |",
             report.label,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn second(second: u32, deliveries: u64, p99: f64) -> TimelinePoint {
+        TimelinePoint {
+            second,
+            deliveries,
+            deliver_p50_ms: p99 / 2.0,
+            deliver_p99_ms: p99,
+            deliver_max_ms: p99,
+        }
+    }
+
+    #[test]
+    fn seconds_over_the_line_are_counted_among_seconds_with_deliveries() {
+        let timeline = [
+            second(0, 100, 20.0),
+            second(1, 100, 50.0),
+            second(2, 100, 50.5),
+            second(3, 100, 257.0),
+            // The drain after the sending phase: nothing delivered, nothing to judge.
+            second(4, 0, 0.0),
+        ];
+        assert_eq!(seconds_over(&timeline, 50.0), (2, 4));
+        assert_eq!(seconds_over(&[], 50.0), (0, 0));
     }
 }
