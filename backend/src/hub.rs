@@ -17,8 +17,9 @@ use crate::metrics::Metrics;
 /// A connection's id, unique within this node's lifetime.
 pub type ConnId = u64;
 
-/// A serialized frame, shared by every connection it goes to.
-pub type Frame = Arc<str>;
+/// A serialized frame, shared by every connection it goes to: cloning it counts a reference,
+/// and the WebSocket layer writes it without copying it into a message of its own.
+pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Frames waiting to be written to one connection. Bounded: see the module comment.
 pub const OUTBOX_CAPACITY: usize = 4_096;
@@ -467,5 +468,5 @@ impl Hub {
 
 /// Serializes a frame once for sharing.
 pub fn frame(frame: &ServerFrame) -> Frame {
-    Arc::from(frame.to_json())
+    Frame::from(frame.to_json())
 }

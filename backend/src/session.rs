@@ -8,6 +8,7 @@ use crate::app::App;
 use crate::auth::Identity;
 use crate::bus::BusError;
 use crate::directory::Access;
+use crate::http::Socket;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
 use crate::presence::PresenceEvent;
 use crate::store::{CatchUp, CatchUpRequest, ChangeOutcome};
@@ -23,9 +24,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
-use warp::ws::{Message, WebSocket};
 
 /// Close code sent when the node shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -60,7 +63,7 @@ struct Session {
 
 /// Serves one upgraded WebSocket of a signed-in user until either side closes it or the node
 /// stops.
-pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: Option<IpAddr>) {
+pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Option<IpAddr>) {
     let conn = app.next_conn_id();
     let (frames_tx, frames_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     let kick = app.shutdown.child_token();
@@ -71,10 +74,13 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
     app.metrics.connections.inc();
 
     let (sink, mut stream) = socket.split();
+    // The reader tells the writer it is done, with the close frame it wants sent if any.
+    let (end, ended) = oneshot::channel();
     let writer = tokio::spawn(write_frames(
         sink,
         frames_rx,
         kick.clone(),
+        ended,
         app.shutdown.clone(),
     ));
 
@@ -94,6 +100,7 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
         name: session.name.clone(),
     });
     session.set_presence(PresenceStatus::Online).await;
+    let mut closing = None;
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
@@ -103,56 +110,77 @@ pub async fn serve(socket: WebSocket, app: Arc<App>, identity: Identity, peer: O
             Some(Ok(message)) => message,
             Some(Err(error)) => {
                 tracing::debug!(conn, %error, "WebSocket read failed");
+                closing = refusal(&error);
                 break;
             }
             None => break,
         };
-        if message.is_close() {
-            break;
-        }
-        if let Ok(text) = message.to_str() {
-            session.handle_text(text).await;
-        } else if message.is_binary() {
-            session.reply_error(&FrameError::new(
+        match message {
+            Message::Text(text) => session.handle_text(&text).await,
+            Message::Binary(_) => session.reply_error(&FrameError::new(
                 ErrorCode::BadJson,
                 "frames are JSON text, not binary",
-            ));
+            )),
+            Message::Close(_) => break,
+            // Pings are answered by the WebSocket layer; pongs need nothing.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
-        // Pings are answered by the WebSocket layer; pongs need nothing.
     }
 
     session.leave_all().await;
     session.set_presence(PresenceStatus::Offline).await;
     app.hub.unregister(conn);
     app.metrics.connections.dec();
-    kick.cancel();
+    let _ = end.send(closing);
     drop(session);
     let _ = writer.await;
 }
 
+/// The close frame that answers a client whose frames broke the WebSocket rules, if any: too
+/// large (1009), not UTF-8 (1007) or otherwise malformed (1002). A connection that failed or
+/// was cut gets none.
+fn refusal(error: &WsError) -> Option<CloseFrame> {
+    let (code, reason) = match error {
+        WsError::Capacity(_) => (CloseCode::Size, "frame too large"),
+        WsError::Utf8(_) => (CloseCode::Invalid, "text frame is not UTF-8"),
+        WsError::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error"),
+        _ => return None,
+    };
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
 async fn write_frames(
-    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut sink: futures::stream::SplitSink<Socket, Message>,
     mut frames: mpsc::Receiver<Frame>,
     kick: CancellationToken,
+    mut ended: oneshot::Receiver<Option<CloseFrame>>,
     shutdown: CancellationToken,
 ) {
+    let mut refusal = None;
     loop {
         let frame = tokio::select! {
             biased;
             frame = frames.recv() => frame,
             _ = kick.cancelled() => None,
+            close = &mut ended => {
+                refusal = close.ok().flatten();
+                None
+            }
         };
         let Some(frame) = frame else {
             break;
         };
-        if sink.feed(Message::text(&*frame)).await.is_err() {
+        if sink.feed(Message::Text(frame)).await.is_err() {
             return;
         }
         let mut written = 1;
         while written < MAX_FRAMES_PER_FLUSH {
             match frames.try_recv() {
                 Ok(frame) => {
-                    if sink.feed(Message::text(&*frame)).await.is_err() {
+                    if sink.feed(Message::Text(frame)).await.is_err() {
                         return;
                     }
                     written += 1;
@@ -164,14 +192,27 @@ async fn write_frames(
             return;
         }
     }
-    let close = if shutdown.is_cancelled() {
-        Message::close_with(CLOSE_GOING_AWAY, "server shutting down")
-    } else if kick.is_cancelled() {
-        Message::close_with(CLOSE_TOO_SLOW, "too slow to keep up")
-    } else {
-        Message::close()
+    let close_with = |code: u16, reason: &'static str| {
+        Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        })
     };
-    let _ = sink.send(close).await;
+    // The outbox closes only after the reader has said why it ended, so if the last frame was
+    // read from a closed outbox, the reason is already waiting.
+    if refusal.is_none() {
+        refusal = ended.try_recv().ok().flatten();
+    }
+    let close = if shutdown.is_cancelled() {
+        close_with(CLOSE_GOING_AWAY, "server shutting down")
+    } else if refusal.is_some() {
+        refusal
+    } else if kick.is_cancelled() {
+        close_with(CLOSE_TOO_SLOW, "too slow to keep up")
+    } else {
+        None
+    };
+    let _ = sink.send(Message::Close(close)).await;
     let _ = sink.close().await;
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -107,10 +108,18 @@ async fn connect_from(
             .headers_mut()
             .insert("authorization", value.parse()?);
     }
-    let (socket, _) = tokio_tungstenite::client_async(request, stream)
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config()))
         .await
         .with_context(|| format!("WebSocket handshake with {node} failed"))?;
     Ok(socket)
+}
+
+/// The WebSocket settings of every load connection. The WebSocket layer zeroes the free part of
+/// its read buffer before every read, so the buffer's size is paid on each one: with the default
+/// 128 KiB that clearing was a sixth of this tool's CPU at 15,000 msgs/s; 4 KiB per read costs
+/// next to nothing and no more system calls than 16 KiB did (the same CPU in both).
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(4 * 1024)
 }
 
 /// Sends one client frame.

@@ -288,6 +288,23 @@ async fn the_websocket_needs_a_session_and_an_allowed_origin() -> anyhow::Result
         upgrade(&node, &[bearer.clone(), ("origin", node.http_url())]).await?,
         101
     );
+    // A request that is not a WebSocket handshake is refused, signed in or not, as the REST
+    // API refuses a malformed request.
+    ada.send(
+        ada.http()
+            .get(node.ws_url().replacen("ws://", "http://", 1))
+            .bearer_auth(&token),
+    )
+    .await?
+    .expect_error(400, "bad_request")?;
+    assert_eq!(
+        upgrade(
+            &node,
+            &[bearer.clone(), ("sec-websocket-version", "8".into())]
+        )
+        .await?,
+        400
+    );
     // The same origin rule guards the REST API against cross-site requests.
     let cross_site = ada
         .send(

@@ -64,3 +64,24 @@ async fn malformed_frames_get_typed_errors_and_the_connection_survives() -> anyh
     node.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_websocket_limit_closes_the_connection_with_1009() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start_node("bad-input-huge").await?;
+    let mut client = node.user("mallory").await?;
+    let (room, _) = client.join("abuse").await?;
+    let oversized = format!(
+        r#"{{"type":"send","room_id":{room},"client_msg_id":"huge","body":"{}"}}"#,
+        "n".repeat(70_000)
+    );
+    client.send_raw(&oversized).await?;
+    assert_eq!(client.recv_close().await?, Some(1009));
+
+    // Nothing was stored, and the user's next connection works.
+    let mut again = node.user("mallory").await?;
+    let (room_again, newest) = again.join("abuse").await?;
+    assert_eq!((room_again, newest.0), (room, 0));
+    node.stop().await?;
+    Ok(())
+}
