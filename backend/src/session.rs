@@ -34,6 +34,8 @@ use tokio_util::sync::CancellationToken;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code sent to a client that does not read its frames fast enough.
 pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// How long the close frame may take to leave before the connection is dropped without it.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most missed messages a resume sends; beyond it the client reloads recent history instead.
@@ -173,22 +175,15 @@ async fn write_frames(
         let Some(frame) = frame else {
             break;
         };
-        if sink.feed(Message::Text(frame)).await.is_err() {
-            return;
-        }
-        let mut written = 1;
-        while written < MAX_FRAMES_PER_FLUSH {
-            match frames.try_recv() {
-                Ok(frame) => {
-                    if sink.feed(Message::Text(frame)).await.is_err() {
-                        return;
-                    }
-                    written += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        if sink.flush().await.is_err() {
+        // A client that stops reading blocks these writes once the socket's buffers are full;
+        // being kicked (too slow, or the node stopping) ends them, so such a client holds
+        // nothing past its outbox.
+        let written = tokio::select! {
+            biased;
+            _ = kick.cancelled() => break,
+            written = write_burst(&mut sink, frame, &mut frames) => written,
+        };
+        if written.is_err() {
             return;
         }
     }
@@ -212,8 +207,31 @@ async fn write_frames(
     } else {
         None
     };
-    let _ = sink.send(Message::Close(close)).await;
-    let _ = sink.close().await;
+    // A client that does not read may never take the close frame: it gets a moment, then the
+    // connection is dropped without it.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = sink.send(Message::Close(close)).await;
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// Writes `first` and whatever else is queued (up to [`MAX_FRAMES_PER_FLUSH`]), then flushes.
+async fn write_burst(
+    sink: &mut futures::stream::SplitSink<Socket, Message>,
+    first: Frame,
+    frames: &mut mpsc::Receiver<Frame>,
+) -> Result<(), WsError> {
+    sink.feed(Message::Text(first)).await?;
+    let mut written = 1;
+    while written < MAX_FRAMES_PER_FLUSH {
+        let Ok(frame) = frames.try_recv() else {
+            break;
+        };
+        sink.feed(Message::Text(frame)).await?;
+        written += 1;
+    }
+    sink.flush().await
 }
 
 impl Session {

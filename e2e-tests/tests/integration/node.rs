@@ -1,5 +1,6 @@
 //! The operator's view of a node: health, readiness, metrics and graceful shutdown.
 
+use chat_protocol::ServerFrame;
 use e2e_tests::checks::Observed;
 use e2e_tests::TestEnv;
 
@@ -109,5 +110,50 @@ async fn shutdown_closes_websockets_with_going_away() -> anyhow::Result<()> {
     let stopping = tokio::spawn(node.stop());
     assert_eq!(client.recv_close().await?, Some(1001));
     stopping.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_though_it_reads_nothing() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    let node = env.start_node("sloth").await?;
+    let mut sloth = node.user("sloth").await?;
+    let (room, _) = sloth.join("flood").await?;
+    let mut busy = node.user("busy").await?;
+    busy.join("flood").await?;
+    let api = busy.api()?.clone();
+
+    // The sloth reads nothing from here on. Its socket's buffers fill, then its outbox; the
+    // node then disconnects it. Sends go in rounds, each waited for, until that happens.
+    let body = "z".repeat(3_000);
+    let mut sent = 0;
+    while api.metric("chat_slow_client_disconnects_total").await? < 1.0 {
+        anyhow::ensure!(
+            sent < 20_000,
+            "{sent} messages sent and the sloth is still connected"
+        );
+        for _ in 0..100 {
+            sent += 1;
+            busy.send_raw(&format!(
+                r#"{{"type":"send","room_id":{room},"client_msg_id":"m{sent}","body":"{body}"}}"#
+            ))
+            .await?;
+        }
+        let mut stored = 0;
+        while stored < 100 {
+            busy.recv_until(|frame| matches!(frame, ServerFrame::Stored { .. }).then_some(()))
+                .await?;
+            stored += 1;
+        }
+    }
+
+    // The node let go of the connection when it counted the disconnect, though the sloth never
+    // read the close: stopping the node now finds it gone. Reading at last, the sloth gets what
+    // was buffered, then 1008 (if it fitted) or the end of the connection; a connection still
+    // held would be closed by the stop, with 1001.
+    node.stop().await?;
+    let close = sloth.recv_close().await?;
+    assert!(matches!(close, None | Some(1008)), "closed with {close:?}");
     Ok(())
 }
