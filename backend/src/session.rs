@@ -176,11 +176,15 @@ async fn write_frames(
             break;
         };
         // A client that stops reading blocks these writes once the socket's buffers are full;
-        // being kicked (too slow, or the node stopping) ends them, so such a client holds
-        // nothing past its outbox.
+        // being kicked (too slow, or the node stopping) or the reader's end (the client closed,
+        // or broke the rules) ends them, so such a client holds nothing past its outbox.
         let written = tokio::select! {
             biased;
             _ = kick.cancelled() => break,
+            close = &mut ended => {
+                refusal = close.ok().flatten();
+                break;
+            }
             written = write_burst(&mut sink, frame, &mut frames) => written,
         };
         if written.is_err() {
