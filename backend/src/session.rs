@@ -30,10 +30,10 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-/// Close code sent when the node shuts down (RFC 6455 "going away").
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code sent to a client that does not read its frames fast enough.
-pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// Close code sent when the node shuts down (RFC 6455 "going away", 1001).
+pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::Away;
+/// Close code sent to a client that does not read its frames fast enough (1008).
+pub const CLOSE_TOO_SLOW: CloseCode = CloseCode::Policy;
 /// How long the close frame may take to leave before the connection is dropped without it.
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Frames written before a flush is forced, even if more are queued.
@@ -142,16 +142,19 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
 /// large (1009), not UTF-8 (1007) or otherwise malformed (1002). A connection that failed or
 /// was cut gets none.
 fn refusal(error: &WsError) -> Option<CloseFrame> {
-    let (code, reason) = match error {
-        WsError::Capacity(_) => (CloseCode::Size, "frame too large"),
-        WsError::Utf8(_) => (CloseCode::Invalid, "text frame is not UTF-8"),
-        WsError::Protocol(_) => (CloseCode::Protocol, "WebSocket protocol error"),
-        _ => return None,
-    };
-    Some(CloseFrame {
+    match error {
+        WsError::Capacity(_) => Some(close_frame(CloseCode::Size, "frame too large")),
+        WsError::Utf8(_) => Some(close_frame(CloseCode::Invalid, "text frame is not UTF-8")),
+        WsError::Protocol(_) => Some(close_frame(CloseCode::Protocol, "WebSocket protocol error")),
+        _ => None,
+    }
+}
+
+fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
+    CloseFrame {
         code,
         reason: reason.into(),
-    })
+    }
 }
 
 async fn write_frames(
@@ -191,23 +194,17 @@ async fn write_frames(
             return;
         }
     }
-    let close_with = |code: u16, reason: &'static str| {
-        Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        })
-    };
     // The outbox closes only after the reader has said why it ended, so if the last frame was
     // read from a closed outbox, the reason is already waiting.
     if refusal.is_none() {
         refusal = ended.try_recv().ok().flatten();
     }
     let close = if shutdown.is_cancelled() {
-        close_with(CLOSE_GOING_AWAY, "server shutting down")
+        Some(close_frame(CLOSE_GOING_AWAY, "server shutting down"))
     } else if refusal.is_some() {
         refusal
     } else if kick.is_cancelled() {
-        close_with(CLOSE_TOO_SLOW, "too slow to keep up")
+        Some(close_frame(CLOSE_TOO_SLOW, "too slow to keep up"))
     } else {
         None
     };

@@ -1,6 +1,6 @@
 //! The operator's view of a node: health, readiness, metrics and graceful shutdown.
 
-use chat_protocol::ServerFrame;
+use chat_protocol::{ClientFrame, ClientMsgId, ServerFrame};
 use e2e_tests::checks::Observed;
 use e2e_tests::TestEnv;
 
@@ -135,9 +135,11 @@ async fn a_client_that_stops_reading_is_disconnected_though_it_reads_nothing() -
         );
         for _ in 0..100 {
             sent += 1;
-            busy.send_raw(&format!(
-                r#"{{"type":"send","room_id":{room},"client_msg_id":"m{sent}","body":"{body}"}}"#
-            ))
+            busy.send(&ClientFrame::Send {
+                room_id: room,
+                client_msg_id: ClientMsgId(format!("m{sent}")),
+                body: body.clone(),
+            })
             .await?;
         }
         let mut stored = 0;
