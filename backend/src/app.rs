@@ -74,6 +74,7 @@ impl App {
             config.amqp_url.expose(),
             names,
             balance_every,
+            Duration::from_millis(config.ingest_interval_ms),
             metrics.ingest_publish_sends.clone(),
         );
         let hub = Hub::new(config.node_id.clone(), metrics.clone());

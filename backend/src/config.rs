@@ -109,6 +109,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_SHARD_BALANCE_MS", default_value_t = 2_000)]
     pub shard_balance_ms: u64,
 
+    /// Least time between two ingest publishes of a node, in milliseconds. A send that finds
+    /// the node's last publish longer ago than this is published at once; under load the sends
+    /// of one interval share one persistent message (far less work for RabbitMQ and the
+    /// persister, BENCHMARKS.md section 2) and wait at most this long. 0: publish whatever
+    /// waits as soon as the previous publish is written.
+    #[arg(long, env = "CHAT_INGEST_INTERVAL_MS", default_value_t = 2)]
+    pub ingest_interval_ms: u64,
+
     /// Most messages the persister stores in one transaction.
     #[arg(long, env = "CHAT_PERSIST_BATCH", default_value_t = 500)]
     pub persist_batch: usize,

@@ -49,6 +49,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         amqp_url: Secret(amqp_url()),
         amqp_prefix: prefix.to_owned(),
         ingest_shards: TEST_SHARDS,
+        ingest_interval_ms: 2,
         queue_type: chat_backend::config::QueueType::Classic,
         persist_batch: 500,
         shard_balance_ms: 2_000,

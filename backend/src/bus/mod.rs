@@ -74,6 +74,8 @@ pub struct Bus {
 }
 
 struct Inner {
+    /// Least time between two ingest publishes of this node.
+    publish_interval: Duration,
     url: String,
     names: Names,
     /// How often the node checks whether it persists more than its share of the shards.
@@ -175,16 +177,57 @@ fn check_confirmation(confirmation: Confirmation) -> Result<(), BusError> {
     }
 }
 
+/// When the ingest publisher may publish next. Each ingest publish is a persistent message
+/// RabbitMQ writes and confirms, and the persister takes and acknowledges, at about the same
+/// cost whether it carries one send or a hundred: publishing whatever waits the moment the
+/// previous publish left made one AMQP message every few sends under load. Publishes are at
+/// least `interval` apart instead: a send that finds the last publish longer ago than that goes
+/// out at once (no added latency when idle), and under load every send of an interval shares
+/// one publish, waiting at most `interval`. A publish that filled [`MAX_SENDS_PER_PUBLISH`]
+/// lets the next one go at once, so the cap never holds sends back.
+#[derive(Debug, Clone)]
+pub struct PublishPacer {
+    interval: Duration,
+    last: Option<std::time::Instant>,
+    full: bool,
+}
+
+impl PublishPacer {
+    pub fn new(interval: Duration) -> PublishPacer {
+        PublishPacer {
+            interval,
+            last: None,
+            full: false,
+        }
+    }
+
+    /// The instant before which the next publish must wait, if any.
+    pub fn next_due(&self) -> Option<std::time::Instant> {
+        if self.full || self.interval.is_zero() {
+            return None;
+        }
+        let due = self.last? + self.interval;
+        (due > std::time::Instant::now()).then_some(due)
+    }
+
+    /// Records a publish made at `at`; `full` if it carried as many sends as one may.
+    pub fn published(&mut self, at: std::time::Instant, full: bool) {
+        self.last = Some(at);
+        self.full = full;
+    }
+}
+
 impl Bus {
     /// A bus for the node `names.node_id`. With `balance_every`, the node checks that often
     /// whether it is the active persister of more shards than its share (the shard count over
     /// the number of nodes consuming them, rounded up), and if so hands one of them over: see
-    /// [`Bus::balance_shards`]. Each ingest publish records how many sends it carries in
-    /// `sends_per_publish`.
+    /// [`Bus::balance_shards`]. Ingest publishes are at least `publish_interval` apart (see
+    /// [`PublishPacer`]); each records how many sends it carries in `sends_per_publish`.
     pub fn new(
         url: &str,
         names: Names,
         balance_every: Option<Duration>,
+        publish_interval: Duration,
         sends_per_publish: Histogram,
     ) -> Bus {
         let (ingest, ingest_queue) = mpsc::unbounded_channel();
@@ -193,6 +236,7 @@ impl Bus {
                 url: url.to_owned(),
                 names,
                 balance_every,
+                publish_interval,
                 session: RwLock::new(None),
                 rooms: Mutex::new(HashSet::new()),
                 ready: AtomicBool::new(false),
@@ -527,10 +571,16 @@ impl Bus {
     }
 
     /// Publishes submitted sends: everything waiting is grouped by shard into one AMQP message
-    /// per shard, so under load one confirm covers many sends. Confirms are awaited elsewhere,
-    /// so the next publish does not wait for the previous one.
+    /// per shard, so under load one confirm covers many sends. Publishes are paced by a
+    /// [`PublishPacer`]: a send that finds the publisher idle goes out at once, and under load
+    /// the sends of one interval share one publish. Confirms are awaited elsewhere, so the next
+    /// publish does not wait for the previous one.
     async fn publish_ingest_batches(self, mut queue: mpsc::UnboundedReceiver<PendingIngest>) {
+        let mut pacer = PublishPacer::new(self.inner.publish_interval);
         while let Some(first) = queue.recv().await {
+            if let Some(due) = pacer.next_due() {
+                tokio::time::sleep_until(due.into()).await;
+            }
             let mut waiting = vec![first];
             while waiting.len() < MAX_SENDS_PER_PUBLISH {
                 match queue.try_recv() {
@@ -538,6 +588,10 @@ impl Bus {
                     Err(_) => break,
                 }
             }
+            pacer.published(
+                std::time::Instant::now(),
+                waiting.len() >= MAX_SENDS_PER_PUBLISH,
+            );
             let mut by_shard: BTreeMap<u16, Vec<PendingIngest>> = BTreeMap::new();
             for pending in waiting {
                 let shard = self.inner.names.shard_of(pending.message.room_id);
@@ -678,7 +732,29 @@ fn transient_json() -> BasicProperties {
 
 #[cfg(test)]
 mod tests {
-    use super::shard_to_hand_over;
+    use super::{shard_to_hand_over, PublishPacer};
+    use std::time::Duration;
+
+    #[test]
+    fn publishes_wait_out_the_interval_only_after_a_recent_publish_that_was_not_full() {
+        let interval = Duration::from_secs(60);
+        let mut pacer = PublishPacer::new(interval);
+        assert_eq!(pacer.next_due(), None, "the first send goes out at once");
+        let now = std::time::Instant::now();
+        pacer.published(now, false);
+        assert_eq!(pacer.next_due(), Some(now + interval));
+        pacer.published(now, true);
+        assert_eq!(
+            pacer.next_due(),
+            None,
+            "a full publish lets the next go at once"
+        );
+        pacer.published(now - interval * 2, false);
+        assert_eq!(pacer.next_due(), None, "an idle publisher adds no wait");
+        let mut unpaced = PublishPacer::new(Duration::ZERO);
+        unpaced.published(now, false);
+        assert_eq!(unpaced.next_due(), None);
+    }
 
     #[test]
     fn a_node_keeps_its_share_and_hands_over_the_highest_shard_beyond_it() {
