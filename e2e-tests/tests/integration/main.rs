@@ -7,6 +7,7 @@ mod bad_input;
 mod cache_versions;
 mod edits;
 mod history;
+mod ingest_pacing;
 mod leave_across_nodes;
 mod node;
 mod openapi;

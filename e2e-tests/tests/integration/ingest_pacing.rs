@@ -1,0 +1,56 @@
+//! Ingest publishes are paced: the sends a node reads within one interval after a publish go to
+//! RabbitMQ together as one persistent message, in their order.
+
+use chat_protocol::ServerFrame;
+use e2e_tests::{TestEnv, TestNode};
+
+const FOLLOWERS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sends_of_one_interval_share_one_ingest_publish_in_their_order() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("paced");
+    // Long enough that twenty sends written at once are all read within it on any machine,
+    // and well within the clients' deadline.
+    config.ingest_interval_ms = 3_000;
+    let node = TestNode::start(config).await?;
+    let operator = node.api();
+    let mut alice = node.user("alice").await?;
+    let (room, _) = alice.join("paced").await?;
+
+    // Nothing was published before: the first send goes out alone.
+    alice.send_message(room, "first", "first").await?;
+    alice
+        .recv_until(|frame| matches!(frame, ServerFrame::Accepted { .. }).then_some(()))
+        .await?;
+    assert_eq!(
+        operator.metric("chat_ingest_publish_sends_count").await?,
+        1.0
+    );
+
+    // Twenty more, written at once, reach the node within the interval after that publish.
+    for index in 0..FOLLOWERS {
+        alice
+            .send_message(room, &format!("follower-{index}"), &format!("{index}"))
+            .await?;
+    }
+    let mut bodies = Vec::new();
+    while bodies.len() < FOLLOWERS + 1 {
+        bodies.push(alice.next_message(room).await?.body);
+    }
+    let expected: Vec<String> = std::iter::once("first".to_owned())
+        .chain((0..FOLLOWERS).map(|index| index.to_string()))
+        .collect();
+    assert_eq!(bodies, expected, "stored and delivered in the order sent");
+    assert_eq!(
+        operator.metric("chat_ingest_publish_sends_count").await?,
+        2.0,
+        "the twenty shared one publish"
+    );
+    assert_eq!(
+        operator.metric("chat_ingest_publish_sends_sum").await?,
+        (FOLLOWERS + 1) as f64
+    );
+    node.stop().await?;
+    Ok(())
+}
