@@ -317,6 +317,11 @@ impl UserLoop {
         let (mut sink, mut stream) = socket.split();
         let mut next_send = first_send;
         let mut number: u64 = 0;
+        // Made once (the timer reset after each send), not anew for every frame received, which
+        // registered and dropped a timer, and a waiter on the token all users share, per frame.
+        let stopped = stop.cancelled();
+        let send_timer = tokio::time::sleep_until(next_send);
+        tokio::pin!(stopped, send_timer);
         loop {
             let sending = Instant::now() < send_until;
             let (rate_send, window_send) = match config.pace {
@@ -325,15 +330,16 @@ impl UserLoop {
             };
             tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
+                _ = &mut stopped => break,
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => self.receive(&text),
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
                 },
-                _ = tokio::time::sleep_until(next_send), if rate_send => {
+                _ = &mut send_timer, if rate_send => {
                     if let Pace::Rate(rate) = config.pace {
                         next_send += user_period(&config, rate);
+                        send_timer.as_mut().reset(next_send);
                     }
                     if self.send(&mut sink, &mut number, 1).await.is_err() {
                         break;
