@@ -103,10 +103,14 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
     });
     session.set_presence(PresenceStatus::Online).await;
     let mut closing = None;
+    // Made once for the connection, not for every frame: each makes and drops a waiter on the
+    // token.
+    let kicked = kick.cancelled();
+    tokio::pin!(kicked);
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
-            _ = kick.cancelled() => break,
+            _ = &mut kicked => break,
         };
         let message = match message {
             Some(Ok(message)) => message,
@@ -165,11 +169,14 @@ async fn write_frames(
     shutdown: CancellationToken,
 ) {
     let mut refusal = None;
+    // Made once for the connection, not twice for every burst.
+    let kicked = kick.cancelled();
+    tokio::pin!(kicked);
     loop {
         let frame = tokio::select! {
             biased;
             frame = frames.recv() => frame,
-            _ = kick.cancelled() => None,
+            _ = &mut kicked => None,
             close = &mut ended => {
                 refusal = close.ok().flatten();
                 None
@@ -183,7 +190,7 @@ async fn write_frames(
         // or broke the rules) ends them, so such a client holds nothing past its outbox.
         let written = tokio::select! {
             biased;
-            _ = kick.cancelled() => break,
+            _ = &mut kicked => break,
             close = &mut ended => {
                 refusal = close.ok().flatten();
                 break;
