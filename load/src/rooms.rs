@@ -322,21 +322,28 @@ impl UserLoop {
         let stopped = stop.cancelled();
         let send_timer = tokio::time::sleep_until(next_send);
         tokio::pin!(stopped, send_timer);
+        // Whether sending time is left; the clock is read when a send is due, not per frame.
+        let mut sending = true;
         loop {
-            let sending = Instant::now() < send_until;
             let (rate_send, window_send) = match config.pace {
                 Pace::Rate(_) => (sending, false),
                 Pace::Window(window) => (false, sending && self.pending.len() < window),
             };
+            // Frames first, and the stop token last: a frame that is ready is taken without
+            // polling the others (the token's check takes a lock). The stop comes once traffic
+            // has ended, when nothing else is ready.
             tokio::select! {
                 biased;
-                _ = &mut stopped => break,
                 message = stream.next() => match message {
                     Some(Ok(Message::Text(text))) => self.receive(&text),
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
                 },
                 _ = &mut send_timer, if rate_send => {
+                    if Instant::now() >= send_until {
+                        sending = false;
+                        continue;
+                    }
                     if let Pace::Rate(rate) = config.pace {
                         next_send += user_period(&config, rate);
                         send_timer.as_mut().reset(next_send);
@@ -346,14 +353,18 @@ impl UserLoop {
                     }
                 }
                 _ = std::future::ready(()), if window_send => {
+                    if Instant::now() >= send_until {
+                        sending = false;
+                        continue;
+                    }
                     let room = match config.pace { Pace::Window(w) => w, Pace::Rate(_) => 1 };
                     let count = room.saturating_sub(self.pending.len()).max(1);
                     if self.send(&mut sink, &mut number, count).await.is_err() {
                         break;
                     }
                 }
+                _ = &mut stopped => break,
             }
-            self.samples.maybe_flush(&self.recorder);
         }
         self.samples.flush(&self.recorder);
         let _ = sink.close().await;
@@ -398,7 +409,9 @@ impl UserLoop {
             "accepted" => {
                 if let Some(sent_at) = frame.client_msg_id.and_then(|id| self.take_pending(&id)) {
                     counters.accepted.fetch_add(1, Relaxed);
-                    self.samples.accept(now_micros().saturating_sub(sent_at));
+                    let now = now_micros();
+                    self.samples.accept(now.saturating_sub(sent_at));
+                    self.samples.maybe_flush(&recorder, now);
                 }
             }
             "error"
@@ -428,6 +441,7 @@ impl UserLoop {
                     let remote = sender_node != Some(self.node);
                     self.samples
                         .deliver(now, now.saturating_sub(sent_at), remote);
+                    self.samples.maybe_flush(&recorder, now);
                 }
                 let (Some(room_id), Some(seq)) = (frame.room_id, frame.seq) else {
                     return;

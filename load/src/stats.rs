@@ -190,7 +190,8 @@ pub struct Samples {
     accept: Vec<u64>,
     /// (received at, latency, receiver on another node than the sender)
     deliver: Vec<(u64, u64, bool)>,
-    last_flush: Option<Instant>,
+    /// When the samples were last handed over, in µs since the tool started ([`now_micros`]).
+    last_flush: Option<u64>,
 }
 
 impl Samples {
@@ -202,17 +203,20 @@ impl Samples {
         self.deliver.push((received_at, latency_micros, remote));
     }
 
-    /// Hands the samples over when there are many or they are getting old.
-    pub fn maybe_flush(&mut self, recorder: &Recorder) {
-        let last = *self.last_flush.get_or_insert_with(Instant::now);
-        if self.accept.len() + self.deliver.len() >= FLUSH_SAMPLES || last.elapsed() > FLUSH_EVERY {
+    /// Hands the samples over when there are many or they are getting old. `now` is
+    /// [`now_micros`], which the caller has just read for its sample: one clock read per frame.
+    pub fn maybe_flush(&mut self, recorder: &Recorder, now: u64) {
+        let last = *self.last_flush.get_or_insert(now);
+        if self.accept.len() + self.deliver.len() >= FLUSH_SAMPLES
+            || now.saturating_sub(last) > FLUSH_EVERY.as_micros() as u64
+        {
             self.flush(recorder);
         }
     }
 
     pub fn flush(&mut self, recorder: &Recorder) {
         recorder.absorb(self);
-        self.last_flush = Some(Instant::now());
+        self.last_flush = Some(now_micros());
     }
 }
 

@@ -361,7 +361,7 @@ async fn observe(
                 samples.deliver(now, now.saturating_sub(sent_at), true);
             }
             view.record(message.seq.0);
-            samples.maybe_flush(&shared.recorder);
+            samples.maybe_flush(&shared.recorder, now);
         }
     }
     samples.flush(&shared.recorder);
@@ -416,8 +416,9 @@ impl StormClient {
                                     if pending.contains_key(&client_msg_id.0) =>
                                 {
                                     let sent_at = pending.remove(&client_msg_id.0).unwrap_or_default();
-                                    samples.accept(now_micros().saturating_sub(sent_at));
-                                    samples.maybe_flush(&self.shared.recorder);
+                                    let now = now_micros();
+                                    samples.accept(now.saturating_sub(sent_at));
+                                    samples.maybe_flush(&self.shared.recorder, now);
                                     self.shared.recorder.counters.accepted.fetch_add(1, Relaxed);
                                     accepted.push(client_msg_id.0);
                                 }
