@@ -1,7 +1,7 @@
 //! The node: wires the store, the bus, the hub and the HTTP front together, and runs them until
 //! the shutdown signal.
 
-use crate::bus::{Bus, BusEvents, IngestShard, Names};
+use crate::bus::{Bus, BusEvents, IngestShard, Names, PublishPacing};
 use crate::cache::Cache;
 use crate::config::{Config, QueueType};
 use crate::directory::Directory;
@@ -74,7 +74,10 @@ impl App {
             config.amqp_url.expose(),
             names,
             balance_every,
-            Duration::from_millis(config.ingest_interval_ms),
+            PublishPacing {
+                interval: Duration::from_millis(config.ingest_interval_ms),
+                busy_interval: Duration::from_millis(config.ingest_busy_interval_ms),
+            },
             metrics.ingest_publish_sends.clone(),
         );
         let hub = Hub::new(config.node_id.clone(), metrics.clone());

@@ -117,6 +117,14 @@ pub struct Config {
     #[arg(long, env = "CHAT_INGEST_INTERVAL_MS", default_value_t = 2)]
     pub ingest_interval_ms: u64,
 
+    /// Least time after an ingest publish that carried 16 sends or more, in milliseconds: a
+    /// busy node (from about 5,000 sends a second) spaces its publishes further, which takes a
+    /// quarter off RabbitMQ's work from 8,000 msgs/s on (BENCHMARKS.md section 2). Below
+    /// `CHAT_INGEST_INTERVAL_MS` counts as equal to it, which turns the busy spacing off. A
+    /// send's wait for its publish counts against the 5 s its confirm has.
+    #[arg(long, env = "CHAT_INGEST_BUSY_INTERVAL_MS", default_value_t = 5)]
+    pub ingest_busy_interval_ms: u64,
+
     /// Most messages the persister stores in one transaction.
     #[arg(long, env = "CHAT_PERSIST_BATCH", default_value_t = 500)]
     pub persist_batch: usize,

@@ -50,6 +50,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         amqp_prefix: prefix.to_owned(),
         ingest_shards: TEST_SHARDS,
         ingest_interval_ms: 2,
+        ingest_busy_interval_ms: 5,
         queue_type: chat_backend::config::QueueType::Classic,
         persist_batch: 500,
         shard_balance_ms: 2_000,
