@@ -765,8 +765,7 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn publishes_wait_out_the_interval_or_the_busy_one_only_after_a_recent_publish_that_was_not_full(
-    ) {
+    fn a_publish_waits_the_interval_or_after_a_busy_publish_the_busy_interval() {
         let interval = Duration::from_secs(60);
         let busy_interval = Duration::from_secs(150);
         let mut pacer = PublishPacer::new(PublishPacing {
