@@ -18,6 +18,8 @@ const DATABASE: &str = "chat_bench";
 const FIRST_PORT: u16 = 8091;
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
 const END_MARKER: &str = "<!-- bench:end -->";
+/// Rounds of the CPU check's loop: about 60 ms on one core of the machines this ran on.
+const CPU_CHECK_ROUNDS: u64 = 20_000_000;
 /// `chat-load tables` reads idle reports whose label starts with this as one run per node
 /// (`chat_load::tables::SPREAD_LABEL`).
 const SPREAD_LABEL: &str = "idle-spread";
@@ -147,6 +149,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
             .map(|index| start_node(&server, index, &prefix, &database_url, &reports))
             .collect()
     };
+    let cpu_before = cpu_check();
     let mut nodes = start_nodes(2)?;
     let result = run_workloads(
         &load,
@@ -161,6 +164,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
         stop_node(node);
     }
     delete_topology(&prefix);
+    let cpu_after = cpu_check();
     let failures = result?;
 
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&reports)?
@@ -186,7 +190,9 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     let tables = String::from_utf8_lossy(&output.stdout);
     let mut section =
         format!(
-        "Command: `cargo xtask bench{}` — {}, {}\n\nMachine: {}; load average before the run: {}.\n\n",
+        "Command: `cargo xtask bench{}` — {}, {}\n\nMachine: {}; load average before the run: {}; \
+         CPU check (one core, a fixed loop, best of five): {cpu_before:.1} ms before the run, \
+         {cpu_after:.1} ms after.\n\n",
         if quick { " --quick" } else { "" },
         now_utc(),
         code,
@@ -449,6 +455,26 @@ fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Milliseconds one core takes for a fixed loop, the best of five tries: the speed the host gives
+/// this machine's cores at the moment. The same build takes the same time on an unchanged
+/// machine; a host that is busier with other machines' work shows as a longer time, which is
+/// how runs hours apart are told comparable or not.
+fn cpu_check() -> f64 {
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            for _ in 0..CPU_CHECK_ROUNDS {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            std::hint::black_box(x);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Cores, memory and kernel, from /proc.
