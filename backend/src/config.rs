@@ -119,7 +119,7 @@ pub struct Config {
 
     /// Least time after an ingest publish that carried 16 sends or more, in milliseconds: a
     /// busy node (from about 5,000 sends a second) spaces its publishes further, which takes a
-    /// quarter off RabbitMQ's work from 8,000 msgs/s on (BENCHMARKS.md section 2). Below
+    /// fifth off RabbitMQ's work from 8,000 msgs/s on (BENCHMARKS.md section 2). Below
     /// `CHAT_INGEST_INTERVAL_MS` counts as equal to it, which turns the busy spacing off. A
     /// send's wait for its publish counts against the 5 s its confirm has.
     #[arg(long, env = "CHAT_INGEST_BUSY_INTERVAL_MS", default_value_t = 5)]

@@ -203,7 +203,7 @@ pub const BUSY_SENDS: usize = 16;
 ///
 /// A publish that carried [`BUSY_SENDS`] or more spaces the next one by `busy_interval`
 /// instead: a busy node gives its sends a few more milliseconds, small beside what queueing for
-/// a core costs them by then, and RabbitMQ gets a quarter less work from it, while a quiet node
+/// a core costs them by then, and RabbitMQ gets a fifth less work from it, while a quiet node
 /// keeps the short interval its latency needs. A publish that filled [`MAX_SENDS_PER_PUBLISH`]
 /// lets the next one go at once, so the cap never holds sends back.
 #[derive(Debug, Clone)]
