@@ -2,6 +2,7 @@
 //! RabbitMQ together as one persistent message, in their order; after a busy publish (many
 //! sends) the next waits out the longer busy interval.
 
+use chat_backend::bus::BUSY_SENDS;
 use chat_protocol::ServerFrame;
 use e2e_tests::{TestEnv, TestNode};
 
@@ -21,9 +22,7 @@ async fn the_sends_of_one_interval_share_one_ingest_publish_in_their_order() -> 
 
     // Nothing was published before: the first send goes out alone.
     alice.send_message(room, "first", "first").await?;
-    alice
-        .recv_until(|frame| matches!(frame, ServerFrame::Accepted { .. }).then_some(()))
-        .await?;
+    accepted(&mut alice, 1).await?;
     assert_eq!(
         operator.metric("chat_ingest_publish_sends_count").await?,
         1.0
@@ -55,9 +54,6 @@ async fn the_sends_of_one_interval_share_one_ingest_publish_in_their_order() -> 
     node.stop().await?;
     Ok(())
 }
-
-/// Sends in one publish from which a node counts as busy (`chat_backend::bus::BUSY_SENDS`).
-const BUSY_SENDS: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_busy_publish_the_next_waits_out_the_busy_interval() -> anyhow::Result<()> {
@@ -105,6 +101,7 @@ async fn after_a_busy_publish_the_next_waits_out_the_busy_interval() -> anyhow::
     Ok(())
 }
 
+/// Reads frames until `count` sends were accepted.
 async fn accepted(client: &mut e2e_tests::WsClient, count: usize) -> anyhow::Result<()> {
     for _ in 0..count {
         client
