@@ -4,14 +4,26 @@
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Forwards connections from `addr` to a target while up; while cut, closes every forwarded
-/// connection and refuses new ones (accepts and drops them at once).
+/// What the proxy does with the connections it forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// Keeps every connection open and accepts new ones, but passes nothing on in either
+    /// direction until forwarding resumes: a service that stopped answering.
+    Stall,
+    /// Closes every forwarded connection and refuses new ones.
+    Cut,
+}
+
+/// Forwards connections from `addr` to a target while up; can stall them or cut them.
 pub struct TcpProxy {
     pub addr: SocketAddr,
-    state: Arc<watch::Sender<bool>>,
+    state: Arc<watch::Sender<Mode>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -23,18 +35,24 @@ impl TcpProxy {
             .with_context(|| format!("cannot resolve {target}"))?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(watch::channel(true).0);
+        let state = Arc::new(watch::channel(Mode::Forward).0);
         let task = tokio::spawn(accept_loop(listener, target, state.clone()));
         Ok(TcpProxy { addr, state, task })
     }
 
     /// Closes every forwarded connection and refuses new ones until [`TcpProxy::restore`].
     pub fn cut(&self) {
-        self.state.send_replace(false);
+        self.state.send_replace(Mode::Cut);
+    }
+
+    /// Holds every byte in both directions, connections left open, until
+    /// [`TcpProxy::restore`], which passes on what was held.
+    pub fn stall(&self) {
+        self.state.send_replace(Mode::Stall);
     }
 
     pub fn restore(&self) {
-        self.state.send_replace(true);
+        self.state.send_replace(Mode::Forward);
     }
 
     /// The target URL with its host and port replaced by the proxy's.
@@ -50,35 +68,67 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<bool>>) {
+async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<Mode>>) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
         };
-        if !*state.borrow() {
+        if *state.borrow() == Mode::Cut {
             drop(inbound);
             continue;
         }
-        let mut up = state.subscribe();
+        let (up, down) = (state.subscribe(), state.subscribe());
         tokio::spawn(async move {
             let Ok(outbound) = TcpStream::connect(target).await else {
                 return;
             };
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
-            let (mut inbound, mut outbound) = (inbound, outbound);
+            let (inbound_read, inbound_write) = inbound.into_split();
+            let (outbound_read, outbound_write) = outbound.into_split();
+            // Either direction ending ends the connection.
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = up.wait_for(|up| !*up) => {}
+                _ = pump(inbound_read, outbound_write, up) => {}
+                _ = pump(outbound_read, inbound_write, down) => {}
             }
         });
+    }
+}
+
+/// Copies one direction of a connection while forwarding; returns at end of stream, on an
+/// error, or when the proxy is cut.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if !forwarding(&mut mode).await {
+            return;
+        }
+        let read = tokio::select! {
+            read = from.read(&mut buffer) => read,
+            _ = mode.changed() => continue,
+        };
+        let count = match read {
+            Ok(0) | Err(_) => return,
+            Ok(count) => count,
+        };
+        // What was read while a stall began is held with the rest.
+        if !forwarding(&mut mode).await || to.write_all(&buffer[..count]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits out a stall: true once forwarding, false when cut (or the proxy is gone).
+async fn forwarding(mode: &mut watch::Receiver<Mode>) -> bool {
+    match mode.wait_for(|mode| *mode != Mode::Stall).await {
+        Ok(mode) => *mode == Mode::Forward,
+        Err(_) => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn echo_server() -> anyhow::Result<SocketAddr> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -125,6 +175,35 @@ mod tests {
         assert!(!round_trip(proxy.addr).await);
         proxy.restore();
         assert!(round_trip(proxy.addr).await);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn stall_holds_the_bytes_until_restore() -> anyhow::Result<()> {
+        let target = echo_server().await?;
+        let proxy = TcpProxy::start(&target.to_string()).await?;
+        let mut stream = TcpStream::connect(proxy.addr).await?;
+        stream.write_all(b"one").await?;
+        let mut buffer = [0u8; 3];
+        stream.read_exact(&mut buffer).await?;
+        assert_eq!(&buffer, b"one");
+
+        proxy.stall();
+        stream.write_all(b"two").await?;
+        let held = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            stream.read_exact(&mut buffer),
+        )
+        .await;
+        assert!(held.is_err(), "nothing comes back while stalled");
+
+        proxy.restore();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            stream.read_exact(&mut buffer),
+        )
+        .await??;
+        assert_eq!(&buffer, b"two", "what was held arrives after the stall");
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
-//! The delivery contract under failure: a node killed mid-stream, RabbitMQ cut away, PostgreSQL
-//! cut away. Services are cut through a private TCP proxy, never stopped, so tests beside these
-//! are not disturbed.
+//! The delivery contract under failure: a node killed mid-stream, RabbitMQ cut away or not
+//! answering, PostgreSQL cut away. Services are cut through a private TCP proxy, never stopped,
+//! so tests beside these are not disturbed.
 
 use chat_backend::config::Secret;
 use chat_protocol::{ErrorCode, RoomId};
@@ -163,6 +163,67 @@ async fn rabbitmq_outage_refuses_sends_then_recovers_without_loss() -> anyhow::R
     assert_delivered_as_stored(&env, room, &sent.accepted, &mut receivers).await?;
     node_a.stop().await?;
     node_b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rabbitmq_that_stops_answering_gets_sends_refused_and_their_retries_stored_once(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let proxy = TcpProxy::start("127.0.0.1:5672").await?;
+    let mut config = env.config("stalled");
+    config.amqp_url = Secret(format!("amqp://guest:guest@{}/%2f", proxy.addr));
+    let node = e2e_tests::TestNode::start(config).await?;
+    let mut sender = node.user("sender").await?;
+    let (room, _) = sender.join("stalled").await?;
+    let mut reader = node.user("reader").await?;
+    reader.join("stalled").await?;
+
+    let mut sent = Observed::default();
+    let before = send_batch(&mut sender, room, "before", 5).await?;
+    sender
+        .observe_until(&mut sent, |o| answered(o, &before))
+        .await?;
+    assert!(before.iter().all(|id| sent.accepted.contains(id)));
+
+    // The connection stays open, so the node still counts as connected: what refuses these
+    // sends is their confirm not coming in time.
+    proxy.stall();
+    let during = send_batch(&mut sender, room, "during", 5).await?;
+    sender
+        .observe_until(&mut sent, |o| answered(o, &during))
+        .await?;
+    for id in &during {
+        assert_eq!(
+            sent.refused.get(id),
+            Some(&ErrorCode::Unavailable),
+            "{id} sent while RabbitMQ did not answer"
+        );
+        assert!(
+            !sent.accepted.contains(id),
+            "{id} both refused and accepted"
+        );
+    }
+
+    // What was held goes through now; the retries find the originals and are stored once.
+    proxy.restore();
+    for id in &during {
+        sender.send_message(room, id, "during").await?;
+    }
+    sender
+        .observe_until(&mut sent, |o| {
+            during.iter().all(|id| o.accepted.contains(id))
+        })
+        .await?;
+
+    let mut receivers = [(&mut reader, Observed::default())];
+    assert_delivered_as_stored(&env, room, &sent.accepted, &mut receivers).await?;
+    let stored = stored_messages(&env.db, room).await?;
+    for id in &during {
+        let copies = stored.iter().filter(|(_, stored)| stored == id).count();
+        assert_eq!(copies, 1, "{id} stored {copies} times");
+    }
+    node.stop().await?;
     Ok(())
 }
 
