@@ -6,7 +6,7 @@
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::BusError;
+use crate::bus::{BusError, IngestAnswer};
 use crate::directory::Access;
 use crate::http::Socket;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
@@ -610,20 +610,14 @@ impl Session {
                 conn_id: self.conn,
             },
         };
-        // Submitted here, in the reader, so one connection's sends reach the shard in order;
-        // the confirm is awaited elsewhere so the client may pipeline sends.
-        let pending = match self.app.bus.submit_ingest(message) {
-            Ok(pending) => pending,
-            Err(error) => {
-                tracing::debug!(%error, "send refused");
-                self.app.metrics.messages_refused.inc();
-                return Err(unavailable(Some(client_msg_id)));
-            }
-        };
+        // Submitted here, in the reader, so one connection's sends reach the shard in order.
+        // The answer is queued by the task that awaits the publish's confirm, so the client may
+        // pipeline sends, and a send costs no task or timer of its own.
         let app = self.app.clone();
         let replies = self.replies.clone();
-        tokio::spawn(async move {
-            let frame = match pending.confirmed().await {
+        let refused_id = client_msg_id.clone();
+        let answer = IngestAnswer::new(move |outcome| {
+            let frame = match outcome {
                 Ok(()) => {
                     app.metrics.messages_accepted.inc();
                     app.metrics
@@ -646,6 +640,11 @@ impl Session {
             };
             let _ = replies.try_send(hub::frame(&frame));
         });
+        if let Err(error) = self.app.bus.submit_ingest(message, answer) {
+            tracing::debug!(%error, "send refused");
+            self.app.metrics.messages_refused.inc();
+            return Err(unavailable(Some(refused_id)));
+        }
         Ok(())
     }
 }

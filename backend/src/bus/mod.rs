@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// How long a send waits for RabbitMQ's confirm before it is refused.
@@ -121,7 +121,44 @@ struct Balancer {
 /// A send waiting to be published, with the way to tell its sender the outcome.
 struct PendingIngest {
     message: IngestMessage,
-    answer: oneshot::Sender<Result<(), BusError>>,
+    /// [`CONFIRM_TIMEOUT`] after it was submitted: unconfirmed by then, it is refused.
+    deadline: tokio::time::Instant,
+    answer: IngestAnswer,
+}
+
+/// Tells the submitter of a send its outcome once RabbitMQ has confirmed or refused the
+/// publish that carried it. It runs on the task that awaited the confirm, once for every send of
+/// the publish, so it must be quick and must not block: queueing a frame is what it is for.
+/// Dropped unanswered (the publisher gone with the node), it answers
+/// [`BusError::NotConnected`], so every accepted submission is answered exactly once.
+pub struct IngestAnswer(Option<AnswerFn>);
+
+type AnswerFn = Box<dyn FnOnce(Result<(), BusError>) + Send>;
+
+impl IngestAnswer {
+    pub fn new(answer: impl FnOnce(Result<(), BusError>) + Send + 'static) -> IngestAnswer {
+        IngestAnswer(Some(Box::new(answer)))
+    }
+
+    fn answer(mut self, outcome: Result<(), BusError>) {
+        if let Some(answer) = self.0.take() {
+            answer(outcome);
+        }
+    }
+
+    /// Drops it without answering: for a submission refused on the spot, which the submitter
+    /// learns of from the error it gets back.
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for IngestAnswer {
+    fn drop(&mut self) {
+        if let Some(answer) = self.0.take() {
+            answer(Err(BusError::NotConnected));
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -131,20 +168,6 @@ struct Session {
     control: Channel,
     /// Cancelled when the session is taken down: stops its shard balancer.
     ended: CancellationToken,
-}
-
-/// A send submitted for publishing, waiting for RabbitMQ's confirm.
-pub struct PendingConfirm(oneshot::Receiver<Result<(), BusError>>);
-
-impl PendingConfirm {
-    /// Resolves once RabbitMQ has the message on disk (or refused it).
-    pub async fn confirmed(self) -> Result<(), BusError> {
-        match tokio::time::timeout(CONFIRM_TIMEOUT, self.0).await {
-            Err(_) => Err(BusError::ConfirmTimeout),
-            Ok(Err(_)) => Err(BusError::NotConnected),
-            Ok(Ok(outcome)) => outcome,
-        }
-    }
 }
 
 /// The outcome of a shared publish, for each of its senders (an AMQP error is not `Clone`; to a
@@ -159,8 +182,11 @@ fn copy_outcome(outcome: &Result<(), BusError>) -> Result<(), BusError> {
     }
 }
 
-async fn await_confirm(confirm: PublisherConfirm) -> Result<(), BusError> {
-    match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+async fn await_confirm(
+    confirm: PublisherConfirm,
+    deadline: tokio::time::Instant,
+) -> Result<(), BusError> {
+    match tokio::time::timeout_at(deadline, confirm).await {
         Err(_) => Err(BusError::ConfirmTimeout),
         Ok(Err(e)) => Err(BusError::Amqp(e)),
         Ok(Ok(confirmation)) => check_confirmation(confirmation),
@@ -586,18 +612,27 @@ impl Bus {
     }
 
     /// Submits a send for publishing to its room's ingest shard. Sends submitted by one task
-    /// reach the shard in submission order. The returned confirm resolves once RabbitMQ has made
-    /// the send durable.
-    pub fn submit_ingest(&self, message: IngestMessage) -> Result<PendingConfirm, BusError> {
+    /// reach the shard in submission order. `answer` is told the outcome once RabbitMQ has made
+    /// the send durable or refused it, or [`CONFIRM_TIMEOUT`] after submission at the latest.
+    /// An error here means the send was refused on the spot, and `answer` is not called.
+    pub fn submit_ingest(
+        &self,
+        message: IngestMessage,
+        answer: IngestAnswer,
+    ) -> Result<(), BusError> {
         if !self.is_ready() {
+            answer.defuse();
             return Err(BusError::NotConnected);
         }
-        let (answer, outcome) = oneshot::channel();
-        self.inner
-            .ingest
-            .send(PendingIngest { message, answer })
-            .map_err(|_| BusError::NotConnected)?;
-        Ok(PendingConfirm(outcome))
+        let pending = PendingIngest {
+            message,
+            deadline: tokio::time::Instant::now() + CONFIRM_TIMEOUT,
+            answer,
+        };
+        self.inner.ingest.send(pending).map_err(|refused| {
+            refused.0.answer.defuse();
+            BusError::NotConnected
+        })
     }
 
     /// Publishes submitted sends: everything waiting is grouped by shard into one AMQP message
@@ -626,18 +661,28 @@ impl Bus {
             }
             for (shard, group) in by_shard {
                 self.inner.sends_per_publish.observe(group.len() as f64);
+                // The earliest submitted send's deadline is the whole publish's.
+                let deadline = group.iter().map(|p| p.deadline).min();
+                let deadline =
+                    deadline.unwrap_or_else(|| tokio::time::Instant::now() + CONFIRM_TIMEOUT);
                 let (messages, answers): (Vec<IngestMessage>, Vec<_>) =
                     group.into_iter().map(|p| (p.message, p.answer)).unzip();
-                let outcome = self
-                    .publish_ingest_batch(shard, IngestBatch { messages })
-                    .await;
+                // The frames are queued on the first poll; a timeout only stops the waiting for
+                // them to be written (a connection RabbitMQ has blocked).
+                let published = tokio::time::timeout_at(
+                    deadline,
+                    self.publish_ingest_batch(shard, IngestBatch { messages }),
+                )
+                .await;
+                // One task per publish awaits its confirm and answers every send it carried.
                 tokio::spawn(async move {
-                    let result = match outcome {
-                        Ok(confirm) => await_confirm(confirm).await,
-                        Err(error) => Err(error),
+                    let result = match published {
+                        Ok(Ok(confirm)) => await_confirm(confirm, deadline).await,
+                        Ok(Err(error)) => Err(error),
+                        Err(_) => Err(BusError::ConfirmTimeout),
                     };
                     for answer in answers {
-                        let _ = answer.send(copy_outcome(&result));
+                        answer.answer(copy_outcome(&result));
                     }
                 });
             }
