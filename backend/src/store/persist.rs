@@ -244,10 +244,14 @@ impl QueryFragment<Pg> for CommonBatch<'_> {
     }
 }
 
-// No static id: diesel keys its statement cache by the SQL text, which is the same every time.
+/// The common batch statement's identity for diesel's statement cache. Its SQL text is the same
+/// for every batch, so a static id lets the cache find the prepared statement by type, instead
+/// of writing the whole text out and hashing it for every batch to look it up.
+struct CommonBatchStatement;
+
 impl QueryId for CommonBatch<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
+    type QueryId = CommonBatchStatement;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
 impl Query for CommonBatch<'_> {
