@@ -115,7 +115,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     // Read before anything is built, so the tables name the code they measured.
     let code = code_version(root);
-    recreate_database()?;
+    recreate_database(DATABASE)?;
     crate::run(crate::cargo().current_dir(root).args([
         "build",
         "--release",
@@ -213,10 +213,10 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
-struct NodeProcess {
-    name: String,
-    addr: String,
-    child: Child,
+pub(crate) struct NodeProcess {
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) child: Child,
 }
 
 fn start_node(
@@ -226,6 +226,28 @@ fn start_node(
     database_url: &str,
     logs: &Path,
 ) -> Result<NodeProcess> {
+    start_node_under(
+        &[],
+        server,
+        index,
+        prefix,
+        database_url,
+        logs,
+        Duration::from_secs(60),
+    )
+}
+
+/// Starts node `index` of a cluster with the benchmark's settings, run by `wrapper` (a program
+/// and its arguments, such as valgrind's) when there is one, and waits until it is ready.
+pub(crate) fn start_node_under(
+    wrapper: &[&str],
+    server: &Path,
+    index: u16,
+    prefix: &str,
+    database_url: &str,
+    logs: &Path,
+    ready_within: Duration,
+) -> Result<NodeProcess> {
     let name = format!("node-{}", index + 1);
     let addr = format!("127.0.0.1:{}", FIRST_PORT + index);
     let log_path = logs.join(format!("{name}.log"));
@@ -234,7 +256,8 @@ fn start_node(
     // `exec` keeps the pid, so the pid the load tool reports on is the node's. The open-file
     // limit is raised to the hard limit first: the idle workload needs thousands of sockets.
     let child = Command::new("sh")
-        .args(["-c", "ulimit -n \"$(ulimit -Hn)\"; exec \"$0\""])
+        .args(["-c", "ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\""])
+        .args(wrapper)
         .arg(server)
         .env("CHAT_NODE_ID", &name)
         .env("CHAT_LISTEN", &addr)
@@ -259,7 +282,7 @@ fn start_node(
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start {}", server.display()))?;
-    wait_ready(&addr, Duration::from_secs(60))?;
+    wait_ready(&addr, ready_within)?;
     println!(
         "{name} ready on {addr} (pid {}, log {})",
         child.id(),
@@ -268,7 +291,7 @@ fn start_node(
     Ok(NodeProcess { name, addr, child })
 }
 
-fn stop_node(node: &mut NodeProcess) {
+pub(crate) fn stop_node(node: &mut NodeProcess) {
     if let Ok(Some(_)) = node.child.try_wait() {
         return;
     }
@@ -374,10 +397,10 @@ fn order_of(path: &Path) -> (usize, String) {
     (rank, stem)
 }
 
-fn recreate_database() -> Result<()> {
+pub(crate) fn recreate_database(database: &str) -> Result<()> {
     for statement in [
-        format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
-        format!("CREATE DATABASE {DATABASE}"),
+        format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+        format!("CREATE DATABASE {database}"),
     ] {
         crate::run(Command::new("psql").args([
             "-h",
@@ -394,7 +417,7 @@ fn recreate_database() -> Result<()> {
 /// Removes the run's durable queues (node queues are exclusive and went with their nodes) and
 /// its exchanges. `rabbitmqctl` of RabbitMQ 3.10 has no `delete_exchange`; the broker's own
 /// function does it.
-fn delete_topology(prefix: &str) {
+pub(crate) fn delete_topology(prefix: &str) {
     let mut queues: Vec<String> = (0..8)
         .map(|shard| format!("{prefix}.ingest.{shard}"))
         .collect();

@@ -1,6 +1,8 @@
-//! Build and run tasks: `cargo xtask up`, `cargo xtask test`.
+//! Build and run tasks: `cargo xtask up`, `cargo xtask test`, `cargo xtask bench`,
+//! `cargo xtask instructions`.
 
 mod bench;
+mod instructions;
 mod services;
 mod web;
 
@@ -45,6 +47,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Count the instructions each node executes per message, under callgrind: repeatable
+    /// whatever else the machine runs, for telling whether a change made messages cheaper.
+    Instructions {
+        /// Messages a second offered (the nodes run about fifty times slower under callgrind).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        /// Seconds of the shorter of the two counted runs; the other runs twice as long.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// A chat-server binary to count instead of this tree's release build.
+        #[arg(long)]
+        server: Option<PathBuf>,
+    },
     /// Build the web client into web-client/dist.
     Web {
         #[arg(long)]
@@ -63,6 +78,11 @@ fn main() -> Result<()> {
         } => up(&root, nodes, port, release),
         Task::Test { args } => test(&root, &args),
         Task::Bench { quick } => bench::bench(&root, quick),
+        Task::Instructions {
+            rate,
+            seconds,
+            server,
+        } => instructions::instructions(&root, rate, seconds, server),
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());
