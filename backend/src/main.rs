@@ -4,12 +4,6 @@ use chat_backend::config::Config;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc rather than the system allocator: a node allocates and frees a few small buffers for
-/// every frame, and with glibc's malloc that was about a fifth of its instructions (BENCHMARKS.md,
-/// section 2).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
