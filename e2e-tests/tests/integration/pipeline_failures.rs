@@ -25,6 +25,21 @@ async fn send_batch(
     Ok(ids)
 }
 
+/// Sends `count` messages, then waits until each is answered: accepted or refused.
+async fn send_answered(
+    client: &mut WsClient,
+    observed: &mut Observed,
+    room: RoomId,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let ids = send_batch(client, room, prefix, count).await?;
+    client
+        .observe_until(observed, |o| answered(o, &ids))
+        .await?;
+    Ok(ids)
+}
+
 fn answered(observed: &Observed, ids: &[String]) -> bool {
     ids.iter()
         .all(|id| observed.accepted.contains(id) || observed.refused.contains_key(id))
@@ -86,10 +101,7 @@ async fn a_node_killed_mid_stream_loses_nothing_it_accepted() -> anyhow::Result<
     reader_2.join("doomed").await?;
 
     let mut sent = Observed::default();
-    let first = send_batch(&mut sender, room, "before", 100).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &first))
-        .await?;
+    send_answered(&mut sender, &mut sent, room, "before", 100).await?;
     assert_eq!(sent.accepted.len(), 100);
     // A second burst, and the node dies while it is in flight.
     send_batch(&mut sender, room, "during", 100).await?;
@@ -123,10 +135,7 @@ async fn rabbitmq_outage_refuses_sends_then_recovers_without_loss() -> anyhow::R
     reader.join("outage").await?;
 
     let mut sent = Observed::default();
-    let before = send_batch(&mut sender, room, "before", 50).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &before))
-        .await?;
+    send_answered(&mut sender, &mut sent, room, "before", 50).await?;
     assert_eq!(sent.accepted.len(), 50);
 
     proxy.cut();
@@ -134,10 +143,7 @@ async fn rabbitmq_outage_refuses_sends_then_recovers_without_loss() -> anyhow::R
         (ready_status(node_a.addr).await == Some(503)).then_some(())
     })
     .await?;
-    let during = send_batch(&mut sender, room, "during", 10).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &during))
-        .await?;
+    let during = send_answered(&mut sender, &mut sent, room, "during", 10).await?;
     for id in &during {
         assert_eq!(
             sent.refused.get(id),
@@ -153,10 +159,7 @@ async fn rabbitmq_outage_refuses_sends_then_recovers_without_loss() -> anyhow::R
         })
         .await?;
     }
-    let after = send_batch(&mut sender, room, "after", 50).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &after))
-        .await?;
+    let after = send_answered(&mut sender, &mut sent, room, "after", 50).await?;
     assert!(after.iter().all(|id| sent.accepted.contains(id)));
 
     let mut receivers = [(&mut reader, Observed::default())];
@@ -180,19 +183,13 @@ async fn a_rabbitmq_that_stops_answering_gets_sends_refused_and_their_retries_st
     reader.join("stalled").await?;
 
     let mut sent = Observed::default();
-    let before = send_batch(&mut sender, room, "before", 5).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &before))
-        .await?;
+    let before = send_answered(&mut sender, &mut sent, room, "before", 5).await?;
     assert!(before.iter().all(|id| sent.accepted.contains(id)));
 
     // The connection stays open, so the node still counts as connected: what refuses these
     // sends is their confirm not coming in time.
     proxy.stall();
-    let during = send_batch(&mut sender, room, "during", 5).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &during))
-        .await?;
+    let during = send_answered(&mut sender, &mut sent, room, "during", 5).await?;
     for id in &during {
         assert_eq!(
             sent.refused.get(id),
@@ -252,10 +249,7 @@ async fn postgres_outage_keeps_accepting_and_stores_everything_in_order() -> any
         .await?;
 
     proxy.cut();
-    let during = send_batch(&mut sender, room, "during", 30).await?;
-    sender
-        .observe_until(&mut sent, |o| answered(o, &during))
-        .await?;
+    let during = send_answered(&mut sender, &mut sent, room, "during", 30).await?;
     assert!(
         during.iter().all(|id| sent.accepted.contains(id)),
         "sends stay accepted while PostgreSQL is down: {:?}",
