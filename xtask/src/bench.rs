@@ -398,20 +398,16 @@ fn order_of(path: &Path) -> (usize, String) {
 }
 
 pub(crate) fn recreate_database(database: &str) -> Result<()> {
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-        format!("CREATE DATABASE {database}"),
-    ] {
-        crate::run(Command::new("psql").args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-qc",
-            &statement,
-        ]))?;
-    }
-    Ok(())
+    drop_database(database)?;
+    psql(&format!("CREATE DATABASE {database}"))
+}
+
+pub(crate) fn drop_database(database: &str) -> Result<()> {
+    psql(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+}
+
+fn psql(statement: &str) -> Result<()> {
+    crate::run(Command::new("psql").args(["-h", "127.0.0.1", "-U", "postgres", "-qc", statement]))
 }
 
 /// Removes the run's durable queues (node queues are exclusive and went with their nodes) and

@@ -51,9 +51,7 @@ pub fn instructions(root: &Path, rate: u32, seconds: u32, server: Option<PathBuf
         build.args(["-p", "chat-backend"]);
     }
     crate::run(&mut build)?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = crate::web::target_dir(root)?;
     let server = server.unwrap_or_else(|| target.join("release").join("chat-server"));
     let load = target.join("release").join("chat-load");
     let dir = target.join("instructions");
@@ -74,10 +72,7 @@ pub fn instructions(root: &Path, rate: u32, seconds: u32, server: Option<PathBuf
     };
     let result = cluster.count(rate, seconds);
     bench::delete_topology(&prefix);
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-qc"])
-        .arg(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-        .status();
+    let dropped = bench::drop_database(DATABASE);
     let (short, long) = result?;
 
     println!(
@@ -106,7 +101,7 @@ pub fn instructions(root: &Path, rate: u32, seconds: u32, server: Option<PathBuf
         "  both:   {:>9} per message ({} and {} in all; {} and {} messages sent)",
         total.0, total.1, total.2, short.sent, long.sent
     );
-    Ok(())
+    dropped
 }
 
 struct Cluster<'a> {

@@ -69,7 +69,7 @@ fn ensure_wasm_target(workspace_root: &Path) -> Result<()> {
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR`, or `target/` in the workspace.
 /// It is passed to cargo explicitly, so the .wasm is found where it was built.
-fn target_dir(workspace_root: &Path) -> Result<PathBuf> {
+pub(crate) fn target_dir(workspace_root: &Path) -> Result<PathBuf> {
     match std::env::var_os("CARGO_TARGET_DIR") {
         // Relative paths are relative to where cargo is run from, as cargo does it.
         Some(dir) => Ok(std::env::current_dir()

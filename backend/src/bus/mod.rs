@@ -661,10 +661,10 @@ impl Bus {
             }
             for (shard, group) in by_shard {
                 self.inner.sends_per_publish.observe(group.len() as f64);
-                // The earliest submitted send's deadline is the whole publish's.
-                let deadline = group.iter().map(|p| p.deadline).min();
-                let deadline =
-                    deadline.unwrap_or_else(|| tokio::time::Instant::now() + CONFIRM_TIMEOUT);
+                // The earliest submitted send's deadline is the whole publish's (a group is
+                // never empty).
+                let deadline = (group.iter().map(|p| p.deadline).min())
+                    .unwrap_or_else(|| tokio::time::Instant::now() + CONFIRM_TIMEOUT);
                 let (messages, answers): (Vec<IngestMessage>, Vec<_>) =
                     group.into_iter().map(|p| (p.message, p.answer)).unzip();
                 // The frames are queued on the first poll; a timeout only stops the waiting for
