@@ -1,9 +1,10 @@
 //! The node: wires the store, the bus, the hub and the HTTP front together, and runs them until
 //! the shutdown signal.
 
+use crate::bus::wire::DeliveredRoom;
 use crate::bus::{Bus, BusEvents, IngestShard, Names, PublishPacing};
 use crate::cache::Cache;
-use crate::config::{Config, QueueType};
+use crate::config::{Config, DeliveryFormat, QueueType};
 use crate::directory::Directory;
 use crate::fanout::{self, FanoutEvent};
 use crate::history::History;
@@ -67,6 +68,7 @@ impl App {
             node_id: config.node_id.clone(),
             shards: config.ingest_shards.max(1),
             quorum: config.queue_type == QueueType::Quorum,
+            binary_deliveries: config.delivery_format == DeliveryFormat::Binary,
         };
         let balance_every =
             (config.shard_balance_ms > 0).then(|| Duration::from_millis(config.shard_balance_ms));
@@ -167,6 +169,10 @@ impl BusEvents for App {
                 let _ = self.fanout.send(FanoutEvent::Delivery(delivery));
             }
         }
+    }
+
+    fn deliver_rooms(&self, rooms: Vec<DeliveredRoom>) {
+        let _ = self.fanout.send(FanoutEvent::Rooms(rooms));
     }
 
     fn connected(&self) {

@@ -14,6 +14,15 @@ pub enum QueueType {
     Quorum,
 }
 
+/// How persisters encode their batches' deliveries on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeliveryFormat {
+    /// The binary layout, each message's frame serialized once (docs/PROTOCOL.md).
+    Binary,
+    /// JSON, which nodes of every earlier version read.
+    Json,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -101,6 +110,18 @@ pub struct Config {
     /// queue's type cannot change once it exists.
     #[arg(long, env = "CHAT_QUEUE_TYPE", value_enum, default_value = "classic")]
     pub queue_type: QueueType,
+
+    /// How persisters encode a stored batch's delivery: `binary` (each message's frame
+    /// serialized once, for every node to pass on as it is) or `json`. Every node reads both;
+    /// `json` is for upgrading a deployment whose nodes predate the binary layout: upgrade them
+    /// all with `json`, then switch.
+    #[arg(
+        long,
+        env = "CHAT_DELIVERY_FORMAT",
+        value_enum,
+        default_value = "binary"
+    )]
+    pub delivery_format: DeliveryFormat,
 
     /// How often a node checks that it is not the active persister of more than its share of
     /// the ingest shards (their count over the number of nodes, rounded up), handing one over

@@ -7,6 +7,8 @@
 //! PostgreSQL. After every reconnect it also reads what each local room missed meanwhile.
 
 use crate::app::App;
+use crate::bus::wire::DeliveredRoom;
+use crate::hub::DeliveredMessage;
 use chat_protocol::bus::{Delivery, StoredMessage};
 use chat_protocol::{RoomId, Seq, ServerFrame};
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub const TYPING_EXPIRES_MS: u64 = 5_000;
 pub enum FanoutEvent {
     /// A delivery from this node's queue.
     Delivery(Delivery),
+    /// A persister batch from this node's queue, in the binary layout.
+    Rooms(Vec<DeliveredRoom>),
     /// The node queue was (re)created: every local room may have missed messages.
     Resync,
 }
@@ -30,14 +34,21 @@ pub enum FanoutEvent {
 pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>) {
     while let Some(event) = events.recv().await {
         match event {
-            FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
-                deliver_room(&app, room_id, messages).await;
-            }
-            FanoutEvent::Delivery(Delivery::Rooms { rooms }) => {
+            FanoutEvent::Rooms(rooms) => {
                 // The batch's other rooms come along; only rooms with local members matter.
                 for room in rooms {
                     if app.hub.local_delivered_seq(room.room_id).is_some() {
                         deliver_room(&app, room.room_id, room.messages).await;
+                    }
+                }
+            }
+            FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
+                deliver_room(&app, room_id, delivered(messages)).await;
+            }
+            FanoutEvent::Delivery(Delivery::Rooms { rooms }) => {
+                for room in rooms {
+                    if app.hub.local_delivered_seq(room.room_id).is_some() {
+                        deliver_room(&app, room.room_id, delivered(room.messages)).await;
                     }
                 }
             }
@@ -103,17 +114,20 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
     }
 }
 
+/// A JSON delivery's messages with their frames serialized.
+fn delivered(messages: Vec<StoredMessage>) -> Vec<DeliveredMessage> {
+    messages
+        .into_iter()
+        .map(|stored| DeliveredMessage::new(&stored.message, Some(stored.origin)))
+        .collect()
+}
+
 /// Delivers a room's new messages, after any it missed before them.
-async fn deliver_room(app: &App, room_id: RoomId, messages: Vec<StoredMessage>) {
-    if let Some(first) = messages.first().map(|stored| stored.message.seq) {
+async fn deliver_room(app: &App, room_id: RoomId, messages: Vec<DeliveredMessage>) {
+    if let Some(first) = messages.first().map(|message| message.seq) {
         fill_gap(app, room_id, Some(first)).await;
     }
-    app.hub.deliver_room(
-        room_id,
-        messages
-            .into_iter()
-            .map(|stored| (stored.message, Some(stored.origin))),
-    );
+    app.hub.deliver_room(room_id, messages);
 }
 
 /// Delivers, from PostgreSQL, the room's messages after the last one delivered here and before
@@ -131,8 +145,12 @@ async fn fill_gap(app: &App, room_id: RoomId, before: Option<Seq>) {
         Ok(missed) if missed.is_empty() => {}
         Ok(missed) => {
             app.metrics.messages_gap_filled.inc_by(missed.len() as u64);
-            app.hub
-                .deliver_room(room_id, missed.into_iter().map(|message| (message, None)));
+            app.hub.deliver_room(
+                room_id,
+                missed
+                    .iter()
+                    .map(|message| DeliveredMessage::new(message, None)),
+            );
         }
         Err(error) => {
             tracing::warn!(%error, %room_id, "could not fill a delivery gap; clients resume it")

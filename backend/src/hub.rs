@@ -5,7 +5,8 @@
 //! keep up; it is disconnected rather than allowed to hold memory or stall the room.
 
 use chat_protocol::bus::{DuplicateReceipt, Origin};
-use chat_protocol::{ChatMessage, RoomId, Seq, ServerFrame, UserId};
+use chat_protocol::frame::MessageFrame;
+use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,6 +14,34 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+
+/// A stored message on its way to a room's local members, its `message` frame already
+/// serialized: by the persister, for deliveries in the binary layout (`bus::wire`), or here.
+#[derive(Debug, Clone)]
+pub struct DeliveredMessage {
+    pub seq: Seq,
+    pub sent_at_ms: i64,
+    pub client_msg_id: ClientMsgId,
+    /// The connection that sent it; `None` for a message read from PostgreSQL.
+    pub origin: Option<Origin>,
+    /// The `message` frame.
+    pub frame: Frame,
+}
+
+impl DeliveredMessage {
+    /// Serializes the message's frame.
+    pub fn new(message: &ChatMessage, origin: Option<Origin>) -> DeliveredMessage {
+        DeliveredMessage {
+            seq: message.seq,
+            sent_at_ms: message.sent_at_ms,
+            client_msg_id: message.client_msg_id.clone(),
+            origin,
+            frame: Frame::from(
+                serde_json::to_string(&MessageFrame::Message(message)).unwrap_or_default(),
+            ),
+        }
+    }
+}
 
 /// A connection's id, unique within this node's lifetime.
 pub type ConnId = u64;
@@ -243,7 +272,7 @@ impl Hub {
     pub fn deliver_room(
         &self,
         room_id: RoomId,
-        messages: impl IntoIterator<Item = (ChatMessage, Option<Origin>)>,
+        messages: impl IntoIterator<Item = DeliveredMessage>,
     ) {
         let Ok(rooms) = self.rooms.read() else {
             return;
@@ -255,7 +284,7 @@ impl Hub {
             return;
         };
         let now_ms = chrono::Utc::now().timestamp_millis();
-        for (message, origin) in messages {
+        for message in messages {
             let seq = message.seq;
             if local.delivered.fetch_max(seq.0, Ordering::AcqRel) >= seq.0 {
                 continue;
@@ -263,17 +292,20 @@ impl Hub {
             self.metrics
                 .delivery_seconds
                 .observe((now_ms - message.sent_at_ms).max(0) as f64 / 1000.0);
-            if let Some(origin) = origin.filter(|origin| origin.node_id == self.node_id) {
+            if let Some(origin) = message
+                .origin
+                .filter(|origin| origin.node_id == self.node_id)
+            {
                 if let Some(outbox) = connections.get(&origin.conn_id) {
                     outbox.push(frame(&ServerFrame::Stored {
                         room_id,
-                        client_msg_id: message.client_msg_id.clone(),
+                        client_msg_id: message.client_msg_id,
                         seq,
                         duplicate: false,
                     }));
                 }
             }
-            let shared = frame(&ServerFrame::Message(message));
+            let shared = message.frame;
             let mut delivered = 0;
             let Ok(mut waiting) = local.catching_up.lock() else {
                 return;

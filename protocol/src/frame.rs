@@ -555,9 +555,40 @@ impl ServerFrame {
     }
 }
 
+/// The `message` server frame of a message it borrows: serializes exactly as
+/// `ServerFrame::Message`, without copying the message into one.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageFrame<'a> {
+    Message(&'a ChatMessage),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_borrowed_message_frame_is_the_message_frame() {
+        let mut message = ChatMessage {
+            room_id: RoomId(3),
+            seq: Seq(4),
+            sender_id: UserId(5),
+            sender_name: "ada \"the\" first".into(),
+            client_msg_id: ClientMsgId("k-1".into()),
+            body: "line\nbreak ✓".into(),
+            sent_at_ms: 1_795_817_270_814,
+            edited_at_ms: None,
+            deleted: false,
+        };
+        for _ in 0..2 {
+            assert_eq!(
+                serde_json::to_string(&MessageFrame::Message(&message)).ok(),
+                Some(ServerFrame::Message(message.clone()).to_json())
+            );
+            message.edited_at_ms = Some(1_795_817_290_000);
+            message.deleted = true;
+        }
+    }
 
     fn code_of(text: &str) -> ErrorCode {
         match ClientFrame::parse(text) {

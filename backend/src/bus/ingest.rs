@@ -1,12 +1,12 @@
 //! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
 
-use super::{check_confirmation, persistent_json, transient_json, BusError, Names};
+use super::{check_confirmation, persistent_json, transient_json, wire, BusError, Names};
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
@@ -146,7 +146,7 @@ impl ShardPublisher {
             let Some(routing_key) = keys.next() else {
                 continue;
             };
-            let mut properties = transient_json();
+            let (payload, mut properties) = encode(delivery, self.names.binary_deliveries);
             let copies: Vec<AMQPValue> =
                 keys.map(|key| AMQPValue::LongString(key.into())).collect();
             if !copies.is_empty() {
@@ -156,7 +156,6 @@ impl ShardPublisher {
                 headers.insert("BCC".into(), AMQPValue::FieldArray(copies.into()));
                 properties = properties.with_headers(headers);
             }
-            let payload = serde_json::to_vec(delivery).unwrap_or_default();
             confirms.push(
                 self.channel
                     .basic_publish(
@@ -218,6 +217,26 @@ impl DeliveryConfirms {
         }
         Ok(())
     }
+}
+
+/// A delivery's payload and properties: JSON, or with `binary_rooms` a batch's rooms in the
+/// binary layout (JSON still if that cannot hold them).
+fn encode(delivery: &Delivery, binary_rooms: bool) -> (Vec<u8>, BasicProperties) {
+    if let (Delivery::Rooms { rooms }, true) = (delivery, binary_rooms) {
+        match wire::encode_rooms(rooms) {
+            Ok(payload) => {
+                return (
+                    payload,
+                    transient_json().with_content_type(wire::ROOMS_CONTENT_TYPE.into()),
+                )
+            }
+            Err(error) => tracing::warn!(%error, "rooms delivery published as JSON"),
+        }
+    }
+    (
+        serde_json::to_vec(delivery).unwrap_or_default(),
+        transient_json(),
+    )
 }
 
 /// The keys a delivery is routed by; empty when it goes nowhere.

@@ -7,6 +7,7 @@
 
 mod ingest;
 pub mod topology;
+pub mod wire;
 
 use ingest::ShardSlot;
 pub use ingest::{DeliveryConfirms, IngestItem, IngestShard, ShardPublisher};
@@ -57,6 +58,9 @@ pub enum BusError {
 pub trait BusEvents: Send + Sync + 'static {
     /// A delivery from this node's queue, in the order the queue holds them.
     fn deliver(&self, delivery: Delivery);
+    /// A persister batch's rooms, delivered in the binary layout ([`wire`]); in queue order
+    /// with [`BusEvents::deliver`]'s.
+    fn deliver_rooms(&self, rooms: Vec<wire::DeliveredRoom>);
     /// An ingest shard's consumer is registered; this node may become its active persister.
     fn shard_started(&self, shard: IngestShard);
     /// The node queue was (re)declared and bound: deliveries made meanwhile were missed.
@@ -461,6 +465,19 @@ impl Bus {
                             break;
                         }
                     };
+                    let binary = delivery
+                        .properties
+                        .content_type()
+                        .as_ref()
+                        .map(|kind| kind.as_str())
+                        == Some(wire::ROOMS_CONTENT_TYPE);
+                    if binary {
+                        match wire::decode_rooms(delivery.data) {
+                            Ok(rooms) => events.deliver_rooms(rooms),
+                            Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
+                        }
+                        continue;
+                    }
                     match Delivery::decode(&delivery.data) {
                         Ok(payload) => events.deliver(payload),
                         Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
