@@ -4,7 +4,7 @@
 use crate::bus::wire::DeliveredRoom;
 use crate::bus::{Bus, BusEvents, IngestShard, Names, PublishPacing};
 use crate::cache::Cache;
-use crate::config::{Config, DeliveryFormat, QueueType};
+use crate::config::{BusFormat, Config, QueueType};
 use crate::directory::Directory;
 use crate::fanout::{self, FanoutEvent};
 use crate::history::History;
@@ -68,7 +68,7 @@ impl App {
             node_id: config.node_id.clone(),
             shards: config.ingest_shards.max(1),
             quorum: config.queue_type == QueueType::Quorum,
-            binary_deliveries: config.delivery_format == DeliveryFormat::Binary,
+            binary: config.bus_format == BusFormat::Binary,
         };
         let balance_every =
             (config.shard_balance_ms > 0).then(|| Duration::from_millis(config.shard_balance_ms));

@@ -14,10 +14,10 @@ pub enum QueueType {
     Quorum,
 }
 
-/// How persisters encode their batches' deliveries on the bus.
+/// How nodes encode their batches on the bus (ingest batches, stored batches' deliveries).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DeliveryFormat {
-    /// The binary layout, each message's frame serialized once (docs/PROTOCOL.md).
+pub enum BusFormat {
+    /// The binary layouts (docs/PROTOCOL.md): a stored message's frame serialized once.
     Binary,
     /// JSON, which nodes of every earlier version read.
     Json,
@@ -111,17 +111,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_QUEUE_TYPE", value_enum, default_value = "classic")]
     pub queue_type: QueueType,
 
-    /// How persisters encode a stored batch's delivery: `binary` (each message's frame
-    /// serialized once, for every node to pass on as it is) or `json`. Every node reads both;
-    /// `json` is for upgrading a deployment whose nodes predate the binary layout: upgrade them
-    /// all with `json`, then switch.
-    #[arg(
-        long,
-        env = "CHAT_DELIVERY_FORMAT",
-        value_enum,
-        default_value = "binary"
-    )]
-    pub delivery_format: DeliveryFormat,
+    /// How a node publishes its batches (ingest batches; as a persister, stored batches'
+    /// deliveries): `binary` (no JSON to write or parse; a stored message's frame serialized once,
+    /// for every node to pass on as it is) or `json`. Every node reads both; `json` is for
+    /// upgrading a deployment whose nodes predate the binary layouts: upgrade them all with
+    /// `json`, then switch.
+    #[arg(long, env = "CHAT_BUS_FORMAT", value_enum, default_value = "binary")]
+    pub bus_format: BusFormat,
 
     /// How often a node checks that it is not the active persister of more than its share of
     /// the ingest shards (their count over the number of nodes, rounded up), handing one over

@@ -217,7 +217,9 @@ async fn store_batch(
                 decodable.extend(messages.iter().map(|message| (item, message.clone())));
             }
             Err(reason) => {
-                publisher.dead_letter(&item.raw, reason).await?;
+                publisher
+                    .dead_letter(&item.raw, item.binary, reason)
+                    .await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }
@@ -265,7 +267,7 @@ async fn store_batch(
             }
             MessageOutcome::Rejected(reason) => {
                 let payload = serde_json::to_vec(ingest).unwrap_or_default();
-                publisher.dead_letter(&payload, &reason).await?;
+                publisher.dead_letter(&payload, false, &reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }

@@ -52,7 +52,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         ingest_interval_ms: 2,
         ingest_busy_interval_ms: 5,
         queue_type: chat_backend::config::QueueType::Classic,
-        delivery_format: chat_backend::config::DeliveryFormat::Binary,
+        bus_format: chat_backend::config::BusFormat::Binary,
         persist_batch: 500,
         shard_balance_ms: 2_000,
         memcached_servers: memcached_servers(),

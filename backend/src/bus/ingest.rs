@@ -18,6 +18,8 @@ pub struct IngestItem {
     pub redelivered: bool,
     pub messages: Result<Vec<IngestMessage>, String>,
     pub raw: Vec<u8>,
+    /// `raw` is in the binary layout ([`wire::INGEST_CONTENT_TYPE`]) rather than JSON.
+    pub binary: bool,
 }
 
 /// The consumer of one ingest queue. RabbitMQ delivers to one consumer per shard at a time
@@ -146,7 +148,7 @@ impl ShardPublisher {
             let Some(routing_key) = keys.next() else {
                 continue;
             };
-            let (payload, mut properties) = encode(delivery, self.names.binary_deliveries);
+            let (payload, mut properties) = encode(delivery, self.names.binary);
             let copies: Vec<AMQPValue> =
                 keys.map(|key| AMQPValue::LongString(key.into())).collect();
             if !copies.is_empty() {
@@ -172,8 +174,14 @@ impl ShardPublisher {
     }
 
     /// Publishes a payload that can never be stored to the dead-letter queue, with the reason
-    /// in its `x-chat-reason` header. The ingest message itself is acknowledged with its batch.
-    pub async fn dead_letter(&self, payload: &[u8], reason: &str) -> Result<(), BusError> {
+    /// in its `x-chat-reason` header; `binary` for a payload in the ingest batch's binary layout,
+    /// otherwise it is JSON. The ingest message itself is acknowledged with its batch.
+    pub async fn dead_letter(
+        &self,
+        payload: &[u8],
+        binary: bool,
+        reason: &str,
+    ) -> Result<(), BusError> {
         let mut headers = FieldTable::default();
         headers.insert(
             "x-chat-reason".into(),
@@ -190,7 +198,12 @@ impl ShardPublisher {
                 "",
                 BasicPublishOptions::default(),
                 payload,
-                persistent_json().with_headers(headers),
+                if binary {
+                    persistent_json().with_content_type(wire::INGEST_CONTENT_TYPE.into())
+                } else {
+                    persistent_json()
+                }
+                .with_headers(headers),
             )
             .await?;
         check_confirmation(confirm.await?)
@@ -263,13 +276,25 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
 }
 
 fn decode(delivery: lapin::message::Delivery) -> IngestItem {
-    let messages = IngestBatch::decode(&delivery.data)
-        .map(|batch| batch.messages)
-        .map_err(|e| format!("undecodable ingest payload: {e}"));
+    let binary = delivery
+        .properties
+        .content_type()
+        .as_ref()
+        .map(|kind| kind.as_str())
+        == Some(wire::INGEST_CONTENT_TYPE);
+    let messages = if binary {
+        wire::decode_ingest(&delivery.data).map_err(|e| e.to_string())
+    } else {
+        IngestBatch::decode(&delivery.data)
+            .map(|batch| batch.messages)
+            .map_err(|e| e.to_string())
+    }
+    .map_err(|e| format!("undecodable ingest payload: {e}"));
     IngestItem {
         tag: delivery.delivery_tag,
         redelivered: delivery.redelivered,
         messages,
         raw: delivery.data,
+        binary,
     }
 }

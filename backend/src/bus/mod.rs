@@ -716,7 +716,7 @@ impl Bus {
             return Err(BusError::NotConnected);
         }
         let names = &self.inner.names;
-        let payload = serde_json::to_vec(&batch).unwrap_or_default();
+        let (payload, properties) = encode_ingest(&batch, names.binary);
         Ok(session
             .publish
             .basic_publish(
@@ -727,7 +727,7 @@ impl Bus {
                     ..BasicPublishOptions::default()
                 },
                 &payload,
-                persistent_json(),
+                properties,
             )
             .await?)
     }
@@ -805,6 +805,26 @@ async fn bind(channel: &Channel, names: &Names, room: RoomId) -> Result<(), lapi
             FieldTable::default(),
         )
         .await
+}
+
+/// An ingest batch's payload and properties: JSON, or with `binary` the binary layout (JSON
+/// still if that cannot hold it).
+fn encode_ingest(batch: &IngestBatch, binary: bool) -> (Vec<u8>, BasicProperties) {
+    if binary {
+        match wire::encode_ingest(batch.messages.iter()) {
+            Ok(payload) => {
+                return (
+                    payload,
+                    persistent_json().with_content_type(wire::INGEST_CONTENT_TYPE.into()),
+                )
+            }
+            Err(error) => tracing::warn!(%error, "ingest batch published as JSON"),
+        }
+    }
+    (
+        serde_json::to_vec(batch).unwrap_or_default(),
+        persistent_json(),
+    )
 }
 
 fn persistent_json() -> BasicProperties {

@@ -14,9 +14,9 @@ pub struct Names {
     pub shards: u16,
     /// Durable queues are quorum queues (replicated) rather than classic ones.
     pub quorum: bool,
-    /// Persisters publish their batches' deliveries in the binary layout ([`super::wire`])
-    /// rather than JSON. Nodes read both either way.
-    pub binary_deliveries: bool,
+    /// Ingest batches and stored batches' deliveries go out in their binary layouts
+    /// ([`super::wire`]) rather than JSON. Nodes read both either way.
+    pub binary: bool,
 }
 
 impl Names {
@@ -254,7 +254,7 @@ mod tests {
             node_id: "n1".into(),
             shards: 8,
             quorum: false,
-            binary_deliveries: true,
+            binary: true,
         };
         assert_eq!(names.shard_of(RoomId(9)), 1);
         assert_eq!(names.shard_of(RoomId(16)), 0);
@@ -278,7 +278,7 @@ mod tests {
             node_id: "unused".into(),
             shards: 2,
             quorum: false,
-            binary_deliveries: true,
+            binary: true,
         };
         let expected = SharedTopology::of(&names);
         let list = |key: &str| definitions[key].as_array().cloned().unwrap_or_default();

@@ -1,36 +1,45 @@
-//! The binary layout of a persister batch's delivery (what `Delivery::Rooms` carries in JSON),
-//! published with the content type [`ROOMS_CONTENT_TYPE`].
+//! The binary layouts of the two batches on the bus, told apart from JSON by their AMQP content
+//! type: a node's ingest batch ([`INGEST_CONTENT_TYPE`], what `IngestBatch` carries in JSON) and
+//! a persister batch's delivery ([`ROOMS_CONTENT_TYPE`], what `Delivery::Rooms` carries).
 //!
-//! Every node fans a batch out to its local members, and in JSON each of them parsed the whole
-//! batch and serialized every message's `message` frame again. In this layout the persister
-//! serializes each frame once, and a node reads the few fields it routes by and takes the frames
-//! as they are: slices of the received payload, shared with every connection they go to.
+//! Every node fans a stored batch out to its local members, and in JSON each of them parsed the
+//! whole batch and serialized every message's `message` frame again. In the rooms layout the
+//! persister serializes each frame once, and a node reads the few fields it routes by and takes
+//! the frames as they are: slices of the received payload, shared with every connection they go
+//! to. The ingest layout spares the node encoding and the persister parsing JSON.
 //!
 //! All integers are little-endian; a string is a `u32` byte length and its UTF-8 bytes:
 //!
 //! ```text
-//! version u8 (1) · rooms u32
+//! ingest: version u8 (1) · messages u32
+//!   per message: room_id i64 · sender_id i64 · sent_at_ms i64 · origin conn_id u64
+//!                · origin node_id string · sender_name string · client_msg_id string · body string
+//! rooms:  version u8 (1) · rooms u32
 //!   per room:    room_id i64 · messages u32
 //!   per message: seq i64 · sent_at_ms i64 · origin conn_id u64 · origin node_id string
 //!                · client_msg_id string · frame string (the `message` server frame's JSON)
 //! ```
 //!
-//! The message's other fields (sender, body, edit state) are only in its frame.
+//! In the rooms layout a message's other fields (sender, body, edit state) are only in its frame.
 
 use crate::hub::{DeliveredMessage, Frame};
 use bytes::Bytes;
-use chat_protocol::bus::{Origin, RoomMessages};
+use chat_protocol::bus::{IngestMessage, Origin, RoomMessages};
 use chat_protocol::frame::MessageFrame;
-use chat_protocol::{ClientMsgId, RoomId, Seq};
+use chat_protocol::{ClientMsgId, RoomId, Seq, UserId};
 
-/// The AMQP content type of a rooms delivery in this layout.
+/// The AMQP content type of an ingest batch in its binary layout.
+pub const INGEST_CONTENT_TYPE: &str = "application/vnd.chat.ingest.v1";
+
+/// The AMQP content type of a rooms delivery in its binary layout.
 pub const ROOMS_CONTENT_TYPE: &str = "application/vnd.chat.rooms.v1";
 
 const VERSION: u8 = 1;
 
-/// The fewest bytes a room and a message take: bounds what a count may reserve.
+/// The fewest bytes an item takes: bounds what a count may reserve.
+const INGEST_MESSAGE_MIN_BYTES: usize = 8 * 4 + 4 * 4;
 const ROOM_MIN_BYTES: usize = 8 + 4;
-const MESSAGE_MIN_BYTES: usize = 8 + 8 + 8 + 4 * 3;
+const MESSAGE_MIN_BYTES: usize = 8 * 3 + 4 * 3;
 
 /// A room's messages in a rooms delivery, in sequence order.
 #[derive(Debug, Clone)]
@@ -52,6 +61,64 @@ pub enum WireError {
     Trailing(usize),
     #[error("a length does not fit the layout")]
     TooLong,
+}
+
+/// Encodes a node's ingest batch.
+pub fn encode_ingest<'a>(
+    messages: impl ExactSizeIterator<Item = &'a IngestMessage> + Clone,
+) -> Result<Vec<u8>, WireError> {
+    let size: usize = messages
+        .clone()
+        .map(|m| {
+            INGEST_MESSAGE_MIN_BYTES
+                + m.origin.node_id.len()
+                + m.sender_name.len()
+                + m.client_msg_id.0.len()
+                + m.body.len()
+        })
+        .sum();
+    let mut out = Vec::with_capacity(5 + size);
+    out.push(VERSION);
+    put_len(&mut out, messages.len())?;
+    for message in messages {
+        out.extend_from_slice(&message.room_id.0.to_le_bytes());
+        out.extend_from_slice(&message.sender_id.0.to_le_bytes());
+        out.extend_from_slice(&message.sent_at_ms.to_le_bytes());
+        out.extend_from_slice(&message.origin.conn_id.to_le_bytes());
+        put_str(&mut out, &message.origin.node_id)?;
+        put_str(&mut out, &message.sender_name)?;
+        put_str(&mut out, &message.client_msg_id.0)?;
+        put_str(&mut out, &message.body)?;
+    }
+    Ok(out)
+}
+
+/// Decodes a node's ingest batch.
+pub fn decode_ingest(payload: &[u8]) -> Result<Vec<IngestMessage>, WireError> {
+    let mut reader = Reader::new(payload)?;
+    let count = reader.count(INGEST_MESSAGE_MIN_BYTES)?;
+    let mut messages = Vec::with_capacity(count);
+    for _ in 0..count {
+        let room_id = RoomId(reader.i64()?);
+        let sender_id = UserId(reader.i64()?);
+        let sent_at_ms = reader.i64()?;
+        let conn_id = reader.u64()?;
+        let node_id = reader.string()?;
+        let sender_name = reader.string()?;
+        let client_msg_id = ClientMsgId(reader.string()?);
+        let body = reader.string()?;
+        messages.push(IngestMessage {
+            room_id,
+            sender_id,
+            sender_name,
+            client_msg_id,
+            body,
+            sent_at_ms,
+            origin: Origin { node_id, conn_id },
+        });
+    }
+    reader.finish()?;
+    Ok(messages)
 }
 
 /// Encodes a batch's rooms, serializing each message's frame straight into the payload.
@@ -88,14 +155,8 @@ pub fn encode_rooms(rooms: &[RoomMessages]) -> Result<Vec<u8>, WireError> {
 
 /// Decodes a rooms delivery. The frames share the payload's memory.
 pub fn decode_rooms(payload: Vec<u8>) -> Result<Vec<DeliveredRoom>, WireError> {
-    let mut reader = Reader {
-        bytes: Bytes::from(payload),
-        at: 0,
-    };
-    let version = reader.u8()?;
-    if version != VERSION {
-        return Err(WireError::Version(version));
-    }
+    let payload = Bytes::from(payload);
+    let mut reader = Reader::new(&payload)?;
     let count = reader.count(ROOM_MIN_BYTES)?;
     let mut rooms = Vec::with_capacity(count);
     for _ in 0..count {
@@ -108,7 +169,8 @@ pub fn decode_rooms(payload: Vec<u8>) -> Result<Vec<DeliveredRoom>, WireError> {
             let conn_id = reader.u64()?;
             let node_id = reader.string()?;
             let client_msg_id = ClientMsgId(reader.string()?);
-            let frame = Frame::try_from(reader.bytes()?).map_err(|_| WireError::NotUtf8)?;
+            let frame = Frame::try_from(payload.slice_ref(reader.bytes()?))
+                .map_err(|_| WireError::NotUtf8)?;
             messages.push(DeliveredMessage {
                 seq,
                 sent_at_ms,
@@ -119,10 +181,8 @@ pub fn decode_rooms(payload: Vec<u8>) -> Result<Vec<DeliveredRoom>, WireError> {
         }
         rooms.push(DeliveredRoom { room_id, messages });
     }
-    match reader.bytes.len() - reader.at {
-        0 => Ok(rooms),
-        left => Err(WireError::Trailing(left)),
-    }
+    reader.finish()?;
+    Ok(rooms)
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), WireError> {
@@ -137,12 +197,21 @@ fn put_str(out: &mut Vec<u8>, text: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-struct Reader {
-    bytes: Bytes,
+struct Reader<'a> {
+    bytes: &'a [u8],
     at: usize,
 }
 
-impl Reader {
+impl<'a> Reader<'a> {
+    /// A reader past the payload's version byte, which must be this layout's.
+    fn new(bytes: &'a [u8]) -> Result<Reader<'a>, WireError> {
+        let mut reader = Reader { bytes, at: 0 };
+        match reader.take::<1>()? {
+            [VERSION] => Ok(reader),
+            [other] => Err(WireError::Version(other)),
+        }
+    }
+
     fn take<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let field = self
             .bytes
@@ -151,10 +220,6 @@ impl Reader {
             .ok_or(WireError::Truncated)?;
         self.at += N;
         Ok(field)
-    }
-
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take::<1>()?[0])
     }
 
     fn u32(&mut self) -> Result<u32, WireError> {
@@ -179,19 +244,26 @@ impl Reader {
         Ok(count)
     }
 
-    fn bytes(&mut self) -> Result<Bytes, WireError> {
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
         let len = usize::try_from(self.u32()?).map_err(|_| WireError::TooLong)?;
         let end = self.at.checked_add(len).ok_or(WireError::Truncated)?;
-        if end > self.bytes.len() {
-            return Err(WireError::Truncated);
-        }
-        let field = self.bytes.slice(self.at..end);
+        let field = self.bytes.get(self.at..end).ok_or(WireError::Truncated)?;
         self.at = end;
         Ok(field)
     }
 
     fn string(&mut self) -> Result<String, WireError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::NotUtf8)
+        std::str::from_utf8(self.bytes()?)
+            .map(str::to_owned)
+            .map_err(|_| WireError::NotUtf8)
+    }
+
+    /// The payload must end where its last item does.
+    fn finish(self) -> Result<(), WireError> {
+        match self.bytes.len() - self.at {
+            0 => Ok(()),
+            left => Err(WireError::Trailing(left)),
+        }
     }
 }
 
@@ -257,6 +329,57 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn ingest_batch() -> Vec<IngestMessage> {
+        batch()
+            .into_iter()
+            .flat_map(|room| room.messages)
+            .map(|stored| IngestMessage {
+                room_id: stored.message.room_id,
+                sender_id: stored.message.sender_id,
+                sender_name: stored.message.sender_name,
+                client_msg_id: stored.message.client_msg_id,
+                body: stored.message.body,
+                sent_at_ms: stored.message.sent_at_ms,
+                origin: stored.origin,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_ingest_batch_reads_back_as_it_was() {
+        let messages = ingest_batch();
+        assert_eq!(
+            encode_ingest(messages.iter()).and_then(|payload| decode_ingest(&payload)),
+            Ok(messages)
+        );
+        assert_eq!(
+            encode_ingest([].iter()).and_then(|payload| decode_ingest(&payload)),
+            Ok(Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_cut_short_or_bad_ingest_batch_is_refused() {
+        let Ok(payload) = encode_ingest(ingest_batch().iter()) else {
+            panic!("encoding failed");
+        };
+        for end in 0..payload.len() {
+            assert!(
+                decode_ingest(&payload[..end]).is_err(),
+                "a payload cut at {end} of {} was read",
+                payload.len()
+            );
+        }
+        let mut trailing = payload.clone();
+        trailing.extend_from_slice(b"xy");
+        assert_eq!(decode_ingest(&trailing), Err(WireError::Trailing(2)));
+        let mut other_version = payload;
+        other_version[0] = 0;
+        assert_eq!(decode_ingest(&other_version), Err(WireError::Version(0)));
+        // JSON is not this layout.
+        assert!(decode_ingest(br#"{"messages":[]}"#).is_err());
     }
 
     #[test]

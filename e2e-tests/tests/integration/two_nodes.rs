@@ -1,6 +1,6 @@
 //! The walking skeleton: a message crosses from a client on one node to a client on another.
 
-use chat_backend::config::DeliveryFormat;
+use chat_backend::config::BusFormat;
 use chat_protocol::{RoomId, ServerFrame};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -31,20 +31,20 @@ async fn stored_rows(env: &TestEnv, room: RoomId) -> anyhow::Result<Vec<Row>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_message_crosses_two_nodes_and_is_stored_in_order() -> anyhow::Result<()> {
-    crosses_two_nodes(DeliveryFormat::Binary).await
+    crosses_two_nodes(BusFormat::Binary).await
 }
 
 /// The format a deployment upgrading from nodes older than the binary layout runs with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_json_deliveries_a_message_crosses_two_nodes_the_same() -> anyhow::Result<()> {
-    crosses_two_nodes(DeliveryFormat::Json).await
+    crosses_two_nodes(BusFormat::Json).await
 }
 
-async fn crosses_two_nodes(format: DeliveryFormat) -> anyhow::Result<()> {
+async fn crosses_two_nodes(format: BusFormat) -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let node = |id: &str| {
         let mut config = env.config(id);
-        config.delivery_format = format;
+        config.bus_format = format;
         TestNode::start(config)
     };
     let node_a = node("a").await?;
