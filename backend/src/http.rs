@@ -24,7 +24,7 @@ const MAX_WS_MESSAGE_BYTES: usize = 4 * MAX_FRAME_BYTES;
 /// Bytes each connection reads from its socket at a time. The buffer is allocated up front for
 /// every connection (so it is most of what an idle one costs) and its free part is zeroed before
 /// every read; client frames are small, and it grows when one needs more.
-const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+const WS_READ_BUFFER_BYTES: usize = 1024;
 
 /// A WebSocket session's socket: the HTTP connection after its upgrade.
 pub type Socket = WebSocketStream<Upgraded>;
