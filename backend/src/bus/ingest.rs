@@ -1,12 +1,15 @@
 //! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
 
-use super::{check_confirmation, persistent_json, transient_json, wire, BusError, Names};
+use super::{
+    batch_payload, check_confirmation, has_content_type, persistent_json, transient_json, wire,
+    BusError, Names,
+};
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
 use lapin::publisher_confirm::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{Channel, Consumer};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
@@ -148,7 +151,12 @@ impl ShardPublisher {
             let Some(routing_key) = keys.next() else {
                 continue;
             };
-            let (payload, mut properties) = encode(delivery, self.names.binary);
+            let binary = match delivery {
+                Delivery::Rooms { rooms } if self.names.binary => Some(wire::encode_rooms(rooms)),
+                _ => None,
+            };
+            let (payload, mut properties) =
+                batch_payload(binary, wire::ROOMS_CONTENT_TYPE, delivery, transient_json());
             let copies: Vec<AMQPValue> =
                 keys.map(|key| AMQPValue::LongString(key.into())).collect();
             if !copies.is_empty() {
@@ -232,26 +240,6 @@ impl DeliveryConfirms {
     }
 }
 
-/// A delivery's payload and properties: JSON, or with `binary_rooms` a batch's rooms in the
-/// binary layout (JSON still if that cannot hold them).
-fn encode(delivery: &Delivery, binary_rooms: bool) -> (Vec<u8>, BasicProperties) {
-    if let (Delivery::Rooms { rooms }, true) = (delivery, binary_rooms) {
-        match wire::encode_rooms(rooms) {
-            Ok(payload) => {
-                return (
-                    payload,
-                    transient_json().with_content_type(wire::ROOMS_CONTENT_TYPE.into()),
-                )
-            }
-            Err(error) => tracing::warn!(%error, "rooms delivery published as JSON"),
-        }
-    }
-    (
-        serde_json::to_vec(delivery).unwrap_or_default(),
-        transient_json(),
-    )
-}
-
 /// The keys a delivery is routed by; empty when it goes nowhere.
 fn routing_keys(delivery: &Delivery) -> Vec<String> {
     match delivery {
@@ -276,12 +264,7 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
 }
 
 fn decode(delivery: lapin::message::Delivery) -> IngestItem {
-    let binary = delivery
-        .properties
-        .content_type()
-        .as_ref()
-        .map(|kind| kind.as_str())
-        == Some(wire::INGEST_CONTENT_TYPE);
+    let binary = has_content_type(&delivery.properties, wire::INGEST_CONTENT_TYPE);
     let messages = if binary {
         wire::decode_ingest(&delivery.data).map_err(|e| e.to_string())
     } else {

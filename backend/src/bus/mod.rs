@@ -465,12 +465,7 @@ impl Bus {
                             break;
                         }
                     };
-                    let binary = delivery
-                        .properties
-                        .content_type()
-                        .as_ref()
-                        .map(|kind| kind.as_str())
-                        == Some(wire::ROOMS_CONTENT_TYPE);
+                    let binary = has_content_type(&delivery.properties, wire::ROOMS_CONTENT_TYPE);
                     if binary {
                         match wire::decode_rooms(delivery.data) {
                             Ok(rooms) => events.deliver_rooms(rooms),
@@ -716,7 +711,14 @@ impl Bus {
             return Err(BusError::NotConnected);
         }
         let names = &self.inner.names;
-        let (payload, properties) = encode_ingest(&batch, names.binary);
+        let (payload, properties) = batch_payload(
+            names
+                .binary
+                .then(|| wire::encode_ingest(batch.messages.iter())),
+            wire::INGEST_CONTENT_TYPE,
+            &batch,
+            persistent_json(),
+        );
         Ok(session
             .publish
             .basic_publish(
@@ -807,24 +809,28 @@ async fn bind(channel: &Channel, names: &Names, room: RoomId) -> Result<(), lapi
         .await
 }
 
-/// An ingest batch's payload and properties: JSON, or with `binary` the binary layout (JSON
-/// still if that cannot hold it).
-fn encode_ingest(batch: &IngestBatch, binary: bool) -> (Vec<u8>, BasicProperties) {
-    if binary {
-        match wire::encode_ingest(batch.messages.iter()) {
-            Ok(payload) => {
-                return (
-                    payload,
-                    persistent_json().with_content_type(wire::INGEST_CONTENT_TYPE.into()),
-                )
+/// A batch's payload and properties: its binary layout with `content_type` when `binary` holds
+/// one (the caller asked for it and it could be encoded), otherwise `json` as JSON.
+fn batch_payload(
+    binary: Option<Result<Vec<u8>, wire::WireError>>,
+    content_type: &str,
+    json: &impl serde::Serialize,
+    properties: BasicProperties,
+) -> (Vec<u8>, BasicProperties) {
+    match binary {
+        Some(Ok(payload)) => (payload, properties.with_content_type(content_type.into())),
+        other => {
+            if let Some(Err(error)) = other {
+                tracing::warn!(%error, content_type, "batch published as JSON instead");
             }
-            Err(error) => tracing::warn!(%error, "ingest batch published as JSON"),
+            (serde_json::to_vec(json).unwrap_or_default(), properties)
         }
     }
-    (
-        serde_json::to_vec(batch).unwrap_or_default(),
-        persistent_json(),
-    )
+}
+
+/// Whether a received message says it has `content_type`.
+fn has_content_type(properties: &BasicProperties, content_type: &str) -> bool {
+    properties.content_type().as_ref().map(|kind| kind.as_str()) == Some(content_type)
 }
 
 fn persistent_json() -> BasicProperties {

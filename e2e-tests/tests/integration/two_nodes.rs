@@ -36,7 +36,7 @@ async fn a_message_crosses_two_nodes_and_is_stored_in_order() -> anyhow::Result<
 
 /// The format a deployment upgrading from nodes older than the binary layout runs with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_json_deliveries_a_message_crosses_two_nodes_the_same() -> anyhow::Result<()> {
+async fn with_json_batches_on_the_bus_a_message_crosses_two_nodes_the_same() -> anyhow::Result<()> {
     crosses_two_nodes(BusFormat::Json).await
 }
 
