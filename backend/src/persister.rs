@@ -206,19 +206,20 @@ async fn store_batch(
             stored_at: Instant::now(),
         }));
     };
-    // Every send of the batch with the item it came in.
-    let mut decodable: Vec<(&IngestItem, IngestMessage)> = Vec::with_capacity(batch.len());
-    for item in &batch {
-        match &item.messages {
+    // Every send of the batch (taken out of its item), and whether its item was redelivered.
+    let mut decodable: Vec<(bool, IngestMessage)> = Vec::with_capacity(batch.len());
+    for item in batch {
+        match item.messages {
             Ok(messages) => {
                 if item.redelivered {
                     metrics.messages_redelivered.inc_by(messages.len() as u64);
                 }
-                decodable.extend(messages.iter().map(|message| (item, message.clone())));
+                let redelivered = item.redelivered;
+                decodable.extend(messages.into_iter().map(|message| (redelivered, message)));
             }
             Err(reason) => {
                 publisher
-                    .dead_letter(&item.raw, item.binary, reason)
+                    .dead_letter(&item.raw, item.binary, &reason)
                     .await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
@@ -242,7 +243,7 @@ async fn store_batch(
 
     let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
     let mut receipts: BTreeMap<String, Vec<DuplicateReceipt>> = BTreeMap::new();
-    for ((item, ingest), outcome) in decodable.iter().zip(outcomes) {
+    for ((redelivered, ingest), outcome) in decodable.iter().zip(outcomes) {
         match outcome {
             MessageOutcome::Stored(message) => {
                 metrics.messages_persisted.inc();
@@ -250,7 +251,7 @@ async fn store_batch(
             }
             // Stored by a batch whose delivery may never have been published: deliver again;
             // nodes drop sequence numbers they have already shown.
-            MessageOutcome::Duplicate(message) if item.redelivered => {
+            MessageOutcome::Duplicate(message) if *redelivered => {
                 push_room(&mut rooms, message, ingest.origin.clone());
             }
             MessageOutcome::Duplicate(original) => {
