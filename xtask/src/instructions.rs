@@ -2,10 +2,12 @@
 //! callgrind.
 //!
 //! Time on this kind of machine moves with whatever else its host runs: the same build's p99 or
-//! CPU share can differ by half between two runs minutes apart. An instruction count does not:
-//! callgrind counts what the node's own code executes (not the kernel's work for it), and the
-//! same build under the same load gives the same count to within a percent or two. That makes it
-//! the way to tell whether a change to the node's code made a message cheaper.
+//! CPU share can differ by half between two runs minutes apart. An instruction count moves far
+//! less: callgrind counts what the node's own code executes (not the kernel's work for it), and
+//! the same build under the same load has counted the same to within 0.2% on one machine and
+//! within 6% on another (how many messages share a batch follows the timing). That makes it the
+//! way to tell whether a change to the node's code made a message cheaper, given a difference
+//! beyond that spread or several counts of each build.
 //!
 //! Two nodes run under callgrind with the benchmark's settings; `chat-load` offers the rooms
 //! workload at a low rate (the nodes run some fifty times slower under callgrind) twice, for
