@@ -35,22 +35,15 @@ pub async fn run(app: Arc<App>, mut events: mpsc::UnboundedReceiver<FanoutEvent>
     while let Some(event) = events.recv().await {
         match event {
             FanoutEvent::Rooms(rooms) => {
-                // The batch's other rooms come along; only rooms with local members matter.
-                for room in rooms {
-                    if app.hub.local_delivered_seq(room.room_id).is_some() {
-                        deliver_room(&app, room.room_id, room.messages).await;
-                    }
-                }
+                let rooms = rooms.into_iter().map(|room| (room.room_id, room.messages));
+                deliver_local_rooms(&app, rooms, |messages| messages).await;
             }
             FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
                 deliver_room(&app, room_id, delivered(messages)).await;
             }
             FanoutEvent::Delivery(Delivery::Rooms { rooms }) => {
-                for room in rooms {
-                    if app.hub.local_delivered_seq(room.room_id).is_some() {
-                        deliver_room(&app, room.room_id, delivered(room.messages)).await;
-                    }
-                }
+                let rooms = rooms.into_iter().map(|room| (room.room_id, room.messages));
+                deliver_local_rooms(&app, rooms, delivered).await;
             }
             FanoutEvent::Delivery(Delivery::Duplicates { receipts }) => {
                 app.hub.answer_duplicates(&receipts);
@@ -120,6 +113,20 @@ fn delivered(messages: Vec<StoredMessage>) -> Vec<DeliveredMessage> {
         .into_iter()
         .map(|stored| DeliveredMessage::new(&stored.message, Some(stored.origin)))
         .collect()
+}
+
+/// Delivers a batch's rooms that have local members (the batch's other rooms come along),
+/// turning a room's messages into deliverable ones only for those.
+async fn deliver_local_rooms<M>(
+    app: &App,
+    rooms: impl Iterator<Item = (RoomId, M)>,
+    deliverable: impl Fn(M) -> Vec<DeliveredMessage>,
+) {
+    for (room_id, messages) in rooms {
+        if app.hub.local_delivered_seq(room_id).is_some() {
+            deliver_room(app, room_id, deliverable(messages)).await;
+        }
+    }
 }
 
 /// Delivers a room's new messages, after any it missed before them.

@@ -124,9 +124,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
         "-p",
         "chat-load",
     ]))?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = crate::web::target_dir(root)?;
     let server = target.join("release").join("chat-server");
     let load = target.join("release").join("chat-load");
     let reports = target.join("bench");

@@ -47,8 +47,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Count the instructions each node executes per message, under callgrind: repeatable
-    /// whatever else the machine runs, for telling whether a change made messages cheaper.
+    /// Count the instructions each node executes per message, under callgrind: far steadier
+    /// than time on a shared machine, for telling whether a change made messages cheaper.
     Instructions {
         /// Messages a second offered (the nodes run about fifty times slower under callgrind).
         #[arg(long, default_value_t = 100)]
@@ -144,9 +144,7 @@ fn up(root: &Path, nodes: u16, port: u16, release: bool) -> Result<()> {
         build.arg("--release");
     }
     run(&mut build)?;
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
+    let target = web::target_dir(root)?;
     let binary = target
         .join(if release { "release" } else { "debug" })
         .join("chat-server");

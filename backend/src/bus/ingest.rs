@@ -266,13 +266,12 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
 fn decode(delivery: lapin::message::Delivery) -> IngestItem {
     let binary = has_content_type(&delivery.properties, wire::INGEST_CONTENT_TYPE);
     let messages = if binary {
-        wire::decode_ingest(&delivery.data).map_err(|e| e.to_string())
+        wire::decode_ingest(&delivery.data).map_err(|e| format!("undecodable ingest payload: {e}"))
     } else {
         IngestBatch::decode(&delivery.data)
             .map(|batch| batch.messages)
-            .map_err(|e| e.to_string())
-    }
-    .map_err(|e| format!("undecodable ingest payload: {e}"));
+            .map_err(|e| format!("undecodable ingest payload: {e}"))
+    };
     IngestItem {
         tag: delivery.delivery_tag,
         redelivered: delivery.redelivered,

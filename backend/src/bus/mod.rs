@@ -465,8 +465,7 @@ impl Bus {
                             break;
                         }
                     };
-                    let binary = has_content_type(&delivery.properties, wire::ROOMS_CONTENT_TYPE);
-                    if binary {
+                    if has_content_type(&delivery.properties, wire::ROOMS_CONTENT_TYPE) {
                         match wire::decode_rooms(delivery.data) {
                             Ok(rooms) => events.deliver_rooms(rooms),
                             Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
@@ -712,9 +711,7 @@ impl Bus {
         }
         let names = &self.inner.names;
         let (payload, properties) = batch_payload(
-            names
-                .binary
-                .then(|| wire::encode_ingest(batch.messages.iter())),
+            names.binary.then(|| wire::encode_ingest(&batch.messages)),
             wire::INGEST_CONTENT_TYPE,
             &batch,
             persistent_json(),

@@ -36,7 +36,7 @@ fn ingest(room_id: RoomId, sender_id: UserId, id: &str, body: &str) -> (Vec<u8>,
 
 /// A binary ingest payload, its last `cut` bytes cut off.
 fn binary(message: &IngestMessage, cut: usize) -> (Vec<u8>, BasicProperties) {
-    let mut payload = wire::encode_ingest([message].into_iter()).unwrap_or_default();
+    let mut payload = wire::encode_ingest(std::slice::from_ref(message)).unwrap_or_default();
     payload.truncate(payload.len().saturating_sub(cut));
     (
         payload,
