@@ -12,7 +12,9 @@
 //! Two nodes run under callgrind with the benchmark's settings; `chat-load` offers the rooms
 //! workload at a low rate (the nodes run some fifty times slower under callgrind) twice, for
 //! `seconds` and for twice that. Each run's count includes connecting and joining the users; the
-//! difference between the two is what the extra messages cost, per message sent.
+//! difference between the two is what the extra messages cost, per message sent. The pair is
+//! counted `repeat` times on the same nodes (a pair takes about a minute; starting the nodes
+//! under callgrind takes several), and the median pair is the result, beside the spread of all.
 
 use crate::bench::{self, NodeProcess};
 use crate::services;
@@ -34,7 +36,21 @@ struct Counted {
     instructions: Vec<u64>,
 }
 
-pub fn instructions(root: &Path, rate: u32, seconds: u32, server: Option<PathBuf>) -> Result<()> {
+/// What `cargo xtask instructions` counts.
+pub struct Options {
+    pub rate: u32,
+    pub seconds: u32,
+    pub repeat: u32,
+    pub server: Option<PathBuf>,
+}
+
+pub fn instructions(root: &Path, options: Options) -> Result<()> {
+    let Options {
+        rate,
+        seconds,
+        repeat,
+        server,
+    } = options;
     services::ensure_all()?;
     for tool in ["valgrind", "callgrind_control"] {
         let found = Command::new(tool)
@@ -72,38 +88,82 @@ pub fn instructions(root: &Path, rate: u32, seconds: u32, server: Option<PathBuf
         prefix: &prefix,
         database_url: &database_url,
     };
-    let result = cluster.count(rate, seconds);
+    let result = cluster.count(rate, seconds, repeat.max(1));
     bench::delete_topology(&prefix);
     let dropped = bench::drop_database(DATABASE);
-    let (short, long) = result?;
+    let pairs = result?;
 
     println!(
         "\nInstructions per message sent (callgrind; {}; {USERS} users in {ROOMS} rooms at {rate} msgs/s, \
-         {seconds} s and {} s):",
+         {seconds} s and {} s, {} times):",
         server.display(),
-        seconds * 2
+        seconds * 2,
+        pairs.len()
     );
-    let extra = long.sent.saturating_sub(short.sent).max(1);
-    let mut total = (0u64, 0u64, 0u64);
-    for (index, (a, b)) in short
-        .instructions
-        .iter()
-        .zip(&long.instructions)
-        .enumerate()
-    {
-        let per_message = b.saturating_sub(*a) / extra;
+    let estimates: Vec<Estimate> = pairs.iter().map(Estimate::of).collect();
+    for (index, estimate) in estimates.iter().enumerate() {
+        let nodes = estimate
+            .per_node
+            .iter()
+            .enumerate()
+            .map(|(node, count)| format!("node-{} {count}", node + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
         println!(
-            "  node-{}: {per_message:>9} per message ({a} in the {seconds} s run, {b} in the {} s run)",
+            "  pair {}: {:>9} per message ({nodes}; {} and {} messages sent)",
             index + 1,
-            seconds * 2
+            estimate.both(),
+            estimate.sent.0,
+            estimate.sent.1
         );
-        total = (total.0 + per_message, total.1 + a, total.2 + b);
+    }
+    let mut by_total: Vec<&Estimate> = estimates.iter().collect();
+    by_total.sort_by_key(|estimate| estimate.both());
+    let median = by_total[by_total.len() / 2];
+    let (lowest, highest) = (by_total[0].both(), by_total[by_total.len() - 1].both());
+    for (node, count) in median.per_node.iter().enumerate() {
+        println!("  node-{}: {count:>9} per message (median pair)", node + 1);
     }
     println!(
-        "  both:   {:>9} per message ({} and {} in all; {} and {} messages sent)",
-        total.0, total.1, total.2, short.sent, long.sent
+        "  both:   {:>9} per message (median pair; all pairs {lowest} to {highest}, a spread of {:.1}%)",
+        median.both(),
+        spread_percent(lowest, highest)
     );
     dropped
+}
+
+/// One pair's instructions per extra message sent, per node.
+struct Estimate {
+    per_node: Vec<u64>,
+    sent: (u64, u64),
+}
+
+impl Estimate {
+    fn of((short, long): &(Counted, Counted)) -> Estimate {
+        let extra = long.sent.saturating_sub(short.sent).max(1);
+        let per_node = short
+            .instructions
+            .iter()
+            .zip(&long.instructions)
+            .map(|(a, b)| b.saturating_sub(*a) / extra)
+            .collect();
+        Estimate {
+            per_node,
+            sent: (short.sent, long.sent),
+        }
+    }
+
+    fn both(&self) -> u64 {
+        self.per_node.iter().sum()
+    }
+}
+
+/// How far apart the highest and the lowest count are, in percent of the lowest.
+fn spread_percent(lowest: u64, highest: u64) -> f64 {
+    if lowest == 0 {
+        return 0.0;
+    }
+    (highest - lowest) as f64 * 100.0 / lowest as f64
 }
 
 struct Cluster<'a> {
@@ -115,7 +175,7 @@ struct Cluster<'a> {
 }
 
 impl Cluster<'_> {
-    fn count(&self, rate: u32, seconds: u32) -> Result<(Counted, Counted)> {
+    fn count(&self, rate: u32, seconds: u32, repeat: u32) -> Result<Vec<(Counted, Counted)>> {
         // Accounts and rooms first, with the nodes at full speed: they go into the account book
         // the counted runs use.
         let mut nodes = self.start(&[], Duration::from_secs(60))?;
@@ -131,9 +191,14 @@ impl Cluster<'_> {
         let mut nodes = self.start(&wrapper, READY_UNDER_CALLGRIND)?;
         let counted = (|| {
             self.load_run(&nodes, "warm", 20, 3)?;
-            let short = self.counted_run(&nodes, "short", rate, seconds)?;
-            let long = self.counted_run(&nodes, "long", rate, seconds * 2)?;
-            Ok((short, long))
+            (1..=repeat)
+                .map(|pair| {
+                    let short = self.counted_run(&nodes, &format!("short{pair}"), rate, seconds)?;
+                    let long =
+                        self.counted_run(&nodes, &format!("long{pair}"), rate, seconds * 2)?;
+                    Ok((short, long))
+                })
+                .collect()
         })();
         stop(&mut nodes);
         counted

@@ -56,6 +56,9 @@ enum Task {
         /// Seconds of the shorter of the two counted runs; the other runs twice as long.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// How many times to count the pair of runs (on the same nodes); the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
         /// A chat-server binary to count instead of this tree's release build.
         #[arg(long)]
         server: Option<PathBuf>,
@@ -81,8 +84,17 @@ fn main() -> Result<()> {
         Task::Instructions {
             rate,
             seconds,
+            repeat,
             server,
-        } => instructions::instructions(&root, rate, seconds, server),
+        } => instructions::instructions(
+            &root,
+            instructions::Options {
+                rate,
+                seconds,
+                repeat,
+                server,
+            },
+        ),
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());
