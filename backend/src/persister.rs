@@ -14,7 +14,7 @@ use crate::store::{MessageOutcome, SeqCounters, Store};
 use chat_protocol::bus::{
     Delivery, DuplicateReceipt, IngestMessage, Origin, RoomMessages, StoredMessage,
 };
-use chat_protocol::{ChatMessage, RoomId};
+use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -207,15 +207,16 @@ async fn store_batch(
         }));
     };
     // Every send of the batch (taken out of its item), and whether its item was redelivered.
-    let mut decodable: Vec<(bool, IngestMessage)> = Vec::with_capacity(batch.len());
+    let mut sends: Vec<IngestMessage> = Vec::with_capacity(batch.len());
+    let mut redelivered: Vec<bool> = Vec::with_capacity(batch.len());
     for item in batch {
         match item.messages {
             Ok(messages) => {
                 if item.redelivered {
                     metrics.messages_redelivered.inc_by(messages.len() as u64);
                 }
-                let redelivered = item.redelivered;
-                decodable.extend(messages.into_iter().map(|message| (redelivered, message)));
+                redelivered.resize(redelivered.len() + messages.len(), item.redelivered);
+                sends.extend(messages);
             }
             Err(reason) => {
                 publisher
@@ -226,7 +227,7 @@ async fn store_batch(
             }
         }
     }
-    if decodable.is_empty() {
+    if sends.is_empty() {
         return Ok(Some(StoredBatch {
             rooms: Vec::new(),
             deliveries: Vec::new(),
@@ -236,23 +237,41 @@ async fn store_batch(
         }));
     }
 
-    let messages = decodable.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>();
-    let Some(outcomes) = store_in_lanes(store, metrics, counters, messages, stop).await else {
+    // Shared with the store while it works, then ours alone again: the stored messages take
+    // their texts from the sends instead of copying them.
+    let mut sends: Arc<[IngestMessage]> = sends.into();
+    let Some(outcomes) = store_in_lanes(store, metrics, counters, sends.clone(), stop).await else {
         return Ok(None);
+    };
+    let mut owned_sends;
+    let sends: &mut [IngestMessage] = match Arc::get_mut(&mut sends) {
+        Some(sends) => sends,
+        None => {
+            owned_sends = sends.to_vec();
+            &mut owned_sends
+        }
     };
 
     let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
     let mut receipts: BTreeMap<String, Vec<DuplicateReceipt>> = BTreeMap::new();
-    for ((redelivered, ingest), outcome) in decodable.iter().zip(outcomes) {
+    for ((ingest, redelivered), outcome) in sends.iter_mut().zip(redelivered).zip(outcomes) {
         match outcome {
-            MessageOutcome::Stored(message) => {
+            MessageOutcome::Stored(seq) => {
                 metrics.messages_persisted.inc();
-                push_room(&mut rooms, message, ingest.origin.clone());
+                let stored = take_stored(ingest, seq);
+                rooms
+                    .entry(stored.message.room_id)
+                    .or_default()
+                    .push(stored);
             }
             // Stored by a batch whose delivery may never have been published: deliver again;
             // nodes drop sequence numbers they have already shown.
-            MessageOutcome::Duplicate(message) if *redelivered => {
-                push_room(&mut rooms, message, ingest.origin.clone());
+            MessageOutcome::Duplicate(message) if redelivered => {
+                let origin = ingest.origin.clone();
+                rooms
+                    .entry(message.room_id)
+                    .or_default()
+                    .push(StoredMessage { message, origin });
             }
             MessageOutcome::Duplicate(original) => {
                 metrics.messages_duplicate.inc();
@@ -267,7 +286,7 @@ async fn store_batch(
                     });
             }
             MessageOutcome::Rejected(reason) => {
-                let payload = serde_json::to_vec(ingest).unwrap_or_default();
+                let payload = serde_json::to_vec(&*ingest).unwrap_or_default();
                 publisher.dead_letter(&payload, false, &reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
@@ -335,15 +354,25 @@ impl ObserveEach for prometheus::Histogram {
     }
 }
 
-fn push_room(
-    rooms: &mut BTreeMap<RoomId, Vec<StoredMessage>>,
-    message: ChatMessage,
-    origin: Origin,
-) {
-    rooms
-        .entry(message.room_id)
-        .or_default()
-        .push(StoredMessage { message, origin });
+/// The message a send became when stored with `seq`, its texts moved out of the send.
+fn take_stored(send: &mut IngestMessage, seq: Seq) -> StoredMessage {
+    StoredMessage {
+        message: ChatMessage {
+            room_id: send.room_id,
+            seq,
+            sender_id: send.sender_id,
+            sender_name: std::mem::take(&mut send.sender_name),
+            client_msg_id: ClientMsgId(std::mem::take(&mut send.client_msg_id.0)),
+            body: std::mem::take(&mut send.body),
+            sent_at_ms: send.sent_at_ms,
+            edited_at_ms: None,
+            deleted: false,
+        },
+        origin: Origin {
+            node_id: std::mem::take(&mut send.origin.node_id),
+            conn_id: send.origin.conn_id,
+        },
+    }
 }
 
 /// Stores a batch, a large one in [`STORE_LANES`] parts of disjoint rooms at the same time
@@ -355,7 +384,7 @@ async fn store_in_lanes(
     store: &Store,
     metrics: &Metrics,
     counters: &SeqCounters,
-    messages: Vec<IngestMessage>,
+    messages: Arc<[IngestMessage]>,
     stop: &CancellationToken,
 ) -> Option<Vec<MessageOutcome>> {
     let lanes = lanes_of(&messages);
@@ -363,8 +392,8 @@ async fn store_in_lanes(
         return store_with_retry(store, metrics, counters, messages, stop).await;
     }
     let parts = lanes.iter().map(|lane| {
-        let part = lane.iter().map(|&index| messages[index].clone()).collect();
-        store_with_retry(store, metrics, counters, part, stop)
+        let part: Vec<IngestMessage> = lane.iter().map(|&index| messages[index].clone()).collect();
+        store_with_retry(store, metrics, counters, part.into(), stop)
     });
     let stored = futures::future::join_all(parts).await;
     let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; messages.len()];
@@ -413,14 +442,13 @@ fn store_with_retry<'a>(
     store: &'a Store,
     metrics: &'a Metrics,
     counters: &'a SeqCounters,
-    messages: Vec<IngestMessage>,
+    // Shared with each attempt, so a retry needs no copy of the messages.
+    messages: Arc<[IngestMessage]>,
     stop: &'a CancellationToken,
 ) -> BoxFuture<'a, Option<Vec<MessageOutcome>>> {
     Box::pin(async move {
         let mut delay = Duration::from_millis(50);
         let mut data_failures = 0;
-        // Shared with each attempt, so a retry needs no copy of the messages.
-        let messages: Arc<[IngestMessage]> = messages.into();
         loop {
             let started = Instant::now();
             let error = match store
@@ -444,7 +472,7 @@ fn store_with_retry<'a>(
                 if messages.len() > 1 {
                     tracing::warn!(%error, batch = messages.len(), "batch refused; splitting it");
                     let (first, second) = messages.split_at(messages.len() / 2);
-                    let (first, second) = (first.to_vec(), second.to_vec());
+                    let (first, second) = (Arc::from(first), Arc::from(second));
                     let mut outcomes =
                         store_with_retry(store, metrics, counters, first, stop).await?;
                     outcomes
@@ -472,7 +500,6 @@ fn store_with_retry<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chat_protocol::ClientMsgId;
     use chat_protocol::UserId;
 
     fn sends(rooms: &[i64]) -> Vec<IngestMessage> {

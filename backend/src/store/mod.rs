@@ -5,6 +5,7 @@
 //! their own ([`Store::new`]).
 
 mod accounts;
+mod arrays;
 pub mod batch;
 mod messages;
 mod persist;

@@ -7,11 +7,11 @@
 //! room seen for the first time by a counter that was reset, a refused row) fails that
 //! statement, and the batch goes the checked way, which reads what it needs first.
 
+use super::arrays::{BigInts, MillisTimestamps, Texts};
 use super::messages::{StoredRow, MESSAGE_COLUMNS};
 use super::{Store, StoreError};
 use chat_protocol::bus::IngestMessage;
 use chat_protocol::{ChatMessage, RoomId, Seq};
-use chrono::{DateTime, TimeZone, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 /// What became of one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageOutcome {
-    /// Stored now, with its new sequence number.
-    Stored(ChatMessage),
+    /// Stored now, as sent, with this new sequence number.
+    Stored(Seq),
     /// Stored earlier (by an earlier batch or earlier in this one): the original.
     Duplicate(ChatMessage),
     /// Can never be stored, for this reason.
@@ -155,18 +155,18 @@ fn persist_common(
         let last = counters.entry(message.room_id.0).or_default();
         *last += 1;
         columns.push(message, *last);
-        outcomes.push(MessageOutcome::Stored(stored_message(message, *last)));
+        outcomes.push(MessageOutcome::Stored(Seq(*last)));
     }
     let (rooms, last_seqs): (Vec<i64>, Vec<i64>) = room_counters(batch, counters);
     let senders = distinct(batch.iter().map(|m| m.sender_id.0));
     let inserted = CommonBatch {
         columns: &columns,
-        rooms: &rooms,
-        last_seqs: &last_seqs,
-        senders: &senders,
         count: batch.len() as i64,
         room_count: rooms.len() as i64,
         sender_count: senders.len() as i64,
+        rooms: BigInts(rooms),
+        last_seqs: BigInts(last_seqs),
+        senders: BigInts(senders),
     }
     .get_result::<CountRow>(conn)?;
     if inserted.n != batch.len() as i64 {
@@ -182,10 +182,10 @@ fn persist_common(
 /// hundreds a second. Binds: the six columns, the rooms and their new counters, the distinct
 /// senders, and the counts the deliberate failure [`persist_common`] describes compares with.
 struct CommonBatch<'a> {
-    columns: &'a InsertColumns,
-    rooms: &'a Vec<i64>,
-    last_seqs: &'a Vec<i64>,
-    senders: &'a Vec<i64>,
+    columns: &'a InsertColumns<'a>,
+    rooms: BigInts,
+    last_seqs: BigInts,
+    senders: BigInts,
     count: i64,
     room_count: i64,
     sender_count: i64,
@@ -199,31 +199,20 @@ impl QueryFragment<Pg> for CommonBatch<'_> {
                INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
                SELECT * FROM unnest(",
         );
-        out.push_bind_param::<Array<BigInt>, _>(&columns.room_ids)?;
-        out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<BigInt>, _>(&columns.seqs)?;
-        out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<BigInt>, _>(&columns.sender_ids)?;
-        out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<Text>, _>(&columns.client_msg_ids)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Text>, _>(&columns.bodies)?;
-        out.push_sql("::text[], ");
-        out.push_bind_param::<Array<Timestamptz>, _>(&columns.sent_at)?;
+        columns.push_binds(&mut out)?;
         out.push_sql(
-            "::timestamptz[]) \
-               ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING 1), \
+            ") ON CONFLICT (sender_id, client_msg_id) DO NOTHING RETURNING 1), \
              moved AS ( \
                UPDATE rooms SET last_seq = d.last_seq FROM unnest(",
         );
-        out.push_bind_param::<Array<BigInt>, _>(self.rooms)?;
+        out.push_bind_param::<Array<BigInt>, _>(&self.rooms)?;
         out.push_sql("::bigint[], ");
-        out.push_bind_param::<Array<BigInt>, _>(self.last_seqs)?;
+        out.push_bind_param::<Array<BigInt>, _>(&self.last_seqs)?;
         out.push_sql(
             "::bigint[]) AS d(id, last_seq) WHERE rooms.id = d.id RETURNING 1), \
              senders AS (SELECT count(*) AS n FROM users WHERE id = ANY(",
         );
-        out.push_bind_param::<Array<BigInt>, _>(self.senders)?;
+        out.push_bind_param::<Array<BigInt>, _>(&self.senders)?;
         out.push_sql(
             "::bigint[])), \
              checked AS (SELECT (SELECT count(*) FROM inserted) AS rows, \
@@ -399,13 +388,14 @@ fn persist_checked(
             let stored = stored_message(message, *seq);
             *seq += 1;
             columns.push(message, stored.seq.0);
+            outcomes[index] = Some(MessageOutcome::Stored(stored.seq));
+            // For resends later in the batch, answered with this original.
             known.insert(
                 (message.sender_id.0, message.client_msg_id.0.clone()),
-                stored.clone(),
+                stored,
             );
-            outcomes[index] = Some(MessageOutcome::Stored(stored));
         }
-        columns.insert(conn)?;
+        columns.execute(conn)?;
     }
 
     Ok(batch
@@ -439,53 +429,72 @@ fn existing_ids(
 }
 
 /// Column arrays for one `INSERT … SELECT FROM unnest(…)`: six bind parameters whatever the
-/// batch size, so the 65,535-parameter limit never applies.
-struct InsertColumns {
-    room_ids: Vec<i64>,
-    seqs: Vec<i64>,
-    sender_ids: Vec<i64>,
-    client_msg_ids: Vec<String>,
-    bodies: Vec<String>,
-    sent_at: Vec<DateTime<Utc>>,
+/// batch size, so the 65,535-parameter limit never applies. The texts are the batch's own.
+struct InsertColumns<'a> {
+    room_ids: BigInts,
+    seqs: BigInts,
+    sender_ids: BigInts,
+    client_msg_ids: Texts<'a>,
+    bodies: Texts<'a>,
+    sent_at: MillisTimestamps,
 }
 
-impl InsertColumns {
+impl<'a> InsertColumns<'a> {
     fn with_capacity(n: usize) -> Self {
         InsertColumns {
-            room_ids: Vec::with_capacity(n),
-            seqs: Vec::with_capacity(n),
-            sender_ids: Vec::with_capacity(n),
-            client_msg_ids: Vec::with_capacity(n),
-            bodies: Vec::with_capacity(n),
-            sent_at: Vec::with_capacity(n),
+            room_ids: BigInts(Vec::with_capacity(n)),
+            seqs: BigInts(Vec::with_capacity(n)),
+            sender_ids: BigInts(Vec::with_capacity(n)),
+            client_msg_ids: Texts(Vec::with_capacity(n)),
+            bodies: Texts(Vec::with_capacity(n)),
+            sent_at: MillisTimestamps(Vec::with_capacity(n)),
         }
     }
 
-    fn push(&mut self, message: &IngestMessage, seq: i64) {
-        self.room_ids.push(message.room_id.0);
-        self.seqs.push(seq);
-        self.sender_ids.push(message.sender_id.0);
-        self.client_msg_ids.push(message.client_msg_id.0.clone());
-        self.bodies.push(message.body.clone());
-        self.sent_at.push(
-            Utc.timestamp_millis_opt(message.sent_at_ms)
-                .single()
-                .unwrap_or_else(Utc::now),
-        );
+    fn push(&mut self, message: &'a IngestMessage, seq: i64) {
+        self.room_ids.0.push(message.room_id.0);
+        self.seqs.0.push(seq);
+        self.sender_ids.0.push(message.sender_id.0);
+        self.client_msg_ids.0.push(&message.client_msg_id.0);
+        self.bodies.0.push(&message.body);
+        self.sent_at.0.push(message.sent_at_ms);
     }
 
-    fn insert(self, conn: &mut PgConnection) -> Result<usize, diesel::result::Error> {
-        diesel::sql_query(
-            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
-             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], \
-                                  $5::text[], $6::timestamptz[])",
-        )
-        .bind::<Array<BigInt>, _>(self.room_ids)
-        .bind::<Array<BigInt>, _>(self.seqs)
-        .bind::<Array<BigInt>, _>(self.sender_ids)
-        .bind::<Array<Text>, _>(self.client_msg_ids)
-        .bind::<Array<Text>, _>(self.bodies)
-        .bind::<Array<Timestamptz>, _>(self.sent_at)
-        .execute(conn)
+    /// The six columns as the arguments of `unnest(…)`.
+    fn push_binds<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_bind_param::<Array<BigInt>, _>(&self.room_ids)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.seqs)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.sender_ids)?;
+        out.push_sql("::bigint[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.client_msg_ids)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Text>, _>(&self.bodies)?;
+        out.push_sql("::text[], ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.sent_at)?;
+        out.push_sql("::timestamptz[]");
+        Ok(())
     }
 }
+
+/// The checked way's insert: the rows alone, in the transaction that numbered them.
+impl QueryFragment<Pg> for InsertColumns<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+             SELECT * FROM unnest(",
+        );
+        self.push_binds(&mut out)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// Not kept in diesel's statement cache: the checked way is rare.
+impl QueryId for InsertColumns<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl RunQueryDsl<PgConnection> for InsertColumns<'_> {}

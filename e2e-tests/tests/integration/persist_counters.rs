@@ -13,7 +13,7 @@ fn seqs(outcomes: &[MessageOutcome]) -> Vec<(i64, bool)> {
     outcomes
         .iter()
         .map(|outcome| match outcome {
-            MessageOutcome::Stored(message) => (message.seq.0, false),
+            MessageOutcome::Stored(seq) => (seq.0, false),
             MessageOutcome::Duplicate(message) => (message.seq.0, true),
             MessageOutcome::Rejected(_) => (-1, false),
         })
@@ -143,5 +143,71 @@ async fn one_plan_stores_batches_of_every_size() -> anyhow::Result<()> {
         assert_eq!(stored_messages(&env.db, *room).await?, expected);
         assert_eq!(store.last_seq(*room).await?.0, expected.len() as i64);
     }
+    Ok(())
+}
+
+/// What a batch stores is what was sent, byte for byte and to the millisecond, whichever way it
+/// is stored: bodies and ids of every size and script, empty bodies, and send times before and
+/// after PostgreSQL's own epoch (2000-01-01).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_ways_store_texts_and_times_exactly() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let (store, ada) = store_with_ada(&env).await?;
+    let room = store
+        .create_room("exact".into(), RoomKind::Public, ada)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("room not created"))?
+        .room_id;
+
+    let contents: [(&str, &str, i64); 6] = [
+        ("plain", "hello", 1_795_817_270_814),
+        ("empty", "", 0),
+        (
+            "ünïcødé-ид-💬",
+            "naïve café — 日本語 🎉\n\ttabs and \"quotes\" and \\",
+            946_684_799_999,
+        ),
+        ("before-epoch", "{\"json\": [1, 2]}", -1),
+        ("long", &"x".repeat(4000), 946_684_800_001),
+        ("nul-free ' quote", "it's", 4_102_444_800_000),
+    ];
+    let sends = |prefix: &str| {
+        contents
+            .iter()
+            .map(|(id, body, sent_at_ms)| {
+                let mut message = send(room, ada, &format!("{prefix}{id}"));
+                message.body = body.to_string();
+                message.sent_at_ms = *sent_at_ms;
+                message
+            })
+            .collect::<Vec<_>>()
+    };
+    // The common way (known counters), then the checked way (a resend of the first in the batch).
+    let counters = SeqCounters::default();
+    let common = store.persist_batch(sends("a-"), counters.clone()).await?;
+    assert!(common
+        .iter()
+        .all(|outcome| matches!(outcome, MessageOutcome::Stored(_))));
+    let mut checked_batch = sends("b-");
+    checked_batch.push(send(room, ada, "a-plain"));
+    let checked = store.persist_batch(checked_batch, counters).await?;
+    assert_eq!(seqs(&checked).last(), Some(&(1, true)));
+
+    let stored = store
+        .messages_after(room, chat_protocol::Seq(0), 100)
+        .await?;
+    let got: Vec<(String, String, i64)> = stored
+        .iter()
+        .map(|m| (m.client_msg_id.0.clone(), m.body.clone(), m.sent_at_ms))
+        .collect();
+    let wanted: Vec<(String, String, i64)> = ["a-", "b-"]
+        .iter()
+        .flat_map(|prefix| {
+            contents
+                .iter()
+                .map(move |(id, body, at)| (format!("{prefix}{id}"), body.to_string(), *at))
+        })
+        .collect();
+    assert_eq!(got, wanted);
     Ok(())
 }
