@@ -4,7 +4,7 @@
 
 use chat_backend::store::{MessageOutcome, NewUser, SeqCounters, Store};
 use chat_protocol::api::RoomKind;
-use chat_protocol::UserId;
+use chat_protocol::{RoomId, UserId};
 use e2e_tests::checks::stored_messages;
 use e2e_tests::ingest_message as send;
 use e2e_tests::TestEnv;
@@ -36,15 +36,19 @@ async fn store_with_ada(env: &TestEnv) -> anyhow::Result<(Store, UserId)> {
     Ok((store, UserId(ada.id)))
 }
 
+async fn public_room(store: &Store, owner: UserId, name: &str) -> anyhow::Result<RoomId> {
+    Ok(store
+        .create_room(name.into(), RoomKind::Public, owner)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("room {name} not created"))?
+        .room_id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persister_with_stale_counters_keeps_the_room_in_order() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let (store, ada) = store_with_ada(&env).await?;
-    let room = store
-        .create_room("counters".into(), RoomKind::Public, ada)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("room not created"))?
-        .room_id;
+    let room = public_room(&store, ada, "counters").await?;
 
     // Two persisters, one after the other, as when a shard moves between nodes and back.
     let first = SeqCounters::default();
@@ -113,12 +117,7 @@ async fn one_plan_stores_batches_of_every_size() -> anyhow::Result<()> {
     let (store, ada) = store_with_ada(&env).await?;
     let mut rooms = Vec::new();
     for index in 0..12 {
-        let room = store
-            .create_room(format!("sizes-{index}"), RoomKind::Public, ada)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("room not created"))?
-            .room_id;
-        rooms.push(room);
+        rooms.push(public_room(&store, ada, &format!("sizes-{index}")).await?);
     }
 
     let counters = SeqCounters::default();
@@ -153,11 +152,7 @@ async fn one_plan_stores_batches_of_every_size() -> anyhow::Result<()> {
 async fn both_ways_store_texts_and_times_exactly() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let (store, ada) = store_with_ada(&env).await?;
-    let room = store
-        .create_room("exact".into(), RoomKind::Public, ada)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("room not created"))?
-        .room_id;
+    let room = public_room(&store, ada, "exact").await?;
 
     let contents: [(&str, &str, i64); 6] = [
         ("plain", "hello", 1_795_817_270_814),
