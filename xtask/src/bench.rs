@@ -110,11 +110,45 @@ fn standard_set(quick: bool) -> Vec<Run> {
     runs
 }
 
-pub fn bench(root: &Path, quick: bool) -> Result<()> {
+/// What `cargo xtask bench` runs, and against which build.
+pub struct Options {
+    pub quick: bool,
+    /// Labels of the runs to make; all of the set when empty.
+    pub only: Vec<String>,
+    /// Another chat-server binary than this tree's release build.
+    pub server: Option<PathBuf>,
+}
+
+pub fn bench(root: &Path, options: Options) -> Result<()> {
+    let Options {
+        quick,
+        only,
+        server,
+    } = options;
+    let set: Vec<Run> = standard_set(quick)
+        .into_iter()
+        .filter(|run| only.is_empty() || only.contains(&run.label))
+        .collect();
+    if set.is_empty() {
+        let labels: Vec<String> = standard_set(quick)
+            .into_iter()
+            .map(|run| run.label)
+            .collect();
+        bail!(
+            "no run of the set is called {}; the set: {}",
+            only.join(", "),
+            labels.join(", ")
+        );
+    }
+    // Only the whole set, measured on this tree's build, goes into BENCHMARKS.md and its plots.
+    let records = only.is_empty() && server.is_none();
     services::ensure_all()?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     // Read before anything is built, so the tables name the code they measured.
-    let code = code_version(root);
+    let code = match &server {
+        Some(server) => format!("the binary `{}`", server.display()),
+        None => code_version(root),
+    };
     recreate_database(DATABASE)?;
     crate::run(crate::cargo().current_dir(root).args([
         "build",
@@ -125,10 +159,14 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
         "chat-load",
     ]))?;
     let target = crate::web::target_dir(root)?;
-    let server = target.join("release").join("chat-server");
+    let server = server.unwrap_or_else(|| target.join("release").join("chat-server"));
     let load = target.join("release").join("chat-load");
     let reports = target.join("bench");
-    let plots = root.join("docs").join("bench");
+    let plots = if records {
+        root.join("docs").join("bench")
+    } else {
+        reports.clone()
+    };
     std::fs::create_dir_all(&reports)?;
     std::fs::create_dir_all(&plots)?;
     for entry in std::fs::read_dir(&reports)? {
@@ -157,7 +195,7 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
         &reports,
         &plots,
         &database_url,
-        quick,
+        set,
     );
     for node in &mut nodes {
         stop_node(node);
@@ -205,9 +243,17 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
             section.push_str(&format!("- {failure}\n"));
         }
     }
-    rewrite_benchmarks(&root.join("BENCHMARKS.md"), &section)?;
     println!("{tables}");
-    println!("BENCHMARKS.md updated; reports in {}", reports.display());
+    if records {
+        rewrite_benchmarks(&root.join("BENCHMARKS.md"), &section)?;
+        println!("BENCHMARKS.md updated; reports in {}", reports.display());
+    } else {
+        println!(
+            "{}\nBENCHMARKS.md left as it is (not the whole set on this tree's build); reports and plots in {}",
+            section.lines().take(3).collect::<Vec<_>>().join("\n"),
+            reports.display()
+        );
+    }
     Ok(())
 }
 
@@ -315,10 +361,10 @@ fn run_workloads(
     reports: &Path,
     plots: &Path,
     database_url: &str,
-    quick: bool,
+    set: Vec<Run>,
 ) -> Result<Vec<String>> {
     let mut failures = Vec::new();
-    for workload in standard_set(quick) {
+    for workload in set {
         if workload.fresh_nodes || usize::from(workload.nodes) != nodes.len() {
             for node in nodes.iter_mut() {
                 stop_node(node);

@@ -46,6 +46,14 @@ enum Task {
         /// A short run of each workload (about a minute in all).
         #[arg(long)]
         quick: bool,
+        /// Only these runs of the set, by label (`rooms-2000,rooms-saturation`); the tables are
+        /// printed and BENCHMARKS.md is left as it is.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// A chat-server binary to measure instead of this tree's release build; the tables are
+        /// printed and BENCHMARKS.md is left as it is.
+        #[arg(long)]
+        server: Option<PathBuf>,
     },
     /// Count the instructions each node executes per message, under callgrind: far steadier
     /// than time on a shared machine, for telling whether a change made messages cheaper.
@@ -80,7 +88,18 @@ fn main() -> Result<()> {
             release,
         } => up(&root, nodes, port, release),
         Task::Test { args } => test(&root, &args),
-        Task::Bench { quick } => bench::bench(&root, quick),
+        Task::Bench {
+            quick,
+            only,
+            server,
+        } => bench::bench(
+            &root,
+            bench::Options {
+                quick,
+                only,
+                server,
+            },
+        ),
         Task::Instructions {
             rate,
             seconds,
