@@ -64,6 +64,9 @@ pub struct RunReport {
     /// Time per pipeline stage, from the nodes' metrics (rooms only).
     #[serde(default)]
     pub stages: Vec<crate::stages::StageLatency>,
+    /// The same per second of the sending phase (rooms only).
+    #[serde(default)]
+    pub stage_seconds: Vec<crate::stages::StageSecond>,
     /// Workload-specific results (idle: memory per connection; storm: resume times).
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -104,6 +107,7 @@ impl RunReport {
             host: None,
             timeline: recorder.timeline(),
             stages: Vec::new(),
+            stage_seconds: Vec::new(),
             extra: serde_json::Value::Null,
         }
     }

@@ -167,7 +167,10 @@ pub async fn run_rooms(
         .collect();
 
     let progress = report::progress_bar(target.progress, config.duration, label);
-    let at_deadline = report::follow_progress(&progress, &recorder, send_until).await;
+    let (at_deadline, stage_seconds) = tokio::join!(
+        report::follow_progress(&progress, &recorder, send_until),
+        stages::follow(&target.nodes, started, send_until)
+    );
     let cpu = cpu.finish();
     let host = host.finish();
     let drained = wait_drained(&recorder, config).await;
@@ -214,6 +217,7 @@ pub async fn run_rooms(
         drained,
     );
     report.stages = stages;
+    report.stage_seconds = stage_seconds;
     report.host = Some(host);
     Ok(report)
 }

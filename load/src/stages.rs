@@ -10,6 +10,8 @@
 use crate::Node;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The stage names, in the order a message passes them; `delivered` is the whole trip.
 pub const STAGES: [&str; 6] = [
@@ -33,6 +35,16 @@ pub struct StageLatency {
     pub p99_ms_at_most: f64,
 }
 
+/// Each stage's mean over one second of a run, so that a slow second can be told apart by the
+/// stage it was slow in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageSecond {
+    /// Seconds since the run started, as in the run's timeline.
+    pub second: u32,
+    /// (stage, mean ms) of the stages observed in that second, in [`STAGES`] order.
+    pub mean_ms: Vec<(String, f64)>,
+}
+
 /// Cumulative bucket counts (by upper bound in seconds), sum and count of one histogram.
 #[derive(Debug, Clone, Default)]
 struct Histogram {
@@ -49,7 +61,34 @@ pub struct Snapshot {
 
 /// Reads every node's `/metrics`; nodes that do not answer are left out.
 pub async fn snapshot(nodes: &[Node]) -> Snapshot {
+    snapshot_with(&reqwest::Client::new(), nodes).await
+}
+
+/// Reads the nodes' stages at the end of every second from `started` until `until` (two small
+/// HTTP requests a second), and returns each second's means.
+pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<StageSecond> {
     let client = reqwest::Client::new();
+    let mut previous = snapshot_with(&client, nodes).await;
+    let mut seconds = Vec::new();
+    for second in 0u32.. {
+        let end = started + Duration::from_secs(u64::from(second) + 1);
+        if end > until {
+            break;
+        }
+        tokio::time::sleep_until(end).await;
+        let now = snapshot_with(&client, nodes).await;
+        let mean_ms = now
+            .since(&previous)
+            .into_iter()
+            .map(|stage| (stage.stage, stage.mean_ms))
+            .collect();
+        seconds.push(StageSecond { second, mean_ms });
+        previous = now;
+    }
+    seconds
+}
+
+async fn snapshot_with(client: &reqwest::Client, nodes: &[Node]) -> Snapshot {
     let mut total = Snapshot::default();
     for node in nodes {
         let url = format!("http://{}/metrics", node.addr);

@@ -205,6 +205,7 @@ pub fn tables(reports: &[RunReport]) -> String {
             let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
         }
     }
+    slow_seconds_table(&mut out, &rooms);
     host_table(&mut out, reports);
     if let Some(idle) = &idle {
         let _ = writeln!(
@@ -305,6 +306,57 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
     }
 }
 
+/// Most seconds per run in the slow-seconds table.
+const SLOW_SECONDS_SHOWN: usize = 3;
+
+/// For each rooms run, its slowest seconds above the sustainable line with each stage's mean in
+/// that second: which part of the pipeline a stall was in.
+fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
+    let mut rows = Vec::new();
+    for run in rooms {
+        let mut slow: Vec<_> = run
+            .timeline
+            .iter()
+            .filter(|point| point.deliveries > 0 && point.deliver_p99_ms > SUSTAINED_P99_MS)
+            .collect();
+        slow.sort_by(|a, b| b.deliver_p99_ms.total_cmp(&a.deliver_p99_ms));
+        for point in slow.into_iter().take(SLOW_SECONDS_SHOWN) {
+            let Some(stages) = run.stage_seconds.iter().find(|s| s.second == point.second) else {
+                continue;
+            };
+            let cells: Vec<String> = STAGES
+                .iter()
+                .map(|&stage| {
+                    stages
+                        .mean_ms
+                        .iter()
+                        .find(|(name, _)| name == stage)
+                        .map_or("—".into(), |(_, mean)| format!("{mean:.1}"))
+                })
+                .collect();
+            rows.push(format!(
+                "| {} | {} | {:.1} | {} |",
+                run.label,
+                point.second,
+                point.deliver_p99_ms,
+                cells.join(" | ")
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n### rooms: the slowest seconds\n\nThe seconds whose p99 send→deliver was above {SUSTAINED_P99_MS} ms (at most {SLOW_SECONDS_SHOWN} a run, slowest first), with each stage's mean in that second, from the nodes' histograms read once a second (ms). A stage far above its mean for the whole run (the table before) is where that second's time went; when none is, the time went outside the nodes' stages (the load generator, or the sockets between).\n\n| Run | Second | p99 ms | {} |\n|---|---|---|{}",
+        STAGES.join(" | "),
+        "---|".repeat(STAGES.len())
+    );
+    for row in rows {
+        let _ = writeln!(out, "{row}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +383,47 @@ mod tests {
         ];
         assert_eq!(seconds_over(&timeline, 50.0), (2, 4));
         assert_eq!(seconds_over(&[], 50.0), (0, 0));
+    }
+
+    #[test]
+    fn slow_seconds_show_the_stages_of_that_second() {
+        let mut run = RunReport::new(
+            "rooms-2000",
+            "rooms",
+            serde_json::Value::Null,
+            std::time::Duration::from_secs(10),
+            Default::default(),
+            Default::default(),
+            &crate::stats::Recorder::new(),
+            Default::default(),
+            Vec::new(),
+            true,
+        );
+        run.timeline = vec![
+            second(0, 100, 8.0),
+            second(1, 100, 154.6),
+            second(2, 100, 60.0),
+        ];
+        let stage = |second: u32, store: f64| crate::stages::StageSecond {
+            second,
+            mean_ms: vec![("ingest".into(), 2.0), ("store".into(), store)],
+        };
+        run.stage_seconds = vec![stage(0, 0.7), stage(1, 120.0), stage(2, 0.8)];
+        let mut out = String::new();
+        slow_seconds_table(&mut out, &[&run]);
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("| rooms-")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| rooms-2000 | 1 | 154.6 | 2.0 | 120.0 | — | — | — | — |",
+                "| rooms-2000 | 2 | 60.0 | 2.0 | 0.8 | — | — | — | — |",
+            ]
+        );
+
+        // A run without slow seconds adds no table.
+        run.timeline = vec![second(0, 100, 8.0)];
+        let mut out = String::new();
+        slow_seconds_table(&mut out, &[&run]);
+        assert!(out.is_empty());
     }
 }
