@@ -7,6 +7,7 @@
 //! (`chat_delivery_seconds`); what the last leaves over the persister's stages is the delivery
 //! hop through RabbitMQ and the node's fan-out.
 
+use crate::host::{HostMeter, HostReport};
 use crate::Node;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,6 +44,9 @@ pub struct StageSecond {
     pub second: u32,
     /// (stage, mean ms) of the stages observed in that second, in [`STAGES`] order.
     pub mean_ms: Vec<(String, f64)>,
+    /// The machine over the same second: a stall of every stage at once is the machine's.
+    #[serde(default)]
+    pub machine: HostReport,
 }
 
 /// Cumulative bucket counts (by upper bound in seconds), sum and count of one histogram.
@@ -64,11 +68,12 @@ pub async fn snapshot(nodes: &[Node]) -> Snapshot {
     snapshot_with(&reqwest::Client::new(), nodes).await
 }
 
-/// Reads the nodes' stages at the end of every second from `started` until `until` (two small
-/// HTTP requests a second), and returns each second's means.
+/// Reads the nodes' stages (two small HTTP requests a second) and the machine's counters at
+/// the end of every second from `started` until `until`, and returns each second's figures.
 pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<StageSecond> {
     let client = reqwest::Client::new();
     let mut previous = snapshot_with(&client, nodes).await;
+    let mut machine = HostMeter::start();
     let mut seconds = Vec::new();
     for second in 0u32.. {
         let end = started + Duration::from_secs(u64::from(second) + 1);
@@ -76,13 +81,19 @@ pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<Sta
             break;
         }
         tokio::time::sleep_until(end).await;
+        let machine_then = machine.finish();
+        machine = HostMeter::start();
         let now = snapshot_with(&client, nodes).await;
         let mean_ms = now
             .since(&previous)
             .into_iter()
             .map(|stage| (stage.stage, stage.mean_ms))
             .collect();
-        seconds.push(StageSecond { second, mean_ms });
+        seconds.push(StageSecond {
+            second,
+            mean_ms,
+            machine: machine_then,
+        });
         previous = now;
     }
     seconds

@@ -334,8 +334,10 @@ fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
                         .map_or("—".into(), |(_, mean)| format!("{mean:.1}"))
                 })
                 .collect();
+            let [busy, waiting_for_a_core, waiting_for_the_disk, steal, _] =
+                stages.machine.figures("—");
             rows.push(format!(
-                "| {} | {} | {:.1} | {} |",
+                "| {} | {} | {:.1} | {} | {busy} | {waiting_for_a_core} | {waiting_for_the_disk} | {steal} |",
                 run.label,
                 point.second,
                 point.deliver_p99_ms,
@@ -348,7 +350,7 @@ fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
     }
     let _ = writeln!(
         out,
-        "\n### rooms: the slowest seconds\n\nThe seconds whose p99 send→deliver was above {SUSTAINED_P99_MS} ms (at most {SLOW_SECONDS_SHOWN} a run, slowest first), with each stage's mean in that second, from the nodes' histograms read once a second (ms). A stage far above its mean for the whole run (the table before) is where that second's time went; when none is, the time went outside the nodes' stages (the load generator, or the sockets between).\n\n| Run | Second | p99 ms | {} |\n|---|---|---|{}",
+        "\n### rooms: the slowest seconds\n\nThe seconds whose p99 send→deliver was above {SUSTAINED_P99_MS} ms (at most {SLOW_SECONDS_SHOWN} a run, slowest first), with each stage's mean in that second, from the nodes' histograms read once a second (ms), and the machine over that second (as in the machine table below). A stage far above its mean for the whole run (the table before) is where that second's time went; when none is, the time went outside the nodes' stages (the load generator, or the sockets between); when all are, it is the machine's.\n\n| Run | Second | p99 ms | {} | Busy | Waiting for a core | Waiting for the disk | Steal |\n|---|---|---|{}---|---|---|---|",
         STAGES.join(" | "),
         "---|".repeat(STAGES.len())
     );
@@ -407,6 +409,13 @@ mod tests {
         let stage = |second: u32, store: f64| crate::stages::StageSecond {
             second,
             mean_ms: vec![("ingest".into(), 2.0), ("store".into(), store)],
+            machine: crate::host::HostReport {
+                busy_percent: Some(90.0),
+                cpu_pressure_percent: Some(80.0),
+                io_pressure_percent: None,
+                steal_percent: Some(0.25),
+                switches_per_s: None,
+            },
         };
         run.stage_seconds = vec![stage(0, 0.7), stage(1, 120.0), stage(2, 0.8)];
         let mut out = String::new();
@@ -415,8 +424,8 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| rooms-2000 | 1 | 154.6 | 2.0 | 120.0 | — | — | — | — |",
-                "| rooms-2000 | 2 | 60.0 | 2.0 | 0.8 | — | — | — | — |",
+                "| rooms-2000 | 1 | 154.6 | 2.0 | 120.0 | — | — | — | — | 90% | 80% | — | 0.2% |",
+                "| rooms-2000 | 2 | 60.0 | 2.0 | 0.8 | — | — | — | — | 90% | 80% | — | 0.2% |",
             ]
         );
 
