@@ -44,6 +44,10 @@ pub struct StageSecond {
     pub second: u32,
     /// (stage, mean ms) of the stages observed in that second, in [`STAGES`] order.
     pub mean_ms: Vec<(String, f64)>,
+    /// (stage, upper bound of the bucket its p99 fell in, ms), in the same order: a stall that
+    /// holds up a few messages shows here before it moves a mean.
+    #[serde(default)]
+    pub p99_ms_at_most: Vec<(String, f64)>,
     /// The machine over the same second: a stall of every stage at once is the machine's.
     #[serde(default)]
     pub machine: HostReport,
@@ -84,14 +88,17 @@ pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<Sta
         let machine_then = machine.finish();
         machine = HostMeter::start();
         let now = snapshot_with(&client, nodes).await;
-        let mean_ms = now
-            .since(&previous)
-            .into_iter()
-            .map(|stage| (stage.stage, stage.mean_ms))
-            .collect();
+        let stages = now.since(&previous);
         seconds.push(StageSecond {
             second,
-            mean_ms,
+            mean_ms: stages
+                .iter()
+                .map(|stage| (stage.stage.clone(), stage.mean_ms))
+                .collect(),
+            p99_ms_at_most: stages
+                .into_iter()
+                .map(|stage| (stage.stage, stage.p99_ms_at_most))
+                .collect(),
             machine: machine_then,
         });
         previous = now;

@@ -324,14 +324,20 @@ fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
             let Some(stages) = run.stage_seconds.iter().find(|s| s.second == point.second) else {
                 continue;
             };
+            let of = |figures: &[(String, f64)], stage: &str| {
+                figures
+                    .iter()
+                    .find(|(name, _)| name == stage)
+                    .map(|(_, ms)| *ms)
+            };
             let cells: Vec<String> = STAGES
                 .iter()
-                .map(|&stage| {
-                    stages
-                        .mean_ms
-                        .iter()
-                        .find(|(name, _)| name == stage)
-                        .map_or("—".into(), |(_, mean)| format!("{mean:.1}"))
+                .map(|&stage| match of(&stages.mean_ms, stage) {
+                    None => "—".into(),
+                    Some(mean) => match of(&stages.p99_ms_at_most, stage) {
+                        Some(p99) => format!("{mean:.1} / ≤ {}", bound(p99)),
+                        None => format!("{mean:.1}"),
+                    },
                 })
                 .collect();
             let [busy, waiting_for_a_core, waiting_for_the_disk, steal, _] =
@@ -350,7 +356,7 @@ fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
     }
     let _ = writeln!(
         out,
-        "\n### rooms: the slowest seconds\n\nThe seconds whose p99 send→deliver was above {SUSTAINED_P99_MS} ms (at most {SLOW_SECONDS_SHOWN} a run, slowest first), with each stage's mean in that second, from the nodes' histograms read once a second (ms), and the machine over that second (as in the machine table below). A stage far above its mean for the whole run (the table before) is where that second's time went; when none is, the time went outside the nodes' stages (the load generator, or the sockets between); when all are, it is the machine's.\n\n| Run | Second | p99 ms | {} | Busy | Waiting for a core | Waiting for the disk | Steal |\n|---|---|---|{}---|---|---|---|",
+        "\n### rooms: the slowest seconds\n\nThe seconds whose p99 send→deliver was above {SUSTAINED_P99_MS} ms (at most {SLOW_SECONDS_SHOWN} a run, slowest first), with each stage's mean in that second and the bucket bound its p99 fell under, from the nodes' histograms read once a second (ms), and the machine over that second (as in the machine table below). A stage far above its mean for the whole run (the table before) is where that second's time went; when none is, the time went outside the nodes' stages (the load generator, or the sockets between); when all are, it is the machine's.\n\n| Run | Second | p99 ms | {} | Busy | Waiting for a core | Waiting for the disk | Steal |\n|---|---|---|{}---|---|---|---|",
         STAGES.join(" | "),
         "---|".repeat(STAGES.len())
     );
@@ -409,6 +415,7 @@ mod tests {
         let stage = |second: u32, store: f64| crate::stages::StageSecond {
             second,
             mean_ms: vec![("ingest".into(), 2.0), ("store".into(), store)],
+            p99_ms_at_most: vec![("ingest".into(), 5.0), ("store".into(), store * 2.0)],
             machine: crate::host::HostReport {
                 busy_percent: Some(90.0),
                 cpu_pressure_percent: Some(80.0),
@@ -424,8 +431,8 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| rooms-2000 | 1 | 154.6 | 2.0 | 120.0 | — | — | — | — | 90% | 80% | — | 0.2% |",
-                "| rooms-2000 | 2 | 60.0 | 2.0 | 0.8 | — | — | — | — | 90% | 80% | — | 0.2% |",
+                "| rooms-2000 | 1 | 154.6 | 2.0 / ≤ 5 | 120.0 / ≤ 240 | — | — | — | — | 90% | 80% | — | 0.2% |",
+                "| rooms-2000 | 2 | 60.0 | 2.0 / ≤ 5 | 0.8 / ≤ 2 | — | — | — | — | 90% | 80% | — | 0.2% |",
             ]
         );
 
