@@ -243,14 +243,7 @@ async fn store_batch(
     let Some(outcomes) = store_in_lanes(store, metrics, counters, sends.clone(), stop).await else {
         return Ok(None);
     };
-    let mut owned_sends;
-    let sends: &mut [IngestMessage] = match Arc::get_mut(&mut sends) {
-        Some(sends) => sends,
-        None => {
-            owned_sends = sends.to_vec();
-            &mut owned_sends
-        }
-    };
+    let sends = Arc::make_mut(&mut sends);
 
     let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
     let mut receipts: BTreeMap<String, Vec<DuplicateReceipt>> = BTreeMap::new();

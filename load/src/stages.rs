@@ -42,12 +42,9 @@ pub struct StageLatency {
 pub struct StageSecond {
     /// Seconds since the run started, as in the run's timeline.
     pub second: u32,
-    /// (stage, mean ms) of the stages observed in that second, in [`STAGES`] order.
-    pub mean_ms: Vec<(String, f64)>,
-    /// (stage, upper bound of the bucket its p99 fell in, ms), in the same order: a stall that
-    /// holds up a few messages shows here before it moves a mean.
-    #[serde(default)]
-    pub p99_ms_at_most: Vec<(String, f64)>,
+    /// The stages observed in that second, in [`STAGES`] order: a stall that holds up a few
+    /// messages shows in a stage's p99 before it moves its mean.
+    pub stages: Vec<StageLatency>,
     /// The machine over the same second: a stall of every stage at once is the machine's.
     #[serde(default)]
     pub machine: HostReport,
@@ -88,17 +85,9 @@ pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<Sta
         let machine_then = machine.finish();
         machine = HostMeter::start();
         let now = snapshot_with(&client, nodes).await;
-        let stages = now.since(&previous);
         seconds.push(StageSecond {
             second,
-            mean_ms: stages
-                .iter()
-                .map(|stage| (stage.stage.clone(), stage.mean_ms))
-                .collect(),
-            p99_ms_at_most: stages
-                .into_iter()
-                .map(|stage| (stage.stage, stage.p99_ms_at_most))
-                .collect(),
+            stages: now.since(&previous),
             machine: machine_then,
         });
         previous = now;

@@ -3,7 +3,7 @@
 use crate::host::HostReport;
 use crate::idle::IdleResult;
 use crate::report::RunReport;
-use crate::stages::STAGES;
+use crate::stages::{StageLatency, STAGES};
 use crate::stats::TimelinePoint;
 use crate::storm::StormResult;
 use std::fmt::Write;
@@ -191,17 +191,7 @@ pub fn tables(reports: &[RunReport]) -> String {
             "---|".repeat(STAGES.len())
         );
         for r in staged {
-            let cells: Vec<String> = STAGES
-                .iter()
-                .map(|&stage| {
-                    r.stages
-                        .iter()
-                        .find(|s| s.stage == stage)
-                        .map_or("—".into(), |s| {
-                            format!("{:.1} / ≤ {}", s.mean_ms, bound(s.p99_ms_at_most))
-                        })
-                })
-                .collect();
+            let cells = stage_cells(&r.stages);
             let _ = writeln!(out, "| {} | {} |", r.label, cells.join(" | "));
         }
     }
@@ -306,6 +296,21 @@ fn host_table(out: &mut String, reports: &[RunReport]) {
     }
 }
 
+/// One cell per stage of [`STAGES`]: mean, and the bucket bound p99 falls under, in ms.
+fn stage_cells(stages: &[StageLatency]) -> Vec<String> {
+    STAGES
+        .iter()
+        .map(|&stage| {
+            stages
+                .iter()
+                .find(|s| s.stage == stage)
+                .map_or("—".into(), |s| {
+                    format!("{:.1} / ≤ {}", s.mean_ms, bound(s.p99_ms_at_most))
+                })
+        })
+        .collect()
+}
+
 /// Most seconds per run in the slow-seconds table.
 const SLOW_SECONDS_SHOWN: usize = 3;
 
@@ -321,27 +326,12 @@ fn slow_seconds_table(out: &mut String, rooms: &[&RunReport]) {
             .collect();
         slow.sort_by(|a, b| b.deliver_p99_ms.total_cmp(&a.deliver_p99_ms));
         for point in slow.into_iter().take(SLOW_SECONDS_SHOWN) {
-            let Some(stages) = run.stage_seconds.iter().find(|s| s.second == point.second) else {
+            let Some(observed) = run.stage_seconds.iter().find(|s| s.second == point.second) else {
                 continue;
             };
-            let of = |figures: &[(String, f64)], stage: &str| {
-                figures
-                    .iter()
-                    .find(|(name, _)| name == stage)
-                    .map(|(_, ms)| *ms)
-            };
-            let cells: Vec<String> = STAGES
-                .iter()
-                .map(|&stage| match of(&stages.mean_ms, stage) {
-                    None => "—".into(),
-                    Some(mean) => match of(&stages.p99_ms_at_most, stage) {
-                        Some(p99) => format!("{mean:.1} / ≤ {}", bound(p99)),
-                        None => format!("{mean:.1}"),
-                    },
-                })
-                .collect();
+            let cells = stage_cells(&observed.stages);
             let [busy, waiting_for_a_core, waiting_for_the_disk, steal, _] =
-                stages.machine.figures("—");
+                observed.machine.figures("—");
             rows.push(format!(
                 "| {} | {} | {:.1} | {} | {busy} | {waiting_for_a_core} | {waiting_for_the_disk} | {steal} |",
                 run.label,
@@ -393,6 +383,16 @@ mod tests {
         assert_eq!(seconds_over(&[], 50.0), (0, 0));
     }
 
+    fn latency(stage: &str, mean_ms: f64, p99_ms_at_most: f64) -> StageLatency {
+        StageLatency {
+            stage: stage.into(),
+            count: 100,
+            mean_ms,
+            p50_ms_at_most: mean_ms,
+            p99_ms_at_most,
+        }
+    }
+
     #[test]
     fn slow_seconds_show_the_stages_of_that_second() {
         let mut run = RunReport::new(
@@ -414,8 +414,10 @@ mod tests {
         ];
         let stage = |second: u32, store: f64| crate::stages::StageSecond {
             second,
-            mean_ms: vec![("ingest".into(), 2.0), ("store".into(), store)],
-            p99_ms_at_most: vec![("ingest".into(), 5.0), ("store".into(), store * 2.0)],
+            stages: vec![
+                latency("ingest", 2.0, 5.0),
+                latency("store", store, store * 2.0),
+            ],
             machine: crate::host::HostReport {
                 busy_percent: Some(90.0),
                 cpu_pressure_percent: Some(80.0),
