@@ -159,6 +159,13 @@ pub struct Config {
     #[arg(long, env = "CHAT_CACHE_TTL_SECS", default_value_t = 300)]
     pub cache_ttl_secs: u32,
 
+    /// How long a connection trusts a confirmed room membership for its sends, in
+    /// milliseconds. Leaving a room ends its sends at once on every node; this bounds how long
+    /// they could go on if that notice were lost. Active users' confirmations are renewed in
+    /// the background from half this age, so their sends do not wait for the check.
+    #[arg(long, env = "CHAT_MEMBERSHIP_RECHECK_MS", default_value_t = 5_000)]
+    pub membership_recheck_ms: u64,
+
     /// How often this node tells the others who is connected to it, in milliseconds.
     #[arg(long, env = "CHAT_PRESENCE_INTERVAL_MS", default_value_t = 10_000)]
     pub presence_interval_ms: u64,

@@ -30,6 +30,7 @@ pub mod forwarded;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod membership;
 pub mod metrics;
 pub mod persister;
 pub mod presence;

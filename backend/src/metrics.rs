@@ -33,6 +33,7 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounter,
     pub directory_loads: IntCounterVec,
+    pub membership_checks: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub auth_failures: IntCounter,
     pub history_cache: IntCounterVec,
@@ -182,6 +183,17 @@ impl Metrics {
                         "Profiles, rooms and memberships read from PostgreSQL (cache misses).",
                     ),
                     &["kind"],
+                ),
+            ),
+            membership_checks: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "membership_checks_total",
+                        "Membership re-checks of sends' rooms: `ahead` renewed in the background \
+                         while sends went on, `send` checked before a send.",
+                    ),
+                    &["when"],
                 ),
             ),
             rate_limited: register(

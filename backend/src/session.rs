@@ -10,6 +10,7 @@ use crate::bus::{BusError, IngestAnswer};
 use crate::directory::Access;
 use crate::http::Socket;
 use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
+use crate::membership::{Confirmation, Trust};
 use crate::presence::PresenceEvent;
 use crate::store::{CatchUp, CatchUpRequest, ChangeOutcome};
 use chat_protocol::api::Role;
@@ -23,7 +24,7 @@ use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -35,19 +36,14 @@ pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::Away;
 /// Close code sent to a client that does not read its frames fast enough (1008).
 pub const CLOSE_TOO_SLOW: CloseCode = CloseCode::Policy;
 /// How long the close frame may take to leave before the connection is dropped without it.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most missed messages a resume sends; beyond it the client reloads recent history instead.
 /// Well under the outbox's capacity, so a resume never trips the slow-client rule.
 pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 /// Least time between two typing indicators forwarded for one room and connection.
-const TYPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-/// How long a send trusts the last membership check of its room. Leaving takes the user's
-/// connections out of the room in the hub (at once on the node that served it, on the others
-/// when `MemberLeft` arrives), which sends notice; the re-check bounds how long a send could
-/// pass if that notice were lost.
-const MEMBERSHIP_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
 struct Session {
     app: Arc<App>,
@@ -56,8 +52,8 @@ struct Session {
     /// The display name at connect time, which messages sent on this connection carry.
     name: String,
     peer: Option<IpAddr>,
-    /// Rooms this connection follows, with when the user's membership was last confirmed.
-    rooms: HashMap<RoomId, Instant>,
+    /// Rooms this connection follows, with the user's last confirmed membership of each.
+    rooms: HashMap<RoomId, Arc<Confirmation>>,
     /// When a typing indicator was last forwarded, per room.
     typing_sent: HashMap<RoomId, Instant>,
     replies: mpsc::Sender<Frame>,
@@ -293,6 +289,7 @@ impl Session {
     /// room's newest sequence number is read, so every message is either at or below that number
     /// (read from the store) or arrives live after it (held, then released in order).
     async fn join(&mut self, room_id: RoomId, after: Option<Seq>) -> Result<(), FrameError> {
+        let checked_at = Instant::now();
         let access = self
             .app
             .directory
@@ -329,7 +326,7 @@ impl Session {
             self.app
                 .hub
                 .join_catching_up(room_id, self.conn, starting_seq);
-            self.rooms.insert(room_id, Instant::now());
+            self.rooms.insert(room_id, Confirmation::new(checked_at));
         }
         match self.catch_up(room_id, after).await {
             Ok((last_seq, missed, resume)) => {
@@ -554,6 +551,25 @@ impl Session {
         }
     }
 
+    /// Renews the membership of a room in the background, while sends on it go on (see
+    /// `membership`).
+    fn renew_membership(&self, room_id: RoomId, confirmation: Arc<Confirmation>) {
+        let app = self.app.clone();
+        let user_id = self.user_id;
+        app.metrics
+            .membership_checks
+            .with_label_values(&["ahead"])
+            .inc();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match app.directory.role(room_id, user_id).await {
+                Ok(Some(_)) => confirmation.renewed(started),
+                Ok(None) => confirmation.revoked(),
+                Err(_) => confirmation.renewal_failed(),
+            }
+        });
+    }
+
     async fn send(
         &mut self,
         room_id: RoomId,
@@ -572,15 +588,27 @@ impl Session {
             .with_retry_after_ms(retry.millis()));
         }
         // Membership may have ended since it was last confirmed. Leaving takes the connection
-        // out of the room in the hub (see `MEMBERSHIP_RECHECK`); otherwise a recent confirmation
-        // stands, and an older one is checked again (a cache hit in the common case, batched
-        // with other sends' checks under load).
-        let confirmed = self
+        // out of the room in the hub; otherwise a recent confirmation stands, and an older one
+        // is checked again (`membership`: ahead of time for active users, on the send for the
+        // others; a cache hit in the common case, batched with other checks under load).
+        let recheck = Duration::from_millis(self.app.config.membership_recheck_ms.max(1));
+        let trust = self
             .rooms
             .get(&room_id)
-            .is_some_and(|confirmed_at| confirmed_at.elapsed() < MEMBERSHIP_RECHECK)
-            && self.app.hub.follows(room_id, self.conn);
-        if !confirmed {
+            .map_or(Trust::CheckNow, |confirmation| {
+                let trust = confirmation.trust(Instant::now(), recheck);
+                if trust == Trust::TrustedRenewNow {
+                    self.renew_membership(room_id, confirmation.clone());
+                }
+                trust
+            });
+        if trust == Trust::CheckNow || !self.app.hub.follows(room_id, self.conn) {
+            let checked_at = Instant::now();
+            self.app
+                .metrics
+                .membership_checks
+                .with_label_values(&["send"])
+                .inc();
             let role = self
                 .app
                 .directory
@@ -595,7 +623,7 @@ impl Session {
                 self.leave_room(room_id).await;
                 return Err(not_member(room_id, Some(client_msg_id)));
             }
-            self.rooms.insert(room_id, Instant::now());
+            self.rooms.insert(room_id, Confirmation::new(checked_at));
         }
         let started = Instant::now();
         let message = IngestMessage {

@@ -65,6 +65,10 @@ impl ProcessNode {
                 config.presence_interval_ms.to_string(),
             )
             .env("CHAT_PRESENCE_TTL_MS", config.presence_ttl_ms.to_string())
+            .env(
+                "CHAT_MEMBERSHIP_RECHECK_MS",
+                config.membership_recheck_ms.to_string(),
+            )
             .env("CHAT_WEB_DIR", &config.web_dir)
             .env(
                 "RUST_LOG",

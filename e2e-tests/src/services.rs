@@ -59,6 +59,7 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         // Keys of their own per test, so tests share one memcached without seeing each other.
         cache_prefix: prefix.to_owned(),
         cache_ttl_secs: 300,
+        membership_recheck_ms: 5_000,
         // Quick, so presence tests see a dead node's users go offline in seconds.
         presence_interval_ms: 500,
         presence_ttl_ms: 2_500,

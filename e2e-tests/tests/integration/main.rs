@@ -9,6 +9,7 @@ mod edits;
 mod history;
 mod ingest_pacing;
 mod leave_across_nodes;
+mod membership_recheck;
 mod node;
 mod openapi;
 mod persist_counters;
