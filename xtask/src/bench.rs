@@ -187,6 +187,7 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
             .collect()
     };
     let cpu_before = cpu_check();
+    let wake_before = wake_check()?;
     let mut nodes = start_nodes(2)?;
     let result = run_workloads(
         &load,
@@ -202,6 +203,7 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
     }
     delete_topology(&prefix);
     let cpu_after = cpu_check();
+    let wake_after = wake_check()?;
     let failures = result?;
 
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&reports)?
@@ -229,7 +231,8 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         format!(
         "Command: `cargo xtask bench{}` — {}, {}\n\nMachine: {}; load average before the run: {}; \
          CPU check (one core, a fixed loop, best of five): {cpu_before:.1} ms before the run, \
-         {cpu_after:.1} ms after.\n\n",
+         {cpu_after:.1} ms after; wake-up check (a byte's round trip between two threads over \
+         pipes, best of five): {wake_before:.1} µs before, {wake_after:.1} µs after.\n\n",
         if quick { " --quick" } else { "" },
         now_utc(),
         code,
@@ -539,6 +542,39 @@ fn cpu_check() -> f64 {
             started.elapsed().as_secs_f64() * 1000.0
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// Microseconds for one round trip of a byte between two threads over two pipes, each side
+/// asleep until the other writes (two wake-ups), the best of five tries of 20,000: what a
+/// hand-off between threads or processes costs on this machine at the moment. The pipeline is
+/// made of such hand-offs (BENCHMARKS.md section 1), so this, more than the CPU check, tells
+/// whether two machines are alike for it.
+fn wake_check() -> Result<f64> {
+    const ROUND_TRIPS: u32 = 20_000;
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let (mut to_echo_reader, mut to_echo) = std::io::pipe()?;
+        let (mut from_echo, mut from_echo_writer) = std::io::pipe()?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let mut byte = [0u8; 1];
+            for _ in 0..ROUND_TRIPS {
+                to_echo_reader.read_exact(&mut byte)?;
+                from_echo_writer.write_all(&byte)?;
+            }
+            Ok(())
+        });
+        let mut byte = [7u8; 1];
+        let started = Instant::now();
+        for _ in 0..ROUND_TRIPS {
+            to_echo.write_all(&byte)?;
+            from_echo.read_exact(&mut byte)?;
+        }
+        let took = started.elapsed();
+        echo.join()
+            .map_err(|_| anyhow::anyhow!("the wake-up check's echo thread panicked"))??;
+        best = best.min(took.as_secs_f64() * 1e6 / f64::from(ROUND_TRIPS));
+    }
+    Ok(best)
 }
 
 /// Cores, memory and kernel, from /proc.
