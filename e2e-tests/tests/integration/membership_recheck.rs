@@ -2,37 +2,19 @@
 //! any node hearing of it stops the user's sends within that time, and an active sender's
 //! membership is renewed in the background, so its sends never wait for the check.
 
+use crate::rooms_cache::try_send;
 use anyhow::ensure;
 use chat_backend::cache::{Cache, CacheKey};
 use chat_backend::metrics::Metrics;
-use chat_protocol::{RoomId, ServerFrame};
 use diesel::sql_types::BigInt;
 use diesel::RunQueryDsl;
 use e2e_tests::services::memcached_servers;
-use e2e_tests::{Api, TestEnv, TestNode, WsClient, DEADLINE};
+use e2e_tests::{Api, TestEnv, TestNode, DEADLINE};
 use std::time::Duration;
 use tokio::time::Instant;
 
 const CHECKED_AHEAD: &str = r#"chat_membership_checks_total{when="ahead"}"#;
 const CHECKED_ON_SEND: &str = r#"chat_membership_checks_total{when="send"}"#;
-
-/// Sends a message and returns the error code it is refused with, or "" once it is stored.
-async fn try_send(client: &mut WsClient, room_id: RoomId, id: &str) -> anyhow::Result<String> {
-    client.send_message(room_id, id, id).await?;
-    client
-        .recv_until(|frame| match frame {
-            ServerFrame::Stored { client_msg_id, .. } if client_msg_id.0 == id => {
-                Some(String::new())
-            }
-            ServerFrame::Error {
-                code,
-                client_msg_id: Some(refused),
-                ..
-            } if refused.0 == id => Some(code.as_str().to_owned()),
-            _ => None,
-        })
-        .await
-}
 
 async fn checks(api: &Api) -> anyhow::Result<(f64, f64)> {
     Ok((

@@ -37,7 +37,11 @@ async fn try_subscribe(client: &mut WsClient, room_id: RoomId) -> anyhow::Result
 }
 
 /// Sends a message and returns the error code it is refused with, or "" once it is stored.
-async fn try_send(client: &mut WsClient, room_id: RoomId, id: &str) -> anyhow::Result<String> {
+pub(crate) async fn try_send(
+    client: &mut WsClient,
+    room_id: RoomId,
+    id: &str,
+) -> anyhow::Result<String> {
     client.send_message(room_id, id, id).await?;
     client
         .recv_until(|frame| match frame {
