@@ -129,14 +129,14 @@ pub struct Config {
     /// Least time between two ingest publishes of a node, in milliseconds. A send that finds
     /// the node's last publish longer ago than this is published at once; under load the sends
     /// of one interval share one persistent message (far less work for RabbitMQ and the
-    /// persister, BENCHMARKS.md section 2) and wait at most this long. 0: publish whatever
+    /// persister, docs/bench-history.md) and wait at most this long. 0: publish whatever
     /// waits as soon as the previous publish is written.
     #[arg(long, env = "CHAT_INGEST_INTERVAL_MS", default_value_t = 2)]
     pub ingest_interval_ms: u64,
 
     /// Least time after an ingest publish that carried 16 sends or more, in milliseconds: a
     /// busy node (from about 5,000 sends a second) spaces its publishes further, which takes a
-    /// fifth off RabbitMQ's work from 8,000 msgs/s on (BENCHMARKS.md section 2). Below
+    /// fifth off RabbitMQ's work from 8,000 msgs/s on (docs/bench-history.md). Below
     /// `CHAT_INGEST_INTERVAL_MS` counts as equal to it, which turns the busy spacing off. A
     /// send's wait for its publish counts against the 5 s its confirm has.
     #[arg(long, env = "CHAT_INGEST_BUSY_INTERVAL_MS", default_value_t = 5)]

@@ -32,7 +32,7 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// Batches of at least this many messages are stored in lanes of disjoint rooms at the same
 /// time; smaller ones in one transaction. Two transactions at once pay only for batches this
 /// large (a backlog, saturation): from 64 on, the rates around 10,000 msgs/s on two shared
-/// cores had twice the tail (BENCHMARKS.md, section 2).
+/// cores had twice the tail (docs/bench-history.md).
 const PARALLEL_STORE_FROM: usize = 256;
 
 /// How many transactions one batch may be stored in at the same time.

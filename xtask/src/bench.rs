@@ -547,8 +547,8 @@ fn cpu_check() -> f64 {
 /// Microseconds for one round trip of a byte between two threads over two pipes, each side
 /// asleep until the other writes (two wake-ups), the best of five tries of 20,000: what a
 /// hand-off between threads or processes costs on this machine at the moment. The pipeline is
-/// made of such hand-offs (BENCHMARKS.md section 1), so this, more than the CPU check, tells
-/// whether two machines are alike for it.
+/// made of such hand-offs (BENCHMARKS.md section 1); it is recorded beside the CPU check,
+/// which has so far told this kind's machines apart better (BENCHMARKS.md, "How to read").
 fn wake_check() -> Result<f64> {
     const ROUND_TRIPS: u32 = 20_000;
     let mut best = f64::INFINITY;
