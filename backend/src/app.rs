@@ -1,8 +1,10 @@
 //! The node: wires the store, the bus, the hub and the HTTP front together, and runs them until
 //! the shutdown signal.
 
+use crate::admission::{Admission, ConnectionLimits};
+use crate::auth;
 use crate::bus::wire::DeliveredRoom;
-use crate::bus::{Bus, BusEvents, IngestShard, Names, PublishPacing};
+use crate::bus::{Bus, BusEvents, BusMetrics, IngestShard, Names, PublishPacing};
 use crate::cache::Cache;
 use crate::config::{BusFormat, Config, QueueType};
 use crate::directory::Directory;
@@ -10,12 +12,17 @@ use crate::fanout::{self, FanoutEvent};
 use crate::history::History;
 use crate::http;
 use crate::hub::{ConnId, Hub};
+use crate::membership;
 use crate::metrics::Metrics;
 use crate::persister;
 use crate::presence::{self, Presence, PresenceEvent};
-use crate::rate_limit::{self, RateLimits};
+use crate::rate_limit::{self, FrameLimits, RateLimits};
 use crate::store::Store;
+use crate::watch::Watching;
+use anyhow::Context;
 use chat_protocol::bus::Delivery;
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,8 +50,8 @@ pub struct App {
     persisters: TaskTracker,
     migrated: AtomicBool,
     next_conn: AtomicU64,
-    fanout: mpsc::UnboundedSender<FanoutEvent>,
-    fanout_events: Mutex<Option<mpsc::UnboundedReceiver<FanoutEvent>>>,
+    fanout: mpsc::Sender<FanoutEvent>,
+    fanout_events: Mutex<Option<mpsc::Receiver<FanoutEvent>>>,
     /// Profiles, rooms and memberships, read through the cache.
     pub directory: Directory,
     /// History pages, the newest through the cache.
@@ -53,6 +60,12 @@ pub struct App {
     presence_tx: mpsc::UnboundedSender<PresenceEvent>,
     presence_events: Mutex<Option<mpsc::UnboundedReceiver<PresenceEvent>>>,
     pub limits: RateLimits,
+    /// Limits on room-scoped WebSocket frames.
+    pub frame_limits: FrameLimits,
+    /// Rooms of local users watched for activity, and the rooms the node queue is bound to.
+    pub watching: Watching,
+    /// The connections and WebSockets this node holds, against its connection limits.
+    pub admission: Arc<Admission>,
 }
 
 impl App {
@@ -69,21 +82,27 @@ impl App {
             shards: config.ingest_shards.max(1),
             quorum: config.queue_type == QueueType::Quorum,
             binary: config.bus_format == BusFormat::Binary,
+            delivery_limit: config.delivery_limit,
+            dead_letter_max_length: config.dead_letter_max_length,
         };
         let balance_every =
             (config.shard_balance_ms > 0).then(|| Duration::from_millis(config.shard_balance_ms));
         let bus = Bus::new(
-            config.amqp_url.expose(),
+            config.amqp_urls(),
             names,
             balance_every,
             PublishPacing {
                 interval: Duration::from_millis(config.ingest_interval_ms),
                 busy_interval: Duration::from_millis(config.ingest_busy_interval_ms),
             },
-            metrics.ingest_publish_sends.clone(),
+            BusMetrics {
+                sends_per_publish: metrics.ingest_publish_sends.clone(),
+                broker: metrics.bus_broker.clone(),
+                dead_letters: metrics.dead_letter_queue_messages.clone(),
+            },
         );
         let hub = Hub::new(config.node_id.clone(), metrics.clone());
-        let (fanout, fanout_events) = mpsc::unbounded_channel();
+        let (fanout, fanout_events) = mpsc::channel(fanout::FANOUT_QUEUE);
         let cache = Cache::new(
             &config.memcached_servers,
             &config.cache_prefix,
@@ -95,6 +114,8 @@ impl App {
         let presence = Presence::new(Duration::from_millis(config.presence_ttl_ms.max(1)));
         let (presence_tx, presence_events) = mpsc::unbounded_channel();
         let limits = RateLimits::new(&config, metrics.clone());
+        let frame_limits = FrameLimits::new(&config, metrics.clone());
+        let admission = Admission::new(ConnectionLimits::for_process(&config));
         Arc::new(App {
             config,
             store,
@@ -114,6 +135,9 @@ impl App {
             presence_tx,
             presence_events: Mutex::new(Some(presence_events)),
             limits,
+            frame_limits,
+            watching: Watching::default(),
+            admission,
         })
     }
 
@@ -156,30 +180,46 @@ impl App {
 }
 
 impl BusEvents for App {
-    fn deliver(&self, delivery: Delivery) {
-        match delivery {
-            // About users, not rooms: handled apart so they never delay messages.
-            Delivery::Presence { .. }
-            | Delivery::PresenceSnapshot { .. }
-            | Delivery::PresenceSync { .. }
-            | Delivery::ReadMarker { .. } => {
-                let _ = self.presence_tx.send(PresenceEvent::Delivery(delivery));
-            }
-            _ => {
-                let _ = self.fanout.send(FanoutEvent::Delivery(delivery));
+    fn deliver(&self, delivery: Delivery) -> BoxFuture<'_, ()> {
+        async move {
+            match delivery {
+                // About users, not rooms: handled apart so they never delay messages.
+                Delivery::Presence { .. }
+                | Delivery::PresenceSnapshot { .. }
+                | Delivery::PresenceSync { .. }
+                | Delivery::RoomsChanged { .. }
+                | Delivery::ReadMarker { .. } => {
+                    let _ = self.presence_tx.send(PresenceEvent::Delivery(delivery));
+                }
+                // Closing a few sockets takes no lookup: done here, at once.
+                Delivery::SessionsEnded { user_id, ended } => {
+                    self.hub
+                        .end_sessions(user_id, |session| ended.includes(&session.to_hex()));
+                }
+                _ => {
+                    let _ = self.fanout.send(FanoutEvent::Delivery(delivery)).await;
+                }
             }
         }
+        .boxed()
     }
 
-    fn deliver_rooms(&self, rooms: Vec<DeliveredRoom>) {
-        let _ = self.fanout.send(FanoutEvent::Rooms(rooms));
+    fn deliver_rooms(&self, rooms: Vec<DeliveredRoom>) -> BoxFuture<'_, ()> {
+        async move {
+            let _ = self.fanout.send(FanoutEvent::Rooms(rooms)).await;
+        }
+        .boxed()
     }
 
     fn connected(&self) {
         if self.bus.connection_count() > 0 {
             self.metrics.bus_reconnects.inc();
         }
-        let _ = self.fanout.send(FanoutEvent::Resync);
+        // Queued behind the deliveries already taken, without holding up the reconnect.
+        let fanout = self.fanout.clone();
+        tokio::spawn(async move {
+            let _ = fanout.send(FanoutEvent::Resync).await;
+        });
         let _ = self.presence_tx.send(PresenceEvent::Connected);
     }
 
@@ -205,15 +245,41 @@ impl BusEvents for App {
 }
 
 /// Runs a node on `listener` until `shutdown` resolves, then drains: WebSockets are closed with
-/// "going away", persisters finish their batch, and the RabbitMQ connection is closed.
+/// "going away", persisters finish their batch, and the RabbitMQ connection is closed. The
+/// operator's listener is bound at `config.metrics_listen` unless that is off.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let operator = match config.metrics_listen.0 {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} for metrics"))?,
+        ),
+        None => None,
+    };
+    run_with_operator(config, listener, operator, shutdown).await
+}
+
+/// [`run`], with the operator's listener (`/metrics`, `/healthz`, `/readyz`) bound by the caller.
+pub async fn run_with_operator(
+    config: Config,
+    listener: TcpListener,
+    operator: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let app = App::new(config);
     let address = listener.local_addr()?;
-    tracing::info!(node = %app.node_id(), %address, "chat node listening");
+    let limits = app.admission.limits();
+    tracing::info!(
+        node = %app.node_id(),
+        %address,
+        max_connections = limits.connections,
+        max_websockets = limits.websockets,
+        "chat node listening"
+    );
 
     {
         let app = app.clone();
@@ -232,12 +298,37 @@ pub async fn run(
             rate_limit::forget_idle_every(&app.limits, rate_limit::FORGET_IDLE_EVERY, stop).await
         });
     }
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let (limits, stop) = (&app.frame_limits, app.shutdown.clone());
+            rate_limit::forget_idle_frames_every(limits, rate_limit::FORGET_IDLE_EVERY, stop).await
+        });
+    }
+    tokio::spawn(membership::recheck_every(app.clone()));
+
+    {
+        // Open WebSockets whose session ended without the notice reaching this node, or expired.
+        let app = app.clone();
+        tokio::spawn(async move {
+            let stop = app.shutdown.clone();
+            let every = app.config.session_recheck();
+            auth::recheck_sessions_every(app, every, stop).await
+        });
+    }
 
     let server = {
         let stop = app.shutdown.clone();
         let server = http::serve(app.clone(), listener, async move { stop.cancelled().await });
         tokio::spawn(server)
     };
+    if let Some(operator) = operator {
+        tracing::info!(address = %operator.local_addr()?, "metrics listening");
+        let stop = app.shutdown.clone();
+        tokio::spawn(http::serve_operator(app.clone(), operator, async move {
+            stop.cancelled().await
+        }));
+    }
 
     if let Some(events) = app
         .fanout_events

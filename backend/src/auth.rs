@@ -4,16 +4,29 @@
 //! answer and the cookie). PostgreSQL keeps only its SHA-256, so reading the sessions table
 //! signs nobody in. Browsers send the token as an HttpOnly, SameSite=Strict cookie; other
 //! clients as `Authorization: Bearer <token>`. The WebSocket upgrade is authenticated the same way.
+//!
+//! A WebSocket outlives its upgrade, so its session is checked again while it is open. Ending
+//! a session (logout, password change) closes its sockets on every node at once: the node that
+//! ended it tells every node (`Delivery::SessionsEnded`), and each closes the matching local
+//! connections with `CLOSE_SESSION_ENDED`. In case that notice is lost (RabbitMQ away), and for
+//! sessions that expire or go by any other way, every node also looks up the sessions of its
+//! open connections every `CHAT_SESSION_RECHECK_MS`, in one query, and closes those that are no
+//! longer live.
 
 use crate::app::App;
 use crate::store::{SessionUser, StoreError};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use chat_protocol::bus::{Delivery, EndedSessions};
+use chat_protocol::UserId;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::sync::{Mutex, OnceLock};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "chat_session";
@@ -24,6 +37,91 @@ pub struct Identity {
     pub user: SessionUser,
     /// Hash of the token this request came with (logout revokes exactly this session).
     pub token_hash: Vec<u8>,
+}
+
+impl Identity {
+    /// The session, as the connections opened with it keep it.
+    pub fn session_key(&self) -> SessionKey {
+        SessionKey::from_hash(&self.token_hash)
+    }
+}
+
+/// A session as an open connection remembers it: its token's SHA-256, kept inline (no
+/// allocation per connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey([u8; 32]);
+
+impl SessionKey {
+    /// The key of a token hash ([`hash_token`]'s 32 bytes; anything else matches no session).
+    pub fn from_hash(token_hash: &[u8]) -> SessionKey {
+        SessionKey(<[u8; 32]>::try_from(token_hash).unwrap_or_default())
+    }
+
+    /// The hash in hex, as `Delivery::SessionsEnded` names sessions.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Closes the sockets of ended sessions on this node at once, and tells every other node.
+/// Best effort on the bus: a lost notice is made up by the periodic re-check.
+pub async fn sessions_ended(app: &App, user_id: UserId, ended: EndedSessions) {
+    let closed = app
+        .hub
+        .end_sessions(user_id, |session| ended.includes(&session.to_hex()));
+    tracing::debug!(%user_id, closed, "sessions ended");
+    let notice = Delivery::SessionsEnded { user_id, ended };
+    if let Err(error) = app.bus.publish_to_everyone(&notice).await {
+        tracing::warn!(%error, "other nodes not told of ended sessions; their re-check will");
+    }
+}
+
+/// Every `every`, closes the local connections whose session is no longer live in PostgreSQL
+/// (ended, expired or gone): one query per check for every session with an open connection.
+pub async fn recheck_sessions_every(app: Arc<App>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        recheck_sessions(&app).await;
+    }
+}
+
+async fn recheck_sessions(app: &App) {
+    let open: HashSet<SessionKey> = app.hub.sessions();
+    if open.is_empty() {
+        return;
+    }
+    let hashes = open.iter().map(|key| key.as_bytes().to_vec()).collect();
+    let live: HashSet<SessionKey> = match app.store.live_sessions(hashes).await {
+        Ok(live) => live
+            .iter()
+            .map(|hash| SessionKey::from_hash(hash))
+            .collect(),
+        Err(error) => {
+            // Nobody is signed out because PostgreSQL did not answer; the next check will do.
+            tracing::warn!(%error, "could not re-check the sessions of open connections");
+            return;
+        }
+    };
+    let ended: HashSet<SessionKey> = open.difference(&live).copied().collect();
+    if ended.is_empty() {
+        return;
+    }
+    let closed = app
+        .hub
+        .end_sessions_of_any(|session| ended.contains(session));
+    tracing::info!(
+        closed,
+        "closed connections of sessions that are no longer live"
+    );
 }
 
 /// What a request carries that may identify its user, read from its headers.
@@ -240,6 +338,15 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);
         assert_eq!(hash_token(&a), hash_a);
+    }
+
+    #[test]
+    fn session_keys_are_the_token_hash() {
+        let (_, hash) = new_token();
+        let key = SessionKey::from_hash(&hash);
+        assert_eq!(key.as_bytes(), &hash[..]);
+        assert_eq!(key.to_hex(), hex::encode(&hash));
+        assert_eq!(SessionKey::from_hash(b"short"), SessionKey::default());
     }
 
     #[test]

@@ -136,6 +136,8 @@ enum Op {
     Bump,
     /// The background check of a server after a pause.
     Probe,
+    /// A step of a counter shared by the nodes (rate limits).
+    Count,
 }
 
 impl Op {
@@ -146,6 +148,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Bump => "bump",
             Op::Probe => "probe",
+            Op::Count => "count",
         }
     }
 }
@@ -301,6 +304,47 @@ impl Cache {
         } else {
             self.remember_deletes([remembered]);
         }
+    }
+
+    /// Adds one to the counter `name` for the window numbered `window` (each `window_secs`
+    /// long) and returns its new value with the previous window's: a sliding-window counter every
+    /// node shares. A window's counter is created at zero and lives two windows. `None` when
+    /// memcached is off, paused or failed; the caller then counts on its own.
+    pub async fn count_in_window(
+        &self,
+        name: &str,
+        window: u64,
+        window_secs: u32,
+    ) -> Option<(u64, u64)> {
+        let key = format!("{}:count:{name}:{window}", self.inner.prefix);
+        let previous = format!(
+            "{}:count:{name}:{}",
+            self.inner.prefix,
+            window.wrapping_sub(1)
+        );
+        let ttl = window_secs.saturating_mul(2).saturating_add(1);
+        let counted = self
+            .call(Op::Count, move |servers| {
+                let client = servers.for_key(&key)?;
+                // `add` fails when another node created the counter first: either way it exists.
+                match client.add(&key, 0_u64, ttl) {
+                    Ok(()) => {}
+                    Err(error) if absent_or_present(&error) => {}
+                    Err(error) => return Err(error),
+                }
+                let now = client.increment(&key, 1)?;
+                let before = servers
+                    .for_key(&previous)?
+                    .get::<String>(&previous)?
+                    .and_then(|text| text.trim().parse().ok())
+                    .unwrap_or(0);
+                Ok((now, before))
+            })
+            .await;
+        if counted.is_some() {
+            self.count(Op::Count, "ok");
+        }
+        counted
     }
 
     /// Reads a versioned entry in one round trip: the current version of `version` (created

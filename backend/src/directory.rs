@@ -10,7 +10,7 @@
 use crate::cache::{Cache, CacheKey};
 use crate::metrics::Metrics;
 use crate::store::batch::{Batched, Limits};
-use crate::store::{RoomRow, Store, StoreError};
+use crate::store::{Removal, RoomRow, Store, StoreError};
 use chat_protocol::api::{Profile, ProfileUpdate, Role, RoomKind};
 use chat_protocol::{RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -184,20 +184,37 @@ impl Directory {
         Ok(removed)
     }
 
-    /// The direct room of two users, created on first use.
+    /// Removes a member unless they are the room's last owner.
+    pub async fn remove_member_keeping_an_owner(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<Removal, StoreError> {
+        let removal = self
+            .store
+            .remove_member_keeping_an_owner(room, user)
+            .await?;
+        if removal == Removal::Removed {
+            self.cache.delete(CacheKey::Membership(room, user)).await;
+        }
+        Ok(removal)
+    }
+
+    /// The direct room of two users as `me` opens it, and who became a member by it: both
+    /// when it is new, `me` when they had left it, nobody otherwise.
     pub async fn direct_room(
         &self,
         me: UserId,
         other: UserId,
         name: String,
-    ) -> Result<RoomInfo, StoreError> {
-        let row = self.store.direct_room(me, other, name).await?;
-        for user in [me, other] {
+    ) -> Result<(RoomInfo, Vec<UserId>), StoreError> {
+        let (row, added) = self.store.direct_room(me, other, name).await?;
+        for &user in &added {
             self.cache
                 .delete(CacheKey::Membership(row.room_id, user))
                 .await;
         }
-        Ok(row.into())
+        Ok((row.into(), added))
     }
 
     /// What a batching task needs of the directory (not the directory itself, whose batches

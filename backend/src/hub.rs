@@ -2,7 +2,8 @@
 //!
 //! Deliveries from the node queue fan out here: each frame is serialized once and queued to
 //! every local member's outbox without waiting. A member whose outbox is full is too slow to
-//! keep up; it is disconnected rather than allowed to hold memory or stall the room.
+//! keep up; it is disconnected rather than allowed to hold memory or stall the room
+//! (`connection::Outbox`).
 
 use chat_protocol::bus::{DuplicateReceipt, Origin};
 use chat_protocol::frame::MessageFrame;
@@ -10,9 +11,10 @@ use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
+use crate::auth::SessionKey;
+use crate::connection::Ending;
+pub use crate::connection::Outbox;
 use crate::metrics::Metrics;
 
 /// A stored message on its way to a room's local members, its `message` frame already
@@ -49,37 +51,6 @@ pub type ConnId = u64;
 /// A serialized frame, shared by every connection it goes to: cloning it counts a reference,
 /// and the WebSocket layer writes it without copying it into a message of its own.
 pub type Frame = tokio_tungstenite::tungstenite::Utf8Bytes;
-
-/// Frames waiting to be written to one connection. Bounded: see the module comment.
-pub const OUTBOX_CAPACITY: usize = 4_096;
-
-/// The sending side of a connection, as the hub sees it.
-#[derive(Clone)]
-pub struct Outbox {
-    frames: mpsc::Sender<Frame>,
-    /// Cancelled to disconnect a connection that cannot keep up.
-    kick: CancellationToken,
-    /// The signed-in user, so a membership that ends can end this connection's deliveries.
-    user: UserId,
-}
-
-impl Outbox {
-    pub fn new(frames: mpsc::Sender<Frame>, kick: CancellationToken, user: UserId) -> Self {
-        Outbox { frames, kick, user }
-    }
-
-    /// Queues a frame; false if the connection is gone or was too slow and is being closed.
-    pub fn push(&self, frame: Frame) -> bool {
-        match self.frames.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.kick.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
-    }
-}
 
 struct LocalRoom {
     members: HashSet<ConnId>,
@@ -126,7 +97,7 @@ impl Hub {
 
     pub fn register(&self, conn: ConnId, outbox: Outbox) {
         if let Ok(mut by_user) = self.by_user.write() {
-            by_user.entry(outbox.user).or_default().insert(conn);
+            by_user.entry(outbox.user()).or_default().insert(conn);
         }
         if let Ok(mut connections) = self.connections.write() {
             connections.insert(conn, outbox);
@@ -140,13 +111,54 @@ impl Hub {
             .ok()
             .and_then(|mut connections| connections.remove(&conn));
         if let (Some(outbox), Ok(mut by_user)) = (removed, self.by_user.write()) {
-            if let Some(conns) = by_user.get_mut(&outbox.user) {
+            if let Some(conns) = by_user.get_mut(&outbox.user()) {
                 conns.remove(&conn);
                 if conns.is_empty() {
-                    by_user.remove(&outbox.user);
+                    by_user.remove(&outbox.user());
                 }
             }
         }
+    }
+
+    /// Ends (close `CLOSE_SESSION_ENDED`) every local connection of `user` whose session
+    /// `ended` says has ended; returns how many.
+    pub fn end_sessions(&self, user: UserId, ended: impl Fn(&SessionKey) -> bool) -> usize {
+        let conns: Vec<ConnId> = self
+            .by_user
+            .read()
+            .ok()
+            .and_then(|by_user| by_user.get(&user).map(|c| c.iter().copied().collect()))
+            .unwrap_or_default();
+        let Ok(connections) = self.connections.read() else {
+            return 0;
+        };
+        conns
+            .iter()
+            .filter_map(|conn| connections.get(conn))
+            .filter(|outbox| ended(&outbox.session()))
+            .filter(|outbox| outbox.end(Ending::SessionEnded))
+            .count()
+    }
+
+    /// Ends every local connection whose session `ended` says has ended, whoever's; returns
+    /// how many.
+    pub fn end_sessions_of_any(&self, ended: impl Fn(&SessionKey) -> bool) -> usize {
+        let Ok(connections) = self.connections.read() else {
+            return 0;
+        };
+        connections
+            .values()
+            .filter(|outbox| ended(&outbox.session()))
+            .filter(|outbox| outbox.end(Ending::SessionEnded))
+            .count()
+    }
+
+    /// The sessions of the local connections, each once.
+    pub fn sessions(&self) -> HashSet<SessionKey> {
+        self.connections
+            .read()
+            .map(|connections| connections.values().map(Outbox::session).collect())
+            .unwrap_or_default()
     }
 
     /// The lock to hold while deciding whether a room must be bound or unbound.
@@ -191,7 +203,7 @@ impl Hub {
         };
     }
 
-    /// Queues `joined`, then the missed messages, then the live frames held back since
+    /// Queues `joined`, then the missed messages' frames, then the live frames held back since
     /// [`Hub::join_catching_up`] that come after `live_after`; from then on the member gets live
     /// frames directly. Done under the lock deliveries take, so nothing interleaves.
     pub fn finish_catch_up(
@@ -199,7 +211,7 @@ impl Hub {
         room: RoomId,
         conn: ConnId,
         joined: Frame,
-        missed: Vec<ChatMessage>,
+        missed: Vec<(Seq, Frame)>,
         live_after: Seq,
     ) {
         let Ok(rooms) = self.rooms.read() else {
@@ -224,9 +236,9 @@ impl Hub {
         };
         outbox.push(joined);
         let mut last = live_after.0;
-        for message in missed {
-            last = last.max(message.seq.0);
-            outbox.push(frame(&ServerFrame::Message(message)));
+        for (seq, missed_frame) in missed {
+            last = last.max(seq.0);
+            outbox.push(missed_frame);
         }
         for (seq, held_frame) in held {
             if seq > last {
@@ -324,8 +336,6 @@ impl Hub {
                 if let Some(outbox) = connections.get(member) {
                     if outbox.push(shared.clone()) {
                         delivered += 1;
-                    } else {
-                        self.metrics.frames_dropped_slow_client.inc();
                     }
                 }
             }
@@ -451,7 +461,7 @@ impl Hub {
         local
             .members
             .retain(|member| match connections.get(member) {
-                Some(outbox) if outbox.user == user => {
+                Some(outbox) if outbox.user() == user => {
                     outbox.push(left.clone());
                     false
                 }
@@ -460,6 +470,56 @@ impl Hub {
         if let Ok(mut waiting) = local.catching_up.lock() {
             waiting.retain(|member, _| local.members.contains(member));
         };
+        if local.members.is_empty() {
+            rooms.remove(&room_id);
+        }
+    }
+
+    /// Every (room, user) pair of a local connection in a room, each once.
+    pub fn memberships(&self) -> Vec<(RoomId, UserId)> {
+        let (Ok(rooms), Ok(connections)) = (self.rooms.read(), self.connections.read()) else {
+            return Vec::new();
+        };
+        let mut pairs = HashSet::new();
+        for (room, local) in rooms.iter() {
+            for member in &local.members {
+                if let Some(outbox) = connections.get(member) {
+                    pairs.insert((*room, outbox.user()));
+                }
+            }
+        }
+        pairs.into_iter().collect()
+    }
+
+    /// Queues `room_activity` to the connections of `users` that have not joined `room`.
+    pub fn push_room_activity(
+        &self,
+        room: RoomId,
+        users: impl Iterator<Item = UserId>,
+        shared: &Frame,
+    ) {
+        // Same lock order as deliveries: rooms, then (here) users, then connections.
+        let (Ok(rooms), Ok(by_user), Ok(connections)) = (
+            self.rooms.read(),
+            self.by_user.read(),
+            self.connections.read(),
+        ) else {
+            return;
+        };
+        let joined = rooms.get(&room).map(|local| &local.members);
+        for user in users {
+            let Some(conns) = by_user.get(&user) else {
+                continue;
+            };
+            for conn in conns {
+                if joined.is_some_and(|members| members.contains(conn)) {
+                    continue;
+                }
+                if let Some(outbox) = connections.get(conn) {
+                    outbox.push(shared.clone());
+                }
+            }
+        }
     }
 
     /// Answers resends whose sending connection is on this node.

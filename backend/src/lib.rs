@@ -8,28 +8,35 @@
 //! - the [`bus`] hands each delivery from this node's queue to [`fanout`], which fills any gap
 //!   from the store, and to the [`hub`], which queues it to every local member's connection.
 //!
-//! [`app`] wires them together; [`http`] serves the endpoints; [`config`], [`telemetry`] and
-//! [`metrics`] are the operator's side.
+//! [`app`] wires them together; [`http`] serves the endpoints, through [`listener`] (which
+//! takes connections in under the limits of [`admission`] and closes silent ones) and [`web`]
+//! (the web client's files, security headers); [`config`], [`telemetry`] and [`metrics`] are
+//! the operator's side.
 //!
 //! Who may do what: [`auth`] (passwords, sessions, origins) and [`api`] (the REST API) sign users
 //! in; [`directory`] answers profile, room and membership questions through the [`cache`];
-//! [`rate_limit`] bounds sends and login attempts.
+//! [`rate_limit`] bounds sends and login attempts; [`connection`] bounds what one WebSocket may
+//! hold and ends it when its session ends or its peer goes silent.
 //!
 //! Around messages: [`history`] serves history pages (the newest from the cache); [`presence`]
-//! tracks who is online across nodes and syncs read markers to each user's connections.
+//! tracks who is online across nodes and syncs read markers to each user's connections;
+//! [`watch`] tells connections of new messages in their user's rooms they have not joined.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod directory;
 pub mod fanout;
 pub mod forwarded;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod membership;
 pub mod metrics;
 pub mod persister;
@@ -38,6 +45,8 @@ pub mod rate_limit;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod watch;
+pub mod web;
 
-pub use app::{run, App};
+pub use app::{run, run_with_operator, App};
 pub use config::Config;

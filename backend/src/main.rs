@@ -1,5 +1,8 @@
 //! `chat-server`: runs one chat node until SIGINT or SIGTERM.
 
+// The node's future is deep enough that proving it `Send` needs more than the default 128 steps.
+#![recursion_limit = "256"]
+
 use chat_backend::config::Config;
 use clap::Parser;
 use std::process::ExitCode;
@@ -8,6 +11,8 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = Config::parse();
     chat_backend::telemetry::init(config.log_format);
+    // Before the limits are worked out from it: a node holds a socket per client.
+    chat_backend::admission::raise_open_file_limit();
     let listener = match listen(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
@@ -15,7 +20,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match chat_backend::run(config, listener, shutdown_signal()).await {
+    let operator = match config.metrics_listen.0.map(listen).transpose() {
+        Ok(operator) => operator,
+        Err(error) => {
+            tracing::error!(%error, listen = ?config.metrics_listen, "cannot listen for metrics");
+            return ExitCode::FAILURE;
+        }
+    };
+    match chat_backend::run_with_operator(config, listener, operator, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "node failed");

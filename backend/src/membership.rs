@@ -11,9 +11,18 @@
 //! and goes on: it is still inside the interval, and no send ever passes on an older
 //! confirmation than before. Only a user who sends less than once per half interval, or whose
 //! renewal found the membership gone or failed, is checked on the send.
+//!
+//! Deliveries and the other room-scoped frames follow the hub, so a lost notice must not leave
+//! a former member in a room there: every interval, [`recheck_every`] reads all the memberships
+//! of the node's joined connections in one query and ends the rooms whose membership is gone
+//! (`left` to each of the user's connections in it), whatever the connection does meanwhile.
 
+use crate::app::App;
+use crate::watch;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+use tokio::time::MissedTickBehavior;
 
 /// What a send may assume about the membership of its room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +102,49 @@ impl Confirmation {
         // lock was held leaves nothing half done.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Every `CHAT_MEMBERSHIP_RECHECK_MS`, ends the rooms of local connections whose user is no
+/// longer a member (one query per interval for the whole node), until the node stops.
+pub async fn recheck_every(app: Arc<App>) {
+    let period = Duration::from_millis(app.config.membership_recheck_ms.max(1));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = ticks.tick() => recheck(&app).await,
+        }
+    }
+}
+
+async fn recheck(app: &App) {
+    let pairs = app.hub.memberships();
+    if pairs.is_empty() {
+        return;
+    }
+    app.metrics
+        .membership_checks
+        .with_label_values(&["node"])
+        .inc();
+    let current = match app.store.roles(pairs.clone()).await {
+        Ok(current) => current,
+        Err(error) => {
+            tracing::warn!(%error, "could not re-check the memberships of joined rooms");
+            return;
+        }
+    };
+    let mut ended = HashSet::new();
+    for (room, user) in pairs {
+        if current.contains_key(&(room, user)) {
+            continue;
+        }
+        tracing::info!(%room, %user, "membership ended without notice; leaving the room");
+        app.hub.remove_user(room, user);
+        app.watching.forget_room(user, room);
+        ended.insert(room);
+    }
+    watch::settle_rooms(app, ended.into_iter().collect()).await;
 }
 
 #[cfg(test)]

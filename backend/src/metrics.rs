@@ -2,8 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The node's metrics. Each node has its own registry so several nodes can live in one test process.
@@ -18,6 +18,7 @@ pub struct Metrics {
     pub messages_dead_lettered: IntCounter,
     pub messages_delivered: IntCounter,
     pub frames_dropped_slow_client: IntCounter,
+    pub disconnects: IntCounterVec,
     pub client_errors: IntCounterVec,
     pub persist_batch_size: Histogram,
     pub ingest_publish_sends: Histogram,
@@ -29,6 +30,8 @@ pub struct Metrics {
     pub pipeline_seconds: HistogramVec,
     pub messages_redelivered: IntCounter,
     pub bus_reconnects: IntCounter,
+    pub bus_broker: IntGaugeVec,
+    pub dead_letter_queue_messages: IntGauge,
     pub shard_handovers: IntCounter,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounter,
@@ -104,6 +107,17 @@ impl Metrics {
                 "slow_client_disconnects_total",
                 "Connections closed because they did not read their frames fast enough.",
             ),
+            disconnects: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "disconnects_total",
+                        "WebSockets the node closed, by reason: too_slow (outbox over its \
+                         budget), session_ended, silent (no answer to pings).",
+                    ),
+                    &["reason"],
+                ),
+            ),
             persist_batch_size: histogram(
                 "persist_batch_size",
                 "Messages per persister transaction.",
@@ -161,6 +175,25 @@ impl Metrics {
                 "bus_reconnects_total",
                 "Connections to RabbitMQ established after the first.",
             ),
+            bus_broker: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bus_broker",
+                        "1 for the RabbitMQ broker (host:port) the node is connected to, 0 for \
+                         the other brokers it may fail over to.",
+                    ),
+                    &["broker"],
+                ),
+            ),
+            dead_letter_queue_messages: register(
+                &registry,
+                IntGauge::new(
+                    "dead_letter_queue_messages",
+                    "Messages in the dead-letter queue (dead-lettered by any persister or by \
+                     RabbitMQ's delivery limit), read every 2 s.",
+                ),
+            ),
             cache_requests: register(
                 &registry,
                 IntCounterVec::new(
@@ -191,7 +224,8 @@ impl Metrics {
                     Opts::new(
                         "membership_checks_total",
                         "Membership re-checks of sends' rooms: `ahead` renewed in the background \
-                         while sends went on, `send` checked before a send.",
+                         while sends went on, `send` checked before a send; `node` the periodic \
+                         re-check of every joined room of the node.",
                     ),
                     &["when"],
                 ),

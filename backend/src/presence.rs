@@ -12,6 +12,7 @@
 
 use crate::app::App;
 use crate::hub::{self, ConnId};
+use crate::watch;
 use chat_protocol::bus::Delivery;
 use chat_protocol::{PresenceStatus, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
@@ -331,6 +332,14 @@ async fn handle(app: &App, event: PresenceEvent, dirty: &mut HashSet<UserId>) {
                 unread,
             });
             app.hub.push_to_user(user_id, &frame, except);
+        }
+        PresenceEvent::Delivery(Delivery::RoomsChanged { user_id }) => {
+            // The watched rooms first, so activity in a new room follows `rooms_changed`.
+            if let Some(load) = app.watching.start_load(user_id) {
+                watch::load(app, load).await;
+            }
+            let frame = hub::frame(&ServerFrame::RoomsChanged);
+            app.hub.push_to_user(user_id, &frame, None);
         }
         // This node's own reports, and deliveries that are not about users.
         PresenceEvent::Delivery(_) => {}

@@ -1,18 +1,24 @@
 //! One WebSocket connection: reads client frames, answers them, and writes what the hub queues.
 //!
-//! The reader and the writer are separate tasks joined by the connection's bounded outbox, so
-//! a slow socket never blocks the node queue consumer, and replies keep their order relative to
-//! deliveries. The writer flushes once per burst of queued frames, not once per frame.
+//! The reader and the writer are separate tasks joined by the connection's outbox (bounded in
+//! bytes, `connection`), so a slow socket never blocks the node queue consumer, and replies
+//! keep their order relative to deliveries. The writer flushes once per burst of queued frames,
+//! not once per frame. The reader pings a silent peer and drops one that stays silent.
 
 use crate::app::App;
 use crate::auth::Identity;
-use crate::bus::{BusError, IngestAnswer};
+use crate::bus::IngestAnswer;
+use crate::connection::{
+    Ending, Liveness, Outbox, OutboxReceiver, Outgoing, Silence, FRAME_OVERHEAD_BYTES,
+};
 use crate::directory::Access;
 use crate::http::Socket;
-use crate::hub::{self, ConnId, Frame, Outbox, OUTBOX_CAPACITY};
+use crate::hub::{self, ConnId, Frame};
 use crate::membership::{Confirmation, Trust};
 use crate::presence::PresenceEvent;
+use crate::rate_limit::{FrameWrite, RetryAfter};
 use crate::store::{CatchUp, CatchUpRequest, ChangeOutcome};
+use crate::watch;
 use chat_protocol::api::Role;
 use chat_protocol::bus::{Delivery, IngestMessage, Origin};
 use chat_protocol::frame::Resume;
@@ -25,7 +31,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -33,14 +39,13 @@ use tokio_util::sync::CancellationToken;
 
 /// Close code sent when the node shuts down (RFC 6455 "going away", 1001).
 pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::Away;
-/// Close code sent to a client that does not read its frames fast enough (1008).
-pub const CLOSE_TOO_SLOW: CloseCode = CloseCode::Policy;
 /// How long the close frame may take to leave before the connection is dropped without it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 /// Most missed messages a resume sends; beyond it the client reloads recent history instead.
-/// Well under the outbox's capacity, so a resume never trips the slow-client rule.
+/// A resume also sends nothing when its messages would take more than half the connection's
+/// outbox, so a resume never trips the slow-client rule.
 pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 /// Least time between two typing indicators forwarded for one room and connection.
 const TYPING_INTERVAL: Duration = Duration::from_secs(2);
@@ -56,19 +61,22 @@ struct Session {
     rooms: HashMap<RoomId, Arc<Confirmation>>,
     /// When a typing indicator was last forwarded, per room.
     typing_sent: HashMap<RoomId, Instant>,
-    replies: mpsc::Sender<Frame>,
+    /// The connection's outbox, which replies share with deliveries.
+    replies: Outbox,
 }
 
 /// Serves one upgraded WebSocket of a signed-in user until either side closes it or the node
 /// stops.
 pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Option<IpAddr>) {
     let conn = app.next_conn_id();
-    let (frames_tx, frames_rx) = mpsc::channel::<Frame>(OUTBOX_CAPACITY);
     let kick = app.shutdown.child_token();
-    app.hub.register(
-        conn,
-        Outbox::new(frames_tx.clone(), kick.clone(), identity.user.user_id),
+    let (outbox, frames_rx) = Outbox::new(
+        app.config.ws_outbox_budget(),
+        kick.clone(),
+        identity.user.user_id,
+        identity.session_key(),
     );
+    app.hub.register(conn, outbox.clone());
     app.metrics.connections.inc();
 
     let (sink, mut stream) = socket.split();
@@ -90,8 +98,12 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
         peer,
         rooms: HashMap::new(),
         typing_sent: HashMap::new(),
-        replies: frames_tx,
+        replies: outbox,
     };
+    // Before `welcome`: activity in the user's rooms is reported from then on.
+    if let Some(load) = app.watching.connected(session.user_id) {
+        watch::load(&app, load).await;
+    }
     session.reply(&ServerFrame::Welcome {
         node_id: app.node_id().to_owned(),
         user_id: session.user_id,
@@ -103,11 +115,29 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
     // token.
     let kicked = kick.cancelled();
     tokio::pin!(kicked);
+    let (ping_after, silence_timeout) = app.config.ws_liveness();
+    let mut peer = Liveness::new(Instant::now());
+    let mut check = tokio::time::interval_at(tokio::time::Instant::now() + ping_after, ping_after);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
             message = stream.next() => message,
             _ = &mut kicked => break,
+            _ = check.tick() => {
+                match peer.check(Instant::now(), ping_after, silence_timeout) {
+                    Silence::Fine => {}
+                    Silence::Ping => {
+                        session.replies.ping();
+                    }
+                    Silence::Dead => {
+                        session.replies.end(Ending::Silent);
+                        break;
+                    }
+                }
+                continue;
+            }
         };
+        peer.heard(Instant::now());
         let message = match message {
             Some(Ok(message)) => message,
             Some(Err(error)) => {
@@ -130,9 +160,19 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
     }
 
     session.leave_all().await;
+    watch::settle_rooms(&app, app.watching.disconnected(session.user_id)).await;
     session.set_presence(PresenceStatus::Offline).await;
     app.hub.unregister(conn);
     app.metrics.connections.dec();
+    if let Some(ending) = session.replies.ending() {
+        if ending == Ending::TooSlow {
+            app.metrics.frames_dropped_slow_client.inc();
+        }
+        app.metrics
+            .disconnects
+            .with_label_values(&[ending.as_str()])
+            .inc();
+    }
     let _ = end.send(closing);
     drop(session);
     let _ = writer.await;
@@ -159,7 +199,7 @@ fn close_frame(code: CloseCode, reason: &'static str) -> CloseFrame {
 
 async fn write_frames(
     mut sink: futures::stream::SplitSink<Socket, Message>,
-    mut frames: mpsc::Receiver<Frame>,
+    mut frames: OutboxReceiver,
     kick: CancellationToken,
     mut ended: oneshot::Receiver<Option<CloseFrame>>,
     shutdown: CancellationToken,
@@ -182,8 +222,9 @@ async fn write_frames(
             break;
         };
         // A client that stops reading blocks these writes once the socket's buffers are full;
-        // being kicked (too slow, or the node stopping) or the reader's end (the client closed,
-        // or broke the rules) ends them, so such a client holds nothing past its outbox.
+        // being kicked (too slow, session ended, silent, or the node stopping) or the reader's
+        // end (the client closed, or broke the rules) ends them, so such a client holds nothing
+        // past its outbox.
         let written = tokio::select! {
             biased;
             _ = &mut kicked => break,
@@ -202,14 +243,13 @@ async fn write_frames(
     if refusal.is_none() {
         refusal = ended.try_recv().ok().flatten();
     }
-    let close = if shutdown.is_cancelled() {
-        Some(close_frame(CLOSE_GOING_AWAY, "server shutting down"))
-    } else if refusal.is_some() {
-        refusal
-    } else if kick.is_cancelled() {
-        Some(close_frame(CLOSE_TOO_SLOW, "too slow to keep up"))
-    } else {
-        None
+    // An ended session says so even while the node stops: its client must not reconnect.
+    let ending = frames.ending();
+    let close = match ending {
+        Some(Ending::SessionEnded) => ending.map(closing_frame),
+        _ if shutdown.is_cancelled() => Some(close_frame(CLOSE_GOING_AWAY, "server shutting down")),
+        _ if refusal.is_some() => refusal,
+        _ => ending.map(closing_frame),
     };
     // A client that does not read may never take the close frame: it gets a moment, then the
     // connection is dropped without it.
@@ -220,29 +260,41 @@ async fn write_frames(
     .await;
 }
 
+fn closing_frame(ending: Ending) -> CloseFrame {
+    let (code, reason) = ending.close_code();
+    close_frame(code, reason)
+}
+
 /// Writes `first` and whatever else is queued (up to [`MAX_FRAMES_PER_FLUSH`]), then flushes.
 async fn write_burst(
     sink: &mut futures::stream::SplitSink<Socket, Message>,
-    first: Frame,
-    frames: &mut mpsc::Receiver<Frame>,
+    first: Outgoing,
+    frames: &mut OutboxReceiver,
 ) -> Result<(), WsError> {
-    sink.feed(Message::Text(first)).await?;
+    sink.feed(message(first)).await?;
     let mut written = 1;
     while written < MAX_FRAMES_PER_FLUSH {
-        let Ok(frame) = frames.try_recv() else {
+        let Some(item) = frames.try_recv() else {
             break;
         };
-        sink.feed(Message::Text(frame)).await?;
+        sink.feed(message(item)).await?;
         written += 1;
     }
     sink.flush().await
 }
 
+fn message(item: Outgoing) -> Message {
+    match item {
+        Outgoing::Frame(frame) => Message::Text(frame),
+        Outgoing::Ping => Message::Ping(Default::default()),
+    }
+}
+
 impl Session {
     fn reply(&self, frame: &ServerFrame) {
-        // The outbox is bounded; a connection that does not read its replies is closed by the
-        // hub's rule, so a failed try_send here needs no handling of its own.
-        let _ = self.replies.try_send(hub::frame(frame));
+        // A reply that does not fit in the outbox ends the connection (too slow), as a
+        // delivery would: nothing more to do here.
+        self.replies.push(hub::frame(frame));
     }
 
     fn reply_error(&self, error: &FrameError) {
@@ -271,10 +323,7 @@ impl Session {
             ClientFrame::Edit { room_id, seq, body } => self.change(room_id, seq, Some(body)).await,
             ClientFrame::Delete { room_id, seq } => self.change(room_id, seq, None).await,
             ClientFrame::MarkRead { room_id, seq } => self.mark_read(room_id, seq).await,
-            ClientFrame::Presence { status } => {
-                self.set_presence(status).await;
-                Ok(())
-            }
+            ClientFrame::Presence { status } => self.change_presence(status).await,
         };
         if let Err(error) = result {
             self.reply_error(&error);
@@ -289,6 +338,14 @@ impl Session {
     /// room's newest sequence number is read, so every message is either at or below that number
     /// (read from the store) or arrives live after it (held, then released in order).
     async fn join(&mut self, room_id: RoomId, after: Option<Seq>) -> Result<(), FrameError> {
+        self.limit(FrameWrite::Join)?;
+        let most = self.app.config.room_frames.max_rooms_per_connection;
+        if !self.rooms.contains_key(&room_id) && self.rooms.len() >= most {
+            return Err(FrameError::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may join at most {most} rooms; leave one first"),
+            ));
+        }
         let checked_at = Instant::now();
         let access = self
             .app
@@ -313,15 +370,9 @@ impl Session {
         {
             let lock = self.app.hub.membership_lock(room_id);
             let _guard = lock.lock().await;
-            if self.app.hub.local_members(room_id) == 0 {
-                match self.app.bus.bind_room(room_id).await {
-                    // The room is remembered and bound again as soon as RabbitMQ is back.
-                    Ok(()) | Err(BusError::NotConnected) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, %room_id, "binding the node queue failed");
-                        return Err(unavailable(None));
-                    }
-                }
+            if let Err(error) = watch::ensure_bound(&self.app, room_id).await {
+                tracing::warn!(%error, %room_id, "binding the node queue failed");
+                return Err(unavailable(None));
             }
             self.app
                 .hub
@@ -356,7 +407,7 @@ impl Session {
         &self,
         room_id: RoomId,
         after: Option<Seq>,
-    ) -> Result<(Seq, Vec<ChatMessage>, Option<Resume>), FrameError> {
+    ) -> Result<(Seq, Vec<(Seq, Frame)>, Option<Resume>), FrameError> {
         let CatchUp {
             last_seq,
             missed: messages,
@@ -374,25 +425,25 @@ impl Session {
             return Ok((last_seq, Vec::new(), None));
         };
         let missed = (last_seq.0 - after.0).max(0);
+        let frames = missed_frames(messages, self.app.config.ws_outbox_budget() / 2);
         let resume = Resume {
             after,
             missed,
-            complete: missed <= MAX_RESUME_MESSAGES,
+            complete: missed <= MAX_RESUME_MESSAGES && frames.is_some(),
         };
-        Ok((last_seq, messages, Some(resume)))
+        Ok((last_seq, frames.unwrap_or_default(), Some(resume)))
     }
 
     /// Forwards a typing indicator to the room's other members, at most one per interval.
     async fn typing(&mut self, room_id: RoomId) -> Result<(), FrameError> {
-        if !self.rooms.contains_key(&room_id) {
-            return Err(not_joined(room_id, None));
-        }
+        self.check_joined(room_id, None).await?;
         let now = Instant::now();
         if let Some(last) = self.typing_sent.get(&room_id) {
             if now.duration_since(*last) < TYPING_INTERVAL {
                 return Ok(());
             }
         }
+        self.limit(FrameWrite::Typing)?;
         self.typing_sent.insert(room_id, now);
         let event = Delivery::Typing {
             room_id,
@@ -407,6 +458,13 @@ impl Session {
             // Best effort by design: a lost indicator is renewed by the next keystroke.
             tracing::debug!(%error, "typing indicator dropped");
         }
+        Ok(())
+    }
+
+    /// A `presence` frame: counted against the user's budget of changes, then recorded.
+    async fn change_presence(&self, status: PresenceStatus) -> Result<(), FrameError> {
+        self.limit(FrameWrite::Presence)?;
+        self.set_presence(status).await;
         Ok(())
     }
 
@@ -436,6 +494,8 @@ impl Session {
         seq: Seq,
         body: Option<String>,
     ) -> Result<(), FrameError> {
+        self.check_joined(room_id, None).await?;
+        self.limit(FrameWrite::Change)?;
         let access = self
             .app
             .directory
@@ -497,6 +557,7 @@ impl Session {
 
     /// Moves the user's read marker and tells every connection of the user.
     async fn mark_read(&mut self, room_id: RoomId, seq: Seq) -> Result<(), FrameError> {
+        self.limit(FrameWrite::ReadMarker)?;
         let state = self
             .app
             .store
@@ -538,11 +599,38 @@ impl Session {
     async fn leave_room(&self, room_id: RoomId) {
         let lock = self.app.hub.membership_lock(room_id);
         let _guard = lock.lock().await;
-        if self.app.hub.leave(room_id, self.conn) == 0 {
-            if let Err(error) = self.app.bus.unbind_room(room_id).await {
-                tracing::debug!(%error, %room_id, "unbinding the node queue failed");
-            }
+        self.app.hub.leave(room_id, self.conn);
+        if let Err(error) = watch::settle_binding(&self.app, room_id).await {
+            tracing::debug!(%error, %room_id, "unbinding the node queue failed");
         }
+    }
+
+    /// Room-scoped frames act only in rooms this connection follows: `not_joined` for a room it
+    /// never joined (or left), `not_member` once for one the hub took it out of because the
+    /// membership ended (it was told with `left`).
+    async fn check_joined(
+        &mut self,
+        room_id: RoomId,
+        client_msg_id: Option<&ClientMsgId>,
+    ) -> Result<(), FrameError> {
+        if !self.rooms.contains_key(&room_id) {
+            return Err(not_joined(room_id, client_msg_id.cloned()));
+        }
+        if self.app.hub.follows(room_id, self.conn) {
+            return Ok(());
+        }
+        self.rooms.remove(&room_id);
+        self.typing_sent.remove(&room_id);
+        self.leave_room(room_id).await;
+        Err(not_member(room_id, client_msg_id.cloned()))
+    }
+
+    /// Counts one `write` against the user's budget for it.
+    fn limit(&self, write: FrameWrite) -> Result<(), FrameError> {
+        self.app
+            .frame_limits
+            .check(write, self.user_id, self.peer)
+            .map_err(rate_limited)
     }
 
     async fn leave_all(&mut self) {
@@ -576,9 +664,7 @@ impl Session {
         client_msg_id: ClientMsgId,
         body: String,
     ) -> Result<(), FrameError> {
-        if !self.rooms.contains_key(&room_id) {
-            return Err(not_joined(room_id, Some(client_msg_id)));
-        }
+        self.check_joined(room_id, Some(&client_msg_id)).await?;
         if let Err(retry) = self.app.limits.check_send(self.user_id, self.peer) {
             return Err(FrameError::new(
                 ErrorCode::RateLimited,
@@ -666,7 +752,7 @@ impl Session {
                     unavailable(Some(client_msg_id)).to_frame()
                 }
             };
-            let _ = replies.try_send(hub::frame(&frame));
+            replies.push(hub::frame(&frame));
         });
         if let Err(error) = self.app.bus.submit_ingest(message, answer) {
             tracing::debug!(%error, "send refused");
@@ -675,6 +761,23 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The missed messages' frames, or `None` when together they would take more than `budget`
+/// bytes of the outbox (the client then reloads recent history, as after a long absence).
+fn missed_frames(messages: Vec<ChatMessage>, budget: usize) -> Option<Vec<(Seq, Frame)>> {
+    let mut bytes = 0;
+    let mut frames = Vec::with_capacity(messages.len());
+    for message in messages {
+        let seq = message.seq;
+        let frame = hub::frame(&ServerFrame::Message(message));
+        bytes += frame.len() + FRAME_OVERHEAD_BYTES;
+        if bytes > budget {
+            return None;
+        }
+        frames.push((seq, frame));
+    }
+    Some(frames)
 }
 
 fn not_member(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError {
@@ -691,6 +794,14 @@ fn not_joined(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError
         format!("this connection has not joined room {room_id}"),
     )
     .with_client_msg_id(client_msg_id)
+}
+
+fn rate_limited(retry: RetryAfter) -> FrameError {
+    FrameError::new(
+        ErrorCode::RateLimited,
+        "too many requests; wait before trying again",
+    )
+    .with_retry_after_ms(retry.millis())
 }
 
 fn unavailable(client_msg_id: Option<ClientMsgId>) -> FrameError {

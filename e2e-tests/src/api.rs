@@ -18,6 +18,8 @@ pub struct Api {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The node's `/metrics` URL, on its operator's listener.
+    metrics: Option<String>,
 }
 
 /// An answer: status, headers and the JSON body (`Null` when empty).
@@ -62,6 +64,15 @@ impl Api {
             http: reqwest::Client::new(),
             base: base.trim_end_matches('/').to_owned(),
             token: None,
+            metrics: None,
+        }
+    }
+
+    /// The same node, whose metrics are read at `url`.
+    pub fn with_metrics(&self, url: &str) -> Api {
+        Api {
+            metrics: Some(url.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -194,13 +205,9 @@ impl Api {
     /// The value of one Prometheus series on this node (`name{labels}` exactly as rendered),
     /// or 0 when the node has not rendered it yet.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let url = (self.metrics.as_deref())
+            .context("this client does not know where the node's metrics are")?;
+        let text = self.http.get(url).send().await?.text().await?;
         Ok(text
             .lines()
             .find_map(|line| {

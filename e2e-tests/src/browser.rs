@@ -1,5 +1,18 @@
 //! Real browsers for end-to-end tests: one `chromedriver` per test, one headless Chromium per
-//! session, each with a fresh profile directory.
+//! session, each with a fresh profile directory, at a desktop or a phone's size.
+//!
+//! The checks a test makes on a page, one module per kind: [`axe`] (accessibility, with
+//! axe-core), [`layout`] (no horizontal scroll, a column's width), [`timing`] (time to
+//! interactive). [`Browser::screenshot`] writes PNGs under `target/screenshots/<width>/`, and
+//! [`Browser::screenshot_on_failure`] one when a test ends without passing.
+
+pub mod axe;
+pub mod layout;
+pub mod timing;
+
+pub use axe::{axe_scan, expect_accessible, Violations};
+pub use layout::layout_check;
+pub use timing::time_to_interactive;
 
 use crate::DEADLINE;
 use anyhow::{bail, Context};
@@ -20,6 +33,33 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
     "--disable-dev-shm-usage",
 ];
+
+/// The size a page is shown at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Viewport {
+    pub width: u32,
+    pub height: u32,
+    /// A phone: Chromium emulates a mobile device (touch, the page's `<meta name=viewport>`
+    /// honoured) instead of only sizing a desktop window.
+    pub mobile: bool,
+}
+
+impl Viewport {
+    /// A laptop screen.
+    pub const DESKTOP: Viewport = Viewport {
+        width: 1280,
+        height: 800,
+        mobile: false,
+    };
+    /// A common phone (iPhone 12 to 15) held upright.
+    pub const PHONE: Viewport = Viewport {
+        width: 390,
+        height: 844,
+        mobile: true,
+    };
+    /// Both, for tests that check every screen at each.
+    pub const ALL: [Viewport; 2] = [Viewport::DESKTOP, Viewport::PHONE];
+}
 
 fn chromedriver_path() -> String {
     std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into())
@@ -68,26 +108,51 @@ impl Driver {
         }
     }
 
-    /// Opens a new headless Chromium session with its own profile.
+    /// Opens a new headless Chromium session with its own profile, at desktop size.
     pub async fn session(&self) -> anyhow::Result<Browser> {
+        self.session_at(Viewport::DESKTOP).await
+    }
+
+    /// Opens a new headless Chromium session with its own profile, showing pages at `viewport`.
+    pub async fn session_at(&self, viewport: Viewport) -> anyhow::Result<Browser> {
         let profile = std::env::temp_dir().join(format!("chat-e2e-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&profile)?;
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
         args.push(format!("--user-data-dir={}", profile.display()));
+        args.push(format!(
+            "--window-size={},{}",
+            viewport.width, viewport.height
+        ));
+        let mut options = serde_json::json!({ "binary": chromium_path(), "args": args });
+        if viewport.mobile {
+            // chromedriver applies this through the DevTools protocol
+            // (Emulation.setDeviceMetricsOverride), for every page of the session.
+            options["mobileEmulation"] = serde_json::json!({
+                "deviceMetrics": {
+                    "width": viewport.width,
+                    "height": viewport.height,
+                    "pixelRatio": 1.0,
+                    "touch": true,
+                    "mobile": true,
+                },
+            });
+        }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            serde_json::json!({ "binary": chromium_path(), "args": args }),
-        );
+        capabilities.insert("goog:chromeOptions".into(), options);
         let client = ClientBuilder::native()
             .capabilities(capabilities)
             .connect(&format!("http://127.0.0.1:{}", self.port))
             .await
             .context("cannot open a Chromium session")?;
-        Ok(Browser {
+        let browser = Browser {
             client: Some(client),
             profile,
-        })
+            viewport,
+        };
+        if !viewport.mobile {
+            browser.size_viewport().await?;
+        }
+        Ok(browser)
     }
 }
 
@@ -102,6 +167,7 @@ impl Drop for Driver {
 pub struct Browser {
     client: Option<Client>,
     profile: PathBuf,
+    viewport: Viewport,
 }
 
 impl Browser {
@@ -111,8 +177,83 @@ impl Browser {
             .context("the browser session is closed")
     }
 
+    pub fn viewport(&self) -> Viewport {
+        self.viewport
+    }
+
+    /// The page's viewport (`innerWidth` × `innerHeight`), in CSS pixels.
+    pub async fn inner_size(&self) -> anyhow::Result<(u32, u32)> {
+        let size = self
+            .client()?
+            .execute(
+                "return [window.innerWidth, window.innerHeight];",
+                Vec::new(),
+            )
+            .await?;
+        let size: (u32, u32) = serde_json::from_value(size).context("the viewport's size")?;
+        Ok(size)
+    }
+
+    /// Sizes the window so that the page's viewport, not the window, is exactly the
+    /// viewport's size: WebDriver sizes the window, and whatever the browser draws around the
+    /// page (nothing in some headless modes, a frame in others) comes off it.
+    async fn size_viewport(&self) -> anyhow::Result<()> {
+        let Viewport { width, height, .. } = self.viewport;
+        let client = self.client()?;
+        client
+            .set_window_size(width, height)
+            .await
+            .context("cannot size the browser window")?;
+        let (inner_width, inner_height) = self.inner_size().await?;
+        if (inner_width, inner_height) != (width, height) {
+            let grow = |want: u32, got: u32| (want + want).saturating_sub(got);
+            client
+                .set_window_size(grow(width, inner_width), grow(height, inner_height))
+                .await
+                .context("cannot size the browser window")?;
+        }
+        let inner = self.inner_size().await?;
+        if inner != (width, height) {
+            bail!(
+                "the page shows {}×{} CSS pixels, not {width}×{height}",
+                inner.0,
+                inner.1
+            );
+        }
+        Ok(())
+    }
+
+    /// Saves what the page shows as `target/screenshots/<width>/<name>.png` and returns the path.
+    pub async fn screenshot(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let png = self.client()?.screenshot().await?;
+        save_screenshot(self.viewport, name, &png)
+    }
+
+    /// A guard that saves a screenshot named `<name>-failed` if it is dropped before
+    /// [`FailureScreenshot::passed`]: when the test panics or returns an error early.
+    pub fn screenshot_on_failure(&self, name: &str) -> anyhow::Result<FailureScreenshot> {
+        Ok(FailureScreenshot {
+            client: Some(self.client()?.clone()),
+            viewport: self.viewport,
+            name: format!("{name}-failed"),
+        })
+    }
+
     pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
         self.client()?.goto(url).await?;
+        Ok(())
+    }
+
+    /// Creates the account `name` (password `<name>-password`) through the sign-in screen the
+    /// page shows, and waits for the app shell.
+    pub async fn register(&self, name: &str) -> anyhow::Result<()> {
+        self.wait_for("#auth-switch").await?.click().await?;
+        self.wait_for_text("#auth-submit", "Create account").await?;
+        self.fill("#auth-username", name).await?;
+        self.fill("#auth-password", &format!("{name}-password"))
+            .await?;
+        self.wait_for("#auth-submit").await?.click().await?;
+        self.wait_for("#sidebar").await?;
         Ok(())
     }
 
@@ -224,5 +365,81 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Where screenshots go: `$CHAT_SCREENSHOT_DIR`, or `screenshots/` in the target directory.
+pub fn screenshot_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CHAT_SCREENSHOT_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    Ok(target_dir()?.join("screenshots"))
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, or `target/` at the workspace root.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .context("the test crate has no parent directory")?;
+    Ok(match std::env::var_os("CARGO_TARGET_DIR") {
+        // A relative one is taken from the workspace root, where cargo is usually run.
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    })
+}
+
+fn save_screenshot(viewport: Viewport, name: &str, png: &[u8]) -> anyhow::Result<PathBuf> {
+    let dir = screenshot_dir()?.join(viewport.width.to_string());
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Saves a screenshot when dropped before [`FailureScreenshot::passed`] is called.
+pub struct FailureScreenshot {
+    client: Option<Client>,
+    viewport: Viewport,
+    name: String,
+}
+
+impl FailureScreenshot {
+    /// The test got this far: no screenshot.
+    pub fn passed(mut self) {
+        self.client = None;
+    }
+}
+
+impl Drop for FailureScreenshot {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        // Drop cannot await: block this worker while another one drives the WebDriver
+        // connection, which only a multi-threaded runtime can do (every browser test uses one).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            eprintln!(
+                "no failure screenshot {}: the test runtime is single-threaded",
+                self.name
+            );
+            return;
+        }
+        let (viewport, name) = (self.viewport, self.name.clone());
+        tokio::task::block_in_place(|| {
+            runtime.block_on(async move {
+                match tokio::time::timeout(DEADLINE, client.screenshot()).await {
+                    Ok(Ok(png)) => match save_screenshot(viewport, &name, &png) {
+                        Ok(path) => eprintln!("screenshot of the failure: {}", path.display()),
+                        Err(error) => eprintln!("cannot save the failure screenshot: {error:#}"),
+                    },
+                    Ok(Err(error)) => eprintln!("cannot take the failure screenshot: {error}"),
+                    Err(_) => eprintln!("the failure screenshot took too long"),
+                }
+            })
+        });
     }
 }

@@ -57,6 +57,8 @@ impl TestEnv {
 /// A chat node running inside the test process on an ephemeral port.
 pub struct TestNode {
     pub addr: SocketAddr,
+    /// The operator's listener: `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: SocketAddr,
     pub node_id: String,
     shutdown: Shutdown,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -66,12 +68,20 @@ impl TestNode {
     pub async fn start(config: Config) -> anyhow::Result<TestNode> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
+        let operator = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_addr = operator.local_addr()?;
         let node_id = config.node_id.clone();
         let shutdown = Shutdown::new();
         let signal = shutdown.signal();
-        let task = tokio::spawn(chat_backend::run(config, listener, signal));
+        let task = tokio::spawn(chat_backend::run_with_operator(
+            config,
+            listener,
+            Some(operator),
+            signal,
+        ));
         let node = TestNode {
             addr,
+            metrics_addr,
             node_id,
             shutdown,
             task: Some(task),
@@ -88,9 +98,14 @@ impl TestNode {
         format!("ws://{}/ws", self.addr)
     }
 
+    /// Where this node's Prometheus metrics are read.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
     /// A REST client for this node, not signed in.
     pub fn api(&self) -> Api {
-        Api::new(&self.http_url())
+        Api::new(&self.http_url()).with_metrics(&self.metrics_url())
     }
 
     /// A REST client signed in as `name` (registered with `api::test_password` if new).
@@ -100,7 +115,7 @@ impl TestNode {
 
     /// A client connected to this node and signed in as `name` (the user is created if new).
     pub async fn user(&self, name: &str) -> anyhow::Result<WsClient> {
-        user_at(self.addr, name).await
+        WsClient::connect_as(&self.ws_url(), self.sign_in(name).await?).await
     }
 
     /// Stops the node gracefully and waits for it to finish.

@@ -31,6 +31,8 @@ pub fn server_binary() -> anyhow::Result<PathBuf> {
 /// A `chat-server` child process; killed when dropped.
 pub struct ProcessNode {
     pub addr: SocketAddr,
+    /// The operator's listener: `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: SocketAddr,
     pub node_id: String,
     child: Child,
 }
@@ -38,12 +40,36 @@ pub struct ProcessNode {
 impl ProcessNode {
     /// Starts a node with `config` (its `listen` is replaced by a free port) and waits until ready.
     pub async fn start(config: &Config) -> anyhow::Result<ProcessNode> {
+        ProcessNode::start_limited(config, None).await
+    }
+
+    /// Like [`ProcessNode::start`], with the process's open-file limit (soft and hard) set to
+    /// `open_files` when given.
+    pub async fn start_limited(
+        config: &Config,
+        open_files: Option<u64>,
+    ) -> anyhow::Result<ProcessNode> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let child = Command::new(server_binary()?)
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let metrics_addr: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+        let mut command = match open_files {
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", &format!("ulimit -n {limit} && exec \"$0\"")])
+                    .arg(server_binary()?);
+                shell
+            }
+            None => Command::new(server_binary()?),
+        };
+        let child = command
             .env("CHAT_LISTEN", addr.to_string())
+            .env("CHAT_METRICS_LISTEN", metrics_addr.to_string())
             .env("CHAT_NODE_ID", &config.node_id)
             .env("DATABASE_URL", config.database_url.expose())
             .env("AMQP_URL", config.amqp_url.expose())
@@ -55,6 +81,11 @@ impl ProcessNode {
                     chat_backend::config::QueueType::Classic => "classic",
                     chat_backend::config::QueueType::Quorum => "quorum",
                 },
+            )
+            .env("CHAT_DELIVERY_LIMIT", config.delivery_limit.to_string())
+            .env(
+                "CHAT_DEAD_LETTER_MAX_LENGTH",
+                config.dead_letter_max_length.to_string(),
             )
             .env("CHAT_PERSIST_BATCH", config.persist_batch.to_string())
             .env("MEMCACHED_SERVERS", &config.memcached_servers)
@@ -70,6 +101,73 @@ impl ProcessNode {
                 config.membership_recheck_ms.to_string(),
             )
             .env("CHAT_WEB_DIR", &config.web_dir)
+            // The account and REST-write limits of the config, as for in-process nodes.
+            .env(
+                "CHAT_LOGIN_ATTEMPTS_PER_IP",
+                config.login_attempts_per_ip.to_string(),
+            )
+            .env(
+                "CHAT_LOGIN_ATTEMPTS_PER_USER",
+                config.login_attempts_per_user.to_string(),
+            )
+            .env(
+                "CHAT_LOGIN_ATTEMPTS_PER_USER_IP",
+                config.login_attempts_per_user_ip.to_string(),
+            )
+            .env(
+                "CHAT_REGISTRATIONS_PER_IP",
+                config.registrations_per_ip.to_string(),
+            )
+            .env(
+                "CHAT_REST_WRITES_PER_MINUTE_PER_USER",
+                config.rest_writes_per_minute_per_user.to_string(),
+            )
+            .env(
+                "CHAT_REST_WRITE_BURST_PER_USER",
+                config.rest_write_burst_per_user.to_string(),
+            )
+            .env(
+                "CHAT_ROOMS_PER_USER_PER_HOUR",
+                config.rooms_per_user_per_hour.to_string(),
+            )
+            .env(
+                "CHAT_SESSION_RECHECK_MS",
+                config.session_recheck_ms.to_string(),
+            )
+            .env("CHAT_WS_OUTBOX_BYTES", config.ws_outbox_bytes.to_string())
+            // The room-scoped frame limits of the config, as for in-process nodes.
+            .envs(room_frame_env(&config.room_frames))
+            .env(
+                "CHAT_WS_PING_INTERVAL_MS",
+                config.ws_ping_interval_ms.to_string(),
+            )
+            .env(
+                "CHAT_WS_SILENCE_TIMEOUT_MS",
+                config.ws_silence_timeout_ms.to_string(),
+            )
+            .env("CHAT_MAX_CONNECTIONS", config.max_connections.to_string())
+            .env("CHAT_FD_RESERVE", config.fd_reserve.to_string())
+            .env(
+                "CHAT_CONNECTIONS_PER_IP",
+                config.connections_per_ip.to_string(),
+            )
+            .env("CHAT_MAX_WEBSOCKETS", config.max_websockets.to_string())
+            .env(
+                "CHAT_WEBSOCKETS_PER_USER",
+                config.websockets_per_user.to_string(),
+            )
+            .env(
+                "CHAT_WEBSOCKETS_PER_IP",
+                config.websockets_per_ip.to_string(),
+            )
+            .env(
+                "CHAT_HTTP_HEADER_TIMEOUT_MS",
+                config.http_header_timeout_ms.to_string(),
+            )
+            .env(
+                "CHAT_HTTP_IDLE_TIMEOUT_MS",
+                config.http_idle_timeout_ms.to_string(),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -79,6 +177,7 @@ impl ProcessNode {
             .context("cannot start chat-server")?;
         let node = ProcessNode {
             addr,
+            metrics_addr,
             node_id: config.node_id.clone(),
             child,
         };
@@ -89,6 +188,11 @@ impl ProcessNode {
     /// A client signed in as `name` on this node.
     pub async fn user(&self, name: &str) -> anyhow::Result<WsClient> {
         crate::user_at(self.addr, name).await
+    }
+
+    /// The process id, to read the node's memory from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills the process with SIGKILL: no drain, no goodbye.
@@ -104,4 +208,63 @@ impl Drop for ProcessNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The environment that gives a node process these room-scoped frame limits.
+fn room_frame_env(limits: &chat_backend::config::RoomFrameLimits) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "CHAT_CHANGE_RATE_PER_USER",
+            limits.change_rate_per_user.to_string(),
+        ),
+        (
+            "CHAT_CHANGE_BURST_PER_USER",
+            limits.change_burst_per_user.to_string(),
+        ),
+        (
+            "CHAT_TYPING_RATE_PER_USER",
+            limits.typing_rate_per_user.to_string(),
+        ),
+        (
+            "CHAT_TYPING_BURST_PER_USER",
+            limits.typing_burst_per_user.to_string(),
+        ),
+        (
+            "CHAT_PRESENCE_RATE_PER_USER",
+            limits.presence_rate_per_user.to_string(),
+        ),
+        (
+            "CHAT_PRESENCE_BURST_PER_USER",
+            limits.presence_burst_per_user.to_string(),
+        ),
+        (
+            "CHAT_READ_MARKER_RATE_PER_USER",
+            limits.read_marker_rate_per_user.to_string(),
+        ),
+        (
+            "CHAT_READ_MARKER_BURST_PER_USER",
+            limits.read_marker_burst_per_user.to_string(),
+        ),
+        (
+            "CHAT_JOIN_RATE_PER_USER",
+            limits.join_rate_per_user.to_string(),
+        ),
+        (
+            "CHAT_JOIN_BURST_PER_USER",
+            limits.join_burst_per_user.to_string(),
+        ),
+        ("CHAT_JOIN_RATE_PER_IP", limits.join_rate_per_ip.to_string()),
+        (
+            "CHAT_JOIN_BURST_PER_IP",
+            limits.join_burst_per_ip.to_string(),
+        ),
+        (
+            "CHAT_MAX_ROOMS_PER_CONNECTION",
+            limits.max_rooms_per_connection.to_string(),
+        ),
+        (
+            "CHAT_WATCHED_ROOMS_PER_USER",
+            limits.watched_rooms_per_user.to_string(),
+        ),
+    ]
 }

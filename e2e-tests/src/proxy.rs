@@ -1,5 +1,7 @@
 //! A TCP proxy a test can cut and restore, to take a service away from the nodes under test
-//! without disturbing the shared service or the tests running beside it.
+//! without disturbing the shared service or the tests running beside it. Given several targets
+//! it is a failover load balancer: each new connection goes to the first target that takes it,
+//! so clients of a node that died reconnect to the next one through the same address.
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -29,14 +31,26 @@ pub struct TcpProxy {
 
 impl TcpProxy {
     pub async fn start(target: &str) -> anyhow::Result<TcpProxy> {
-        let target: SocketAddr = tokio::net::lookup_host(target)
-            .await?
-            .next()
-            .with_context(|| format!("cannot resolve {target}"))?;
+        TcpProxy::start_failover(&[target]).await
+    }
+
+    /// A proxy that sends each new connection to the first of `targets` that accepts it, as a
+    /// load balancer that takes a dead node out does.
+    pub async fn start_failover(targets: &[&str]) -> anyhow::Result<TcpProxy> {
+        let mut resolved = Vec::new();
+        for target in targets {
+            resolved.push(
+                tokio::net::lookup_host(target)
+                    .await?
+                    .next()
+                    .with_context(|| format!("cannot resolve {target}"))?,
+            );
+        }
+        anyhow::ensure!(!resolved.is_empty(), "a proxy needs a target");
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(watch::channel(Mode::Forward).0);
-        let task = tokio::spawn(accept_loop(listener, target, state.clone()));
+        let task = tokio::spawn(accept_loop(listener, Arc::new(resolved), state.clone()));
         Ok(TcpProxy { addr, state, task })
     }
 
@@ -68,7 +82,11 @@ impl Drop for TcpProxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch::Sender<Mode>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    targets: Arc<Vec<SocketAddr>>,
+    state: Arc<watch::Sender<Mode>>,
+) {
     loop {
         let Ok((inbound, _)) = listener.accept().await else {
             continue;
@@ -78,8 +96,9 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch
             continue;
         }
         let (up, down) = (state.subscribe(), state.subscribe());
+        let targets = targets.clone();
         tokio::spawn(async move {
-            let Ok(outbound) = TcpStream::connect(target).await else {
+            let Some(outbound) = first_connected(&targets).await else {
                 return;
             };
             let _ = inbound.set_nodelay(true);
@@ -93,6 +112,16 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, state: Arc<watch
             }
         });
     }
+}
+
+/// A connection to the first target that accepts one.
+async fn first_connected(targets: &[SocketAddr]) -> Option<TcpStream> {
+    for target in targets {
+        if let Ok(stream) = TcpStream::connect(target).await {
+            return Some(stream);
+        }
+    }
+    None
 }
 
 /// Copies one direction of a connection while forwarding; returns at end of stream, on an
@@ -174,6 +203,17 @@ mod tests {
         proxy.cut();
         assert!(!round_trip(proxy.addr).await);
         proxy.restore();
+        assert!(round_trip(proxy.addr).await);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn failover_sends_new_connections_to_the_next_target_that_takes_them(
+    ) -> anyhow::Result<()> {
+        // A port nothing listens on: a node that died.
+        let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let alive = echo_server().await?;
+        let proxy = TcpProxy::start_failover(&[&dead.to_string(), &alive.to_string()]).await?;
         assert!(round_trip(proxy.addr).await);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Per-test slices of the real services: a fresh PostgreSQL database, a unique RabbitMQ prefix.
 
 use anyhow::Context;
-use chat_backend::config::{Config, LogFormat, Secret};
+use chat_backend::config::{Config, LogFormat, RoomFrameLimits, Secret};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use std::path::PathBuf;
@@ -52,6 +52,8 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         ingest_interval_ms: 2,
         ingest_busy_interval_ms: 5,
         queue_type: chat_backend::config::QueueType::Classic,
+        delivery_limit: 20,
+        dead_letter_max_length: 100_000,
         bus_format: chat_backend::config::BusFormat::Binary,
         persist_batch: 500,
         shard_balance_ms: 2_000,
@@ -60,11 +62,32 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         cache_prefix: prefix.to_owned(),
         cache_ttl_secs: 300,
         membership_recheck_ms: 5_000,
+        // Generous, as for sends; the tests of these limits set their own.
+        room_frames: RoomFrameLimits {
+            change_rate_per_user: 100_000,
+            change_burst_per_user: 100_000,
+            typing_rate_per_user: 100_000,
+            typing_burst_per_user: 100_000,
+            presence_rate_per_user: 100_000,
+            presence_burst_per_user: 100_000,
+            read_marker_rate_per_user: 100_000,
+            read_marker_burst_per_user: 100_000,
+            join_rate_per_user: 100_000,
+            join_burst_per_user: 100_000,
+            join_rate_per_ip: 100_000,
+            join_burst_per_ip: 100_000,
+            max_rooms_per_connection: 500,
+            watched_rooms_per_user: 500,
+        },
         // Quick, so presence tests see a dead node's users go offline in seconds.
         presence_interval_ms: 500,
         presence_ttl_ms: 2_500,
         allowed_origins: Vec::new(),
         session_ttl_hours: 24,
+        session_recheck_ms: 10_000,
+        ws_outbox_bytes: 128 * 1024,
+        ws_ping_interval_ms: 30_000,
+        ws_silence_timeout_ms: 60_000,
         cookie_secure: false,
         // Tests that are not about rate limits must never hit one; those that are set their own.
         send_rate_per_user: 100_000,
@@ -73,7 +96,24 @@ pub fn node_config(database_url: &str, prefix: &str, node_id: &str) -> Config {
         send_burst_per_ip: 100_000,
         login_attempts_per_ip: 100_000,
         login_attempts_per_user: 100_000,
+        login_attempts_per_user_ip: 100_000,
+        registrations_per_ip: 100_000,
+        rest_writes_per_minute_per_user: 100_000,
+        rest_write_burst_per_user: 100_000,
+        rooms_per_user_per_hour: 100_000,
         trusted_proxies: Default::default(),
+        // A node started by `TestNode` gets its own operator's listener on a free port.
+        metrics_listen: chat_backend::config::OptionalListen(None),
+        // Tests that are not about connection limits must never hit one; those that are set
+        // their own.
+        max_connections: 0,
+        fd_reserve: 1_000,
+        connections_per_ip: 0,
+        max_websockets: 0,
+        websockets_per_user: 0,
+        websockets_per_ip: 0,
+        http_header_timeout_ms: 10_000,
+        http_idle_timeout_ms: 60_000,
         web_dir: web_dir().unwrap_or_else(|_| PathBuf::from("web-client/dist")),
         log_format: LogFormat::Human,
     }
@@ -188,18 +228,18 @@ impl Drop for TestBus {
                 queues.push(format!("{prefix}.dead"));
                 for queue in queues {
                     let _ = channel
-                        .queue_delete(&queue, QueueDeleteOptions::default())
+                        .queue_delete(queue.into(), QueueDeleteOptions::default())
                         .await;
                 }
                 for exchange in ["ingest", "delivery", "dead"] {
                     let _ = channel
                         .exchange_delete(
-                            &format!("{prefix}.{exchange}"),
+                            format!("{prefix}.{exchange}").into(),
                             ExchangeDeleteOptions::default(),
                         )
                         .await;
                 }
-                let _ = conn.close(200, "test done").await;
+                let _ = conn.close(200, "test done".into()).await;
             });
         })
         .join();

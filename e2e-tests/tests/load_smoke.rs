@@ -2,6 +2,10 @@
 //! works end to end, and under load every member sees every message once, in order.
 //! Not a benchmark: nothing here is timed.
 
+// A node's future, spawned here, is deep enough that proving it `Send` needs more than the
+// default 128 steps.
+#![recursion_limit = "256"]
+
 use chat_load::identity::AccountBook;
 use chat_load::{run_rooms, Dialer, Node, Pace, RoomsConfig, Target};
 use e2e_tests::{TestEnv, TestNode};
@@ -27,6 +31,7 @@ async fn a_short_rooms_run_loses_nothing() -> anyhow::Result<()> {
                 name: node.node_id.clone(),
                 addr: node.addr,
                 pid: None,
+                metrics: Some(node.metrics_addr),
             })
             .collect(),
         accounts: Arc::new(AccountBook::default()),

@@ -41,6 +41,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The node's process, when it runs as one (for CPU, memory, and killing it in `storm`).
     pub pid: Option<u32>,
+    /// The node's operator's listener, where its `/metrics` are read.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The cluster a workload runs against, and how to reach it.

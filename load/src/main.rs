@@ -24,6 +24,10 @@ struct Common {
     /// node's CPU and memory, and kill it in `storm`). Repeat for each node.
     #[arg(long = "node", required = true)]
     nodes: Vec<String>,
+    /// The metrics address (`CHAT_METRICS_LISTEN`) of each node, in `--node` order: the
+    /// pipeline's stages are read there.
+    #[arg(long = "metrics")]
+    metrics: Vec<SocketAddr>,
     /// Loopback source addresses to spread client sockets over (127.0.0.1 … 127.0.0.N).
     #[arg(long, default_value_t = 4)]
     sources: u8,
@@ -117,13 +121,21 @@ fn parse_node(index: usize, text: &str) -> anyhow::Result<Node> {
     let addr: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address {addr}"))?;
-    Ok(Node { name, addr, pid })
+    Ok(Node {
+        name,
+        addr,
+        pid,
+        metrics: None,
+    })
 }
 
 fn target(common: &Common) -> anyhow::Result<Target> {
-    let nodes = (common.nodes.iter().enumerate())
+    let mut nodes = (common.nodes.iter().enumerate())
         .map(|(i, text)| parse_node(i, text))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for (node, metrics) in nodes.iter_mut().zip(&common.metrics) {
+        node.metrics = Some(*metrics);
+    }
     let accounts = match &common.accounts {
         Some(path) => AccountBook::open(path)?,
         None => AccountBook::default(),

@@ -98,7 +98,10 @@ pub async fn follow(nodes: &[Node], started: Instant, until: Instant) -> Vec<Sta
 async fn snapshot_with(client: &reqwest::Client, nodes: &[Node]) -> Snapshot {
     let mut total = Snapshot::default();
     for node in nodes {
-        let url = format!("http://{}/metrics", node.addr);
+        let Some(metrics) = node.metrics else {
+            continue;
+        };
+        let url = format!("http://{metrics}/metrics");
         let Ok(response) = client.get(&url).send().await else {
             continue;
         };

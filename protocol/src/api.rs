@@ -129,6 +129,49 @@ impl Role {
     }
 }
 
+/// Who may invite users into a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitePolicy {
+    /// Only the room's owners: the default of private rooms.
+    Owners,
+    /// Any member: the default of public rooms, which anyone may join anyway.
+    Members,
+}
+
+impl InvitePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitePolicy::Owners => "owners",
+            InvitePolicy::Members => "members",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<InvitePolicy> {
+        match text {
+            "owners" => Some(InvitePolicy::Owners),
+            "members" => Some(InvitePolicy::Members),
+            _ => None,
+        }
+    }
+
+    /// What a new room of `kind` starts with.
+    pub fn default_for(kind: RoomKind) -> InvitePolicy {
+        match kind {
+            RoomKind::Private => InvitePolicy::Owners,
+            RoomKind::Public | RoomKind::Direct => InvitePolicy::Members,
+        }
+    }
+}
+
+/// `PATCH /api/rooms/{id}` (owners only): the settings to change; absent ones stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_policy: Option<InvitePolicy>,
+}
+
 /// `POST /api/rooms`. `visibility` is `public` or `private`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateRoomRequest {
@@ -148,6 +191,9 @@ pub struct Room {
     /// In `GET /api/me/rooms`: the caller's read state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread: Option<Unread>,
+    /// In `GET /api/rooms/{id}` and `PATCH /api/rooms/{id}`, for members: who may invite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite_policy: Option<InvitePolicy>,
 }
 
 /// A member's read state of a room.
@@ -171,6 +217,21 @@ pub struct RoomList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRef {
     pub username: String,
+}
+
+/// One user found by `GET /api/users?q=`: what a picker shows, nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub user_id: UserId,
+    pub username: String,
+    pub display_name: String,
+}
+
+/// `GET /api/users?q=`: users whose user name starts with `q` (by user name), then those whose
+/// display name does, in any case; at most [`limits::MAX_USER_SEARCH`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserSummary>,
 }
 
 /// One member of a room.
@@ -223,9 +284,11 @@ impl Invalid {
     }
 }
 
-/// A user name: 1 to 32 ASCII letters, digits, `_`, `-` or `.`.
+/// A user name: 1 to 32 ASCII letters, digits, `_`, `-` or `.` (so none of the characters
+/// [`crate::names`] forbids). Unique without regard to case.
 pub fn validate_username(username: &str) -> Result<(), Invalid> {
     let ok = !username.is_empty()
+        && crate::names::forbidden_char(username).is_none()
         && username.len() <= limits::MAX_USERNAME_CHARS
         && username
             .chars()
@@ -336,6 +399,46 @@ mod tests {
         assert!(validate_username("ad'; DROP TABLE users;--").is_err());
         assert!(validate_username(&"a".repeat(33)).is_err());
         assert!(validate_username("adä").is_err());
+    }
+
+    #[test]
+    fn names_refuse_bidirectional_and_zero_width_characters() {
+        for bad in [
+            "ad\u{202E}a",
+            "a\u{200B}da",
+            "\u{2066}ada\u{2069}",
+            "ada\u{FEFF}",
+        ] {
+            assert_eq!(
+                validate_username(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidUsername)
+            );
+            assert_eq!(
+                validate_display_name(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidName)
+            );
+            assert_eq!(
+                validate_room(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidRoomName)
+            );
+        }
+        assert!(validate_display_name("Zoë 🙂").is_ok());
+        assert!(validate_room("Café ☕").is_ok());
+    }
+
+    #[test]
+    fn invite_policies_default_by_kind() {
+        assert_eq!(
+            InvitePolicy::default_for(RoomKind::Private),
+            InvitePolicy::Owners
+        );
+        assert_eq!(
+            InvitePolicy::default_for(RoomKind::Public),
+            InvitePolicy::Members
+        );
+        assert_eq!(InvitePolicy::parse("owners"), Some(InvitePolicy::Owners));
+        let update: Result<RoomUpdate, _> = serde_json::from_str(r#"{"invite_policy":"all"}"#);
+        assert!(update.is_err());
     }
 
     #[test]

@@ -117,6 +117,16 @@ pub enum Delivery {
         /// The connection that moved it, which has its answer already.
         origin: Origin,
     },
+    /// A user's list of rooms changed (created, joined, left, invited, removed): every node
+    /// tells that user's open connections `rooms_changed`. Routed to every node.
+    RoomsChanged { user_id: UserId },
+    /// Sessions of a user ended (logout, password change, or any other revocation): every node
+    /// closes their open WebSockets with `CLOSE_SESSION_ENDED` at once. Routed to every node;
+    /// each node also re-checks its connections' sessions periodically, in case this is lost.
+    SessionsEnded {
+        user_id: UserId,
+        ended: EndedSessions,
+    },
     /// A user's presence on one node changed. Routed to every node; ephemeral.
     Presence {
         node_id: String,
@@ -131,6 +141,27 @@ pub enum Delivery {
     },
     /// A node (re)joined and asks every node for a snapshot.
     PresenceSync { node_id: String },
+}
+
+/// Which of a user's sessions ended, by their token hashes (SHA-256 of the token, in hex: what
+/// PostgreSQL keeps, which signs nobody in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndedSessions {
+    /// These sessions (a logout).
+    Only(Vec<String>),
+    /// Every session of the user but this one (a password change), or every one (`None`).
+    AllBut(Option<String>),
+}
+
+impl EndedSessions {
+    /// Whether the session with this token hash (hex) is among the ended ones.
+    pub fn includes(&self, token_hash: &str) -> bool {
+        match self {
+            EndedSessions::Only(ended) => ended.iter().any(|hash| hash == token_hash),
+            EndedSessions::AllBut(kept) => kept.as_deref() != Some(token_hash),
+        }
+    }
 }
 
 impl Delivery {
@@ -160,6 +191,26 @@ impl Delivery {
 mod tests {
     use super::*;
     use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
+
+    #[test]
+    fn ended_sessions_name_the_sessions_they_end() {
+        let logout = EndedSessions::Only(vec!["aa".into(), "bb".into()]);
+        assert!(logout.includes("bb"));
+        assert!(!logout.includes("cc"));
+        let password_changed = EndedSessions::AllBut(Some("aa".into()));
+        assert!(!password_changed.includes("aa"));
+        assert!(password_changed.includes("bb"));
+        assert!(EndedSessions::AllBut(None).includes("aa"));
+        let encoded = serde_json::to_string(&Delivery::SessionsEnded {
+            user_id: UserId(7),
+            ended: password_changed,
+        })
+        .unwrap_or_default();
+        assert_eq!(
+            encoded,
+            r#"{"kind":"sessions_ended","user_id":7,"ended":{"all_but":"aa"}}"#
+        );
+    }
 
     fn message(id: &str) -> IngestMessage {
         IngestMessage {
@@ -239,6 +290,18 @@ mod tests {
             },
             Delivery::PresenceSync {
                 node_id: "n".into(),
+            },
+            Delivery::SessionsEnded {
+                user_id: UserId(2),
+                ended: EndedSessions::Only(vec!["ab01".into()]),
+            },
+            Delivery::SessionsEnded {
+                user_id: UserId(2),
+                ended: EndedSessions::AllBut(Some("ab01".into())),
+            },
+            Delivery::SessionsEnded {
+                user_id: UserId(2),
+                ended: EndedSessions::AllBut(None),
             },
         ];
         for delivery in kinds {

@@ -172,6 +172,17 @@ pub enum ServerFrame {
         name: String,
         expires_in_ms: u64,
     },
+    /// A new message in a room the user is a member of but this connection has not joined
+    /// (for unread counts and notifications of rooms that are not open). At most one per room
+    /// per delivered batch: `seq` is the room's newest sequence number in it.
+    RoomActivity {
+        room_id: RoomId,
+        seq: Seq,
+        sender_id: UserId,
+    },
+    /// The user's list of rooms changed (a room was created, joined, left, an invite or a
+    /// direct conversation arrived, the user was removed): reload `GET /api/me/rooms`.
+    RoomsChanged,
     /// Something the client sent could not be handled. The connection stays usable.
     Error {
         code: ErrorCode,
@@ -266,6 +277,12 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// No message with that sequence number in the room, or it was deleted.
     MessageNotFound,
+    /// `join` would take the connection over the most rooms one connection may follow.
+    TooManyRooms,
+    /// The user, or the client's address, has as many WebSockets open on the node as allowed.
+    TooManyConnections,
+    /// The node holds all the WebSockets it may; retry later or on another node.
+    NodeFull,
 }
 
 impl ErrorCode {
@@ -305,6 +322,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::MessageNotFound => "message_not_found",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NodeFull => "node_full",
         }
     }
 }
@@ -383,7 +403,7 @@ impl ClientFrame {
     /// valid `send`.
     fn parse_general(text: &str) -> Result<ClientFrame, FrameError> {
         let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| FrameError::new(ErrorCode::BadJson, format!("not JSON: {e}")))?;
+            .map_err(|e| FrameError::new(ErrorCode::BadJson, bounded(format!("not JSON: {e}"))))?;
         let Some(object) = value.as_object() else {
             return Err(FrameError::new(
                 ErrorCode::BadJson,
@@ -400,7 +420,7 @@ impl ClientFrame {
             Some(t) => {
                 return Err(FrameError::new(
                     ErrorCode::UnknownType,
-                    format!("unknown frame type {t:?}"),
+                    format!("unknown frame type {:?}", excerpt(t)),
                 ))
             }
             None => {
@@ -411,7 +431,8 @@ impl ClientFrame {
             }
         }
         let frame: ClientFrame = serde_json::from_value(value).map_err(|e| {
-            FrameError::new(ErrorCode::BadFrame, e.to_string())
+            // serde's messages quote the offending value, which the client chose.
+            FrameError::new(ErrorCode::BadFrame, bounded(e.to_string()))
                 .with_client_msg_id(client_msg_id.clone())
         })?;
         frame
@@ -474,12 +495,44 @@ impl ClientFrame {
     }
 }
 
-/// Checks a display name: 1 to 32 characters, no control characters, not only spaces.
+/// Most characters of a client's own input that an error message repeats: an error answers in
+/// a few hundred bytes whatever the frame it answers, so errors cannot amplify a client's
+/// frames into the node's memory.
+pub const MAX_ERROR_EXCERPT_CHARS: usize = 64;
+
+/// The start of a client's `text` as an error message may quote it: at most
+/// [`MAX_ERROR_EXCERPT_CHARS`] characters, `…` marking a cut.
+pub fn excerpt(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_ERROR_EXCERPT_CHARS) {
+        None => text.into(),
+        Some((cut, _)) => format!("{}…", &text[..cut]).into(),
+    }
+}
+
+/// A message built by a library that may quote the client's input (serde's): whole when it is
+/// short, else its start and its end (where serde puts the line and column), each
+/// [`MAX_ERROR_EXCERPT_CHARS`] characters at most.
+fn bounded(message: String) -> String {
+    let chars = message.chars().count();
+    if chars <= 2 * MAX_ERROR_EXCERPT_CHARS {
+        return message;
+    }
+    let head: String = message.chars().take(MAX_ERROR_EXCERPT_CHARS).collect();
+    let tail: String = message
+        .chars()
+        .skip(chars - MAX_ERROR_EXCERPT_CHARS)
+        .collect();
+    format!("{head} … {tail}")
+}
+
+/// Checks a display name: 1 to 32 characters, none of [`crate::names`]' forbidden ones, not
+/// only spaces.
 pub fn validate_name(name: &str) -> Result<(), FrameError> {
     validate_label(name, limits::MAX_NAME_CHARS, ErrorCode::InvalidName, "name")
 }
 
-/// Checks a room name: 1 to 64 characters, no control characters, not only spaces.
+/// Checks a room name: 1 to 64 characters, none of [`crate::names`]' forbidden ones, not only
+/// spaces.
 pub fn validate_room_name(room: &str) -> Result<(), FrameError> {
     validate_label(
         room,
@@ -497,10 +550,10 @@ fn validate_label(value: &str, max: usize, code: ErrorCode, what: &str) -> Resul
             format!("a {what} has 1 to {max} characters"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if crate::names::forbidden_char(value).is_some() {
         return Err(FrameError::new(
             code,
-            format!("a {what} has no control characters"),
+            format!("a {what} has no control, bidirectional or zero-width characters"),
         ));
     }
     Ok(())
@@ -739,6 +792,45 @@ mod tests {
         assert!(validate_room_name(&"r".repeat(65)).is_err());
         let huge = format!(r#"{{"type":"leave","pad":"{}"}}"#, "n".repeat(20_000));
         assert_eq!(code_of(&huge), ErrorCode::FrameTooLarge);
+    }
+
+    /// A frame's error answer stays a few hundred bytes whatever the frame quotes back, so a
+    /// client cannot make the node hold more for it than it sent.
+    #[test]
+    fn errors_quote_at_most_an_excerpt_of_the_frame() {
+        let escapes = "\\u0001".repeat(2_500);
+        let long = "n".repeat(16_000);
+        let frames = [
+            format!(r#"{{"type":"{escapes}"}}"#),
+            format!(r#"{{"type":"{long}"}}"#),
+            format!(r#"{{"type":"join","room_id":"{long}"}}"#),
+            format!(r#"{{"type":"join","room_id":"{escapes}"}}"#),
+            format!(r#"{{"type":"send","room_id":1,"client_msg_id":"m","body":7,"x":"{long}"}}"#),
+            format!(r#"{{"type":"{long}"#),
+        ];
+        for text in frames {
+            assert!(text.len() <= limits::MAX_FRAME_BYTES, "{}", text.len());
+            let error = match ClientFrame::parse(&text) {
+                Ok(frame) => panic!("expected an error, got {frame:?}"),
+                Err(error) => error,
+            };
+            let answer = error.to_frame().to_json();
+            assert!(answer.len() < 1_000, "{} bytes: {answer}", answer.len());
+        }
+        // What is quoted is still recognisable, and where serde saw the error survives.
+        let unknown = ClientFrame::parse(&format!(r#"{{"type":"{long}"}}"#));
+        let message = unknown.err().map(|e| e.message).unwrap_or_default();
+        assert!(
+            message.starts_with("unknown frame type \"nnnn"),
+            "{message}"
+        );
+        assert!(message.ends_with("n…\""), "{message}");
+        let typed = ClientFrame::parse(&format!(r#"{{"type":"join","room_id":"{long}"}}"#));
+        let message = typed.err().map(|e| e.message).unwrap_or_default();
+        assert!(message.starts_with("invalid type: string"), "{message}");
+        assert!(message.ends_with("expected i64"), "{message}");
+        assert_eq!(excerpt("short"), "short");
+        assert_eq!(excerpt(&"é".repeat(65)), format!("{}…", "é".repeat(64)));
     }
 
     #[test]

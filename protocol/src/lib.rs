@@ -4,7 +4,8 @@
 //! - [`frame`]: WebSocket frames between a client and a chat node,
 //! - [`api`]: REST request and answer bodies, and the checks on account and room fields,
 //! - [`bus`]: AMQP payloads between chat nodes (ingest and delivery),
-//! - [`limits`]: the size limits both sides enforce.
+//! - [`limits`]: the size limits both sides enforce,
+//! - [`names`]: the characters no name may contain.
 //!
 //! These types are a compatibility promise: add optional fields, never rename or remove.
 
@@ -13,6 +14,7 @@ pub mod bus;
 pub mod frame;
 pub mod ids;
 pub mod limits;
+pub mod names;
 
 pub use frame::{ChatMessage, ClientFrame, ErrorCode, FrameError, PresenceStatus, ServerFrame};
 pub use ids::{ClientMsgId, RoomId, Seq, UserId};

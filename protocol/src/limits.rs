@@ -24,3 +24,19 @@ pub const MAX_INITIALS_CHARS: usize = 3;
 pub const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 /// Most rooms or messages in one REST answer.
 pub const MAX_PAGE: usize = 200;
+/// Most users in one answer of `GET /api/users?q=`.
+pub const MAX_USER_SEARCH: usize = 20;
+/// Longest `q` of `GET /api/users`: no user name or display name is longer.
+pub const MAX_USER_QUERY_CHARS: usize = if MAX_USERNAME_CHARS > MAX_NAME_CHARS {
+    MAX_USERNAME_CHARS
+} else {
+    MAX_NAME_CHARS
+};
+
+/// WebSocket close code: the connection's session ended (logout, password change, expiry or
+/// any other revocation). The client shows its sign-in screen and does not reconnect.
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
+
+/// WebSocket close code: the connection was silent (no frame, no answer to the server's pings)
+/// for longer than the node's timeout. The client reconnects.
+pub const CLOSE_SILENT: u16 = 4002;

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 const DATABASE: &str = "chat_bench";
 const FIRST_PORT: u16 = 8091;
+/// The metrics listener of the first node; the others follow.
+const FIRST_METRICS_PORT: u16 = 9191;
 const BEGIN_MARKER: &str = "<!-- bench:begin -->";
 const END_MARKER: &str = "<!-- bench:end -->";
 /// Rounds of the CPU check's loop: about 80 ms on one core here, in the debug build `cargo xtask`
@@ -325,6 +327,17 @@ pub(crate) fn start_node_under(
         .env("CHAT_SEND_BURST_PER_IP", "1000000")
         .env("CHAT_LOGIN_ATTEMPTS_PER_IP", "1000000")
         .env("CHAT_LOGIN_ATTEMPTS_PER_USER", "1000000")
+        .env("CHAT_LOGIN_ATTEMPTS_PER_USER_IP", "1000000")
+        .env("CHAT_REGISTRATIONS_PER_IP", "1000000")
+        .env("CHAT_REST_WRITES_PER_MINUTE_PER_USER", "1000000")
+        .env("CHAT_REST_WRITE_BURST_PER_USER", "1000000")
+        .env("CHAT_ROOMS_PER_USER_PER_HOUR", "1000000")
+        // Thousands of sockets share those accounts and addresses; the node's own cap, from its
+        // open-file limit, stays.
+        .env("CHAT_WEBSOCKETS_PER_USER", "0")
+        .env("CHAT_WEBSOCKETS_PER_IP", "0")
+        .env("CHAT_CONNECTIONS_PER_IP", "0")
+        .env("CHAT_METRICS_LISTEN", metrics_addr(index))
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
@@ -336,6 +349,11 @@ pub(crate) fn start_node_under(
         log_path.display()
     );
     Ok(NodeProcess { name, addr, child })
+}
+
+/// Where node `index` of a benchmark cluster serves its metrics.
+pub(crate) fn metrics_addr(index: u16) -> String {
+    format!("127.0.0.1:{}", FIRST_METRICS_PORT + index)
 }
 
 pub(crate) fn stop_node(node: &mut NodeProcess) {
@@ -374,11 +392,13 @@ fn run_workloads(
             }
             *nodes = start_nodes(workload.nodes)?;
         }
-        let node_args: Vec<String> = (nodes.iter())
-            .flat_map(|node| {
+        let node_args: Vec<String> = (nodes.iter().zip(0u16..))
+            .flat_map(|(node, index)| {
                 [
                     "--node".to_owned(),
                     format!("{}={}@{}", node.name, node.addr, node.child.id()),
+                    "--metrics".to_owned(),
+                    metrics_addr(index),
                 ]
             })
             .collect();
@@ -515,7 +535,7 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .split_whitespace()
@@ -528,7 +548,7 @@ fn load_average() -> String {
 /// this machine's cores at the moment. The same build takes the same time on an unchanged
 /// machine; a host that is busier with other machines' work shows as a longer time, which is
 /// how runs hours apart are told comparable or not.
-fn cpu_check() -> f64 {
+pub(crate) fn cpu_check() -> f64 {
     (0..5)
         .map(|_| {
             let started = Instant::now();
@@ -578,7 +598,7 @@ fn wake_check() -> Result<f64> {
 }
 
 /// Cores, memory and kernel, from /proc.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cores = cpuinfo
         .lines()
@@ -605,7 +625,7 @@ fn machine() -> String {
 
 /// The commit the benchmark builds, and whether the work tree differs from it (apart from the
 /// files the benchmark itself rewrites).
-fn code_version(root: &Path) -> String {
+pub(crate) fn code_version(root: &Path) -> String {
     let git = |args: &[&str]| {
         Command::new("git")
             .current_dir(root)
@@ -634,7 +654,7 @@ fn code_version(root: &Path) -> String {
     }
 }
 
-fn now_utc() -> String {
+pub(crate) fn now_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -642,13 +662,22 @@ fn now_utc() -> String {
         .unwrap_or_default()
 }
 
-/// Replaces what is between the markers, keeping the rest of the file.
+/// Replaces what is between the bench markers, keeping the rest of the file.
 fn rewrite_benchmarks(path: &Path, section: &str) -> Result<()> {
+    rewrite_section(path, (BEGIN_MARKER, END_MARKER), section)
+}
+
+/// Replaces what is between two marker comments of a file, keeping the rest of it.
+pub(crate) fn rewrite_section(
+    path: &Path,
+    (begin_marker, end_marker): (&str, &str),
+    section: &str,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN_MARKER), text.find(END_MARKER)) else {
+    let (Some(begin), Some(end)) = (text.find(begin_marker), text.find(end_marker)) else {
         bail!(
-            "{} has no {BEGIN_MARKER} … {END_MARKER} section",
+            "{} has no {begin_marker} … {end_marker} section",
             path.display()
         );
     };
@@ -656,7 +685,7 @@ fn rewrite_benchmarks(path: &Path, section: &str) -> Result<()> {
         bail!("the markers in {} are out of order", path.display());
     }
     let updated = format!(
-        "{}{BEGIN_MARKER}\n{section}\n{}",
+        "{}{begin_marker}\n{section}\n{}",
         &text[..begin],
         &text[end..]
     );

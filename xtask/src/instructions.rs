@@ -254,10 +254,12 @@ impl Cluster<'_> {
             "--seconds",
             &seconds.to_string(),
         ]);
-        for node in nodes {
+        for (node, index) in nodes.iter().zip(0u16..) {
             command
                 .arg("--node")
-                .arg(format!("{}={}@{}", node.name, node.addr, node.child.id()));
+                .arg(format!("{}={}@{}", node.name, node.addr, node.child.id()))
+                .arg("--metrics")
+                .arg(crate::bench::metrics_addr(index));
         }
         command
             .arg("--accounts")

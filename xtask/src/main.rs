@@ -1,10 +1,14 @@
 //! Build and run tasks: `cargo xtask up`, `cargo xtask test`, `cargo xtask bench`,
-//! `cargo xtask instructions`.
+//! `cargo xtask instructions`, `cargo xtask audit`, `cargo xtask web`, `cargo xtask web-bench`,
+//! `cargo xtask cluster`.
 
+mod audit;
 mod bench;
+mod cluster;
 mod instructions;
 mod services;
 mod web;
+mod web_bench;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -71,10 +75,29 @@ enum Task {
         #[arg(long)]
         server: Option<PathBuf>,
     },
+    /// Check the dependencies against the RustSec advisory database, offline (cargo-deny).
+    Audit {
+        /// A copy of the RustSec advisory-db [default: ../shared/advisory-db]
+        #[arg(long, env = "CHAT_ADVISORY_DB")]
+        db: Option<PathBuf>,
+    },
+    /// The whole deployment on this machine, one network namespace per server: three clustered
+    /// RabbitMQ brokers with quorum queues, PostgreSQL, Memcached, three chat nodes, nginx.
+    Cluster {
+        #[command(subcommand)]
+        task: cluster::ClusterTask,
+    },
     /// Build the web client into web-client/dist.
     Web {
         #[arg(long)]
         release: bool,
+    },
+    /// Measure the release web client (asset sizes, time to interactive in headless Chromium)
+    /// and update the web client section of BENCHMARKS.md.
+    WebBench {
+        /// Page loads measured per width and kind of visit; the median is reported.
+        #[arg(long, default_value_t = 10)]
+        samples: u32,
     },
 }
 
@@ -114,11 +137,14 @@ fn main() -> Result<()> {
                 server,
             },
         ),
+        Task::Audit { db } => audit::audit(&root, db),
+        Task::Cluster { task } => cluster::run(&root, task),
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());
-            Ok(())
+            web::print_sizes(&dist)
         }
+        Task::WebBench { samples } => web_bench::web_bench(&root, samples),
     }
 }
 
@@ -147,21 +173,56 @@ fn run(command: &mut Command) -> Result<()> {
 fn test(root: &Path, args: &[String]) -> Result<()> {
     services::ensure_all()?;
     services::ensure_browser()?;
+    let target = web::target_dir(root)?;
+    let axe_core = services::ensure_axe_core(&target)?;
+    let test_runner = services::wasm_bindgen_test_runner()?;
     let dist = web::build_web_client(root, false)?;
-    // Tests in which a node dies run it as a process.
-    run(cargo()
-        .current_dir(root)
-        .args(["build", "-p", "chat-backend", "--bin", "chat-server"]))?;
+    // Tests in which a node dies run it as a process: `chat-server` is built by this same
+    // command (the backend's own command-line tests need it), with the features the whole
+    // workspace's tests unify to, so the dependencies are compiled once.
     let mut command = cargo();
     command
         .current_dir(root)
         .args(["test", "--workspace", "--exclude", "web-client"])
-        .env("CHAT_WEB_DIR", &dist);
+        .env("CHAT_WEB_DIR", &dist)
+        .env("AXE_CORE_JS", &axe_core)
+        .env("CHAT_SCREENSHOT_DIR", target.join("screenshots"));
     if !args.is_empty() {
         command.arg("--").args(args);
     }
-    run(&mut command)
+    run(&mut command)?;
+
+    // The client's own tests: the plain ones on the host, then the wasm ones in headless
+    // Chromium (wasm-bindgen-test-runner drives it through chromedriver).
+    let mut host = cargo();
+    host.current_dir(root).args(["test", "-p", "web-client"]);
+    if !args.is_empty() {
+        host.arg("--").args(args);
+    }
+    run(&mut host)?;
+    let mut wasm = cargo();
+    wasm.current_dir(root)
+        .args([
+            "test",
+            "-p",
+            "web-client",
+            "--target",
+            "wasm32-unknown-unknown",
+        ])
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &test_runner)
+        .env("CHROMEDRIVER", "/usr/bin/chromedriver")
+        .env(
+            "WASM_BINDGEN_TEST_TIMEOUT",
+            std::env::var("WASM_BINDGEN_TEST_TIMEOUT").unwrap_or_else(|_| "60".into()),
+        );
+    if !args.is_empty() {
+        wasm.arg("--").args(args);
+    }
+    run(&mut wasm)
 }
+
+/// The metrics listener of `up`'s first node; the others follow.
+const METRICS_PORT: u16 = 9091;
 
 fn up(root: &Path, nodes: u16, port: u16, release: bool) -> Result<()> {
     services::ensure_all()?;
@@ -192,13 +253,15 @@ fn up(root: &Path, nodes: u16, port: u16, release: bool) -> Result<()> {
     for index in 0..nodes {
         let node_id = format!("node-{}", index + 1);
         let listen = format!("127.0.0.1:{}", port + index);
+        let metrics = format!("127.0.0.1:{}", METRICS_PORT + index);
         let child = Command::new(&binary)
             .env("CHAT_NODE_ID", &node_id)
             .env("CHAT_LISTEN", &listen)
+            .env("CHAT_METRICS_LISTEN", &metrics)
             .env("CHAT_WEB_DIR", &dist)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        println!("{node_id}: http://{listen}/  (metrics: http://{listen}/metrics)");
+        println!("{node_id}: http://{listen}/  (metrics: http://{metrics}/metrics)");
         children.push((node_id, child));
     }
     println!("Open two of the URLs above in two browser tabs. Ctrl-C stops the cluster.");

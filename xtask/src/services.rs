@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,70 @@ pub fn ensure_browser() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The axe-core version the accessibility checks run; bumped on purpose, as its rules change.
+pub const AXE_CORE_VERSION: &str = "4.14.1";
+
+/// The command that installs axe-core under `<target>/node`, outside the repository.
+pub fn axe_core_install_command(target_dir: &Path) -> String {
+    format!(
+        "npm install --prefix {} --no-audit --no-fund --no-save axe-core@{AXE_CORE_VERSION}",
+        target_dir.join("node").display()
+    )
+}
+
+/// Makes sure axe-core (npm) is installed under `<target>/node` and returns its script, the one
+/// the browser tests inject into pages (they find it through `AXE_CORE_JS`).
+pub fn ensure_axe_core(target_dir: &Path) -> Result<PathBuf> {
+    let package = target_dir
+        .join("node")
+        .join("node_modules")
+        .join("axe-core");
+    let script = package.join("axe.min.js");
+    let installed = std::fs::read_to_string(package.join("package.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|json| json["version"].as_str().map(str::to_owned));
+    if script.exists() && installed.as_deref() == Some(AXE_CORE_VERSION) {
+        return Ok(script);
+    }
+    let install = axe_core_install_command(target_dir);
+    println!("installing axe-core: {install}");
+    let done = Command::new("sh")
+        .args(["-c", &install])
+        .status()
+        .map(|status| status.success())
+        .unwrap_or(false);
+    if !done || !script.exists() {
+        bail!("cannot install axe-core; run `{install}` (npm comes with `apt-get install -y npm`)");
+    }
+    Ok(script)
+}
+
+/// The wasm-bindgen version of Cargo.lock, which the test runner must equal.
+pub const WASM_BINDGEN_VERSION: &str = "0.2.130";
+
+/// Finds `wasm-bindgen-test-runner` (what cargo runs the client's wasm tests with, in headless
+/// Chromium), of the version the client is built with.
+pub fn wasm_bindgen_test_runner() -> Result<PathBuf> {
+    let install = format!("cargo install wasm-bindgen-cli --version {WASM_BINDGEN_VERSION}");
+    let output = Command::new("wasm-bindgen-test-runner")
+        .arg("--version")
+        .output();
+    let version = match output {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        }
+        _ => bail!("wasm-bindgen-test-runner is missing; install it with `{install}`"),
+    };
+    if !version.ends_with(WASM_BINDGEN_VERSION) {
+        bail!(
+            "wasm-bindgen-test-runner is {version}, the client needs {WASM_BINDGEN_VERSION}; \
+             install it with `{install}`"
+        );
+    }
+    Ok(PathBuf::from("wasm-bindgen-test-runner"))
 }
 
 /// Creates a database on the local PostgreSQL if it does not exist.

@@ -6,15 +6,16 @@ use super::{
 use crate::app::App;
 use crate::auth;
 use crate::store::NewUser;
+use bytes::Bytes;
 use chat_protocol::api::{
     default_initials, validate_display_name, validate_password, validate_username,
     ChangePasswordRequest, LoginRequest, Profile, RegisterRequest, SessionInfo,
 };
+use chat_protocol::bus::EndedSessions;
 use chat_protocol::{ErrorCode, UserId};
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::hyper::body::Bytes;
 use warp::reply::Response;
 use warp::Filter;
 
@@ -97,7 +98,8 @@ async fn register(request: Request, body: Bytes) -> Result<Response> {
     request
         .app
         .limits
-        .check_login(request.ip, None)
+        .check_registration(request.ip)
+        .await
         .map_err(RequestError::from)?;
     let form: RegisterRequest = parse(&body)?;
     validate_username(&form.username).map_err(RequestError::from)?;
@@ -130,7 +132,8 @@ async fn login(request: Request, body: Bytes) -> Result<Response> {
     request
         .app
         .limits
-        .check_login(request.ip, Some(&form.username))
+        .check_login(request.ip, &form.username)
+        .await
         .map_err(RequestError::from)?;
     let credentials = if validate_username(&form.username).is_ok() {
         request
@@ -159,12 +162,15 @@ async fn login(request: Request, body: Bytes) -> Result<Response> {
 
 async fn logout(request: Request) -> Result<Response> {
     let me = request.identify().await?;
+    let session = me.session_key();
     request
         .app
         .store
         .delete_session(me.token_hash)
         .await
         .map_err(RequestError::from)?;
+    let ended = EndedSessions::Only(vec![session.to_hex()]);
+    auth::sessions_ended(&request.app, me.user.user_id, ended).await;
     Ok(with_cookie(
         no_content(),
         &auth::cleared_cookie(request.app.config.cookie_secure),
@@ -173,11 +179,13 @@ async fn logout(request: Request) -> Result<Response> {
 
 async fn change_password(request: Request, body: Bytes) -> Result<Response> {
     let me = request.identify().await?;
+    request.count_write(&me, false)?;
     let form: ChangePasswordRequest = parse(&body)?;
     request
         .app
         .limits
-        .check_login(request.ip, Some(&format!("#{}", me.user.user_id)))
+        .check_login(request.ip, &format!("#{}", me.user.user_id))
+        .await
         .map_err(RequestError::from)?;
     validate_password(&form.new_password).map_err(RequestError::from)?;
     let current = request
@@ -196,12 +204,16 @@ async fn change_password(request: Request, body: Bytes) -> Result<Response> {
     let hash = auth::hash_password(form.new_password)
         .await
         .map_err(RequestError::from)?;
+    let kept = me.session_key();
     request
         .app
         .store
         .set_password(me.user.user_id, hash, me.token_hash)
         .await
         .map_err(RequestError::from)?;
+    // The session that changed the password stays; every other one ends.
+    let ended = EndedSessions::AllBut(Some(kept.to_hex()));
+    auth::sessions_ended(&request.app, me.user.user_id, ended).await;
     Ok(no_content())
 }
 

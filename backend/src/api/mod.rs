@@ -17,6 +17,7 @@ use crate::forwarded;
 use crate::http::Peer;
 use crate::rate_limit::RetryAfter;
 use crate::store::StoreError;
+use bytes::Bytes;
 use chat_protocol::api::{ApiError, Invalid};
 use chat_protocol::limits::MAX_REQUEST_BYTES;
 use chat_protocol::ErrorCode;
@@ -26,9 +27,9 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
-use warp::http::header::{HeaderMap, HeaderValue, RETRY_AFTER, SET_COOKIE};
+use warp::http::header::{HeaderMap, HeaderValue, ALLOW, RETRY_AFTER, SET_COOKIE};
 use warp::http::StatusCode;
-use warp::hyper::body::Bytes;
+use warp::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -41,7 +42,44 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .recover(rejection)
         .unify();
-    warp::path("api").and(api).boxed()
+    warp::path("api")
+        .and(warp::path::full())
+        .and(api)
+        .map(|path: FullPath, response: Response| with_allow(path.as_str(), response))
+        .boxed()
+}
+
+/// Adds `Allow` to a 405 answer: the methods the path takes.
+pub fn with_allow(path: &str, mut response: Response) -> Response {
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(methods) = allowed_methods(path) {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(methods));
+        }
+    }
+    response
+}
+
+/// The methods each path of the API takes (as routed in `accounts.rs`, `profiles.rs`,
+/// `rooms.rs`; `tests/integration/openapi.rs` checks them against docs/openapi.yaml).
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let id = |segment: &str| segment.parse::<i64>().is_ok();
+    let methods = match segments.as_slice() {
+        ["api", "register" | "login" | "logout" | "password" | "direct"] => "POST",
+        ["api", "me"] => "GET, PATCH",
+        ["api", "me", "rooms"] => "GET",
+        ["api", "users"] => "GET",
+        ["api", "users", user] if id(user) => "GET",
+        ["api", "rooms"] => "GET, POST",
+        ["api", "rooms", room] if id(room) => "GET, PATCH",
+        ["api", "rooms", room, "join" | "leave" | "invite"] if id(room) => "POST",
+        ["api", "rooms", room, "members" | "messages"] if id(room) => "GET",
+        ["api", "rooms", room, "members", user] if id(room) && id(user) => "DELETE",
+        _ => return None,
+    };
+    Some(methods)
 }
 
 /// Everything a handler knows about the request besides its body and path.
@@ -79,6 +117,11 @@ impl Request {
                 Err(RequestError::Unauthenticated)
             }
         }
+    }
+
+    /// Counts a REST write by `me` against the per-user limits; a refused write changes nothing.
+    pub fn count_write(&self, me: &Identity, creates_room: bool) -> Result<(), RequestError> {
+        Ok(self.app.limits.check_write(me.user.user_id, creates_room)?)
     }
 }
 
@@ -121,9 +164,31 @@ pub fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_REQUEST_BYTES).and(warp::body::bytes())
 }
 
-/// Decodes a JSON body into a request type.
+/// Decodes a JSON body into a request type. Text holding NUL is refused here, for every
+/// endpoint: PostgreSQL cannot store it, and no name, password or profile field needs it.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, RequestError> {
-    serde_json::from_slice(body).map_err(|error| RequestError::BadRequest(error.to_string()))
+    let bad = |error: serde_json::Error| RequestError::BadRequest(error.to_string());
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    if holds_nul(&value) {
+        return Err(RequestError::BadRequest(NUL_REFUSED.to_owned()));
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Why text with a NUL character is refused.
+pub const NUL_REFUSED: &str = "text may not contain the NUL character";
+
+/// Whether any string or key in `value` contains NUL.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, field)| key.contains('\0') || holds_nul(field)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// Failures every endpoint shares.
@@ -239,7 +304,9 @@ pub fn finish<E: ApiFailure>(result: Result<Response, E>) -> Response {
     response
 }
 
-/// Warp's own rejections inside `/api`, as JSON errors.
+/// Warp's own rejections inside `/api`, as JSON errors. A route whose method matched and that
+/// refused the request itself (no length, too large) says more than the other routes of the path
+/// refusing the method, so those come before 405.
 async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, code, message) = if rejection.is_not_found() {
         (
@@ -253,11 +320,11 @@ async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
             ErrorCode::PayloadTooLarge,
             "request bodies are limited to 16 KiB",
         )
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
         (
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::MethodNotAllowed,
-            "this endpoint does not take this method",
+            StatusCode::LENGTH_REQUIRED,
+            ErrorCode::BadRequest,
+            "a Content-Length header is required",
         )
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         (
@@ -265,11 +332,11 @@ async fn rejection(rejection: Rejection) -> Result<Response, Infallible> {
             ErrorCode::BadRequest,
             "malformed query string",
         )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
-            StatusCode::LENGTH_REQUIRED,
-            ErrorCode::BadRequest,
-            "a Content-Length header is required",
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "this endpoint does not take this method",
         )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");

@@ -1,9 +1,14 @@
 //! Rooms: `GET/POST /api/rooms`, `GET /api/me/rooms`, `GET /api/rooms/{id}`,
-//! `POST /api/rooms/{id}/join|leave|invite`, `GET /api/rooms/{id}/members|messages`,
+//! `PATCH /api/rooms/{id}`, `POST /api/rooms/{id}/join|leave|invite`,
+//! `GET /api/rooms/{id}/members|messages`, `DELETE /api/rooms/{id}/members/{user_id}`,
 //! `POST /api/direct`.
 //!
 //! What a caller may see of a room is decided by [`Directory::access`]: a private or direct
 //! room the caller is not in answers exactly like a room that does not exist.
+//!
+//! Every change to a user's list of rooms (created, joined, left, invited, removed, a direct
+//! conversation opened) ends with [`rooms_changed`], so that user's open connections on every
+//! node reload the list.
 //!
 //! [`Directory::access`]: crate::directory::Directory::access
 
@@ -11,17 +16,19 @@ use super::{body, finish, json, no_content, parse, request, ApiFailure, Request,
 use crate::app::App;
 use crate::directory::{Access, RoomInfo};
 use crate::history::Page;
+use crate::store::Removal;
+use bytes::Bytes;
 use chat_protocol::api::{
-    validate_room, MemberList, MessagePage, Role, Room, RoomKind, RoomList, Unread, UserRef,
+    validate_room, InvitePolicy, MemberList, MessagePage, Role, Room, RoomKind, RoomList,
+    RoomUpdate, Unread, UserRef,
 };
 use chat_protocol::bus::Delivery;
 use chat_protocol::limits::MAX_PAGE;
-use chat_protocol::{ErrorCode, RoomId, Seq};
+use chat_protocol::{ErrorCode, RoomId, Seq, UserId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
-use warp::hyper::body::Bytes;
 use warp::reply::Response;
 use warp::Filter;
 
@@ -48,6 +55,12 @@ enum RoomError {
     UserNotFound,
     #[error("a direct conversation needs another user")]
     Myself,
+    #[error("only the room's owners may do that")]
+    OwnersOnly,
+    #[error("a room keeps at least one owner")]
+    LastOwner,
+    #[error("no such member in this room")]
+    MemberNotFound,
 }
 
 impl ApiFailure for RoomError {
@@ -56,8 +69,13 @@ impl ApiFailure for RoomError {
             RoomError::Request(error) => error.status(),
             RoomError::InvalidVisibility | RoomError::Myself => StatusCode::BAD_REQUEST,
             RoomError::NameTaken => StatusCode::CONFLICT,
-            RoomError::NotFound | RoomError::UserNotFound => StatusCode::NOT_FOUND,
-            RoomError::NotMember | RoomError::DirectRoom => StatusCode::FORBIDDEN,
+            RoomError::NotFound | RoomError::UserNotFound | RoomError::MemberNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            RoomError::NotMember
+            | RoomError::DirectRoom
+            | RoomError::OwnersOnly
+            | RoomError::LastOwner => StatusCode::FORBIDDEN,
         }
     }
 
@@ -68,8 +86,10 @@ impl ApiFailure for RoomError {
             RoomError::NameTaken => ErrorCode::RoomNameTaken,
             RoomError::NotFound => ErrorCode::RoomNotFound,
             RoomError::NotMember => ErrorCode::NotMember,
-            RoomError::DirectRoom => ErrorCode::NotAllowed,
-            RoomError::UserNotFound => ErrorCode::UserNotFound,
+            RoomError::DirectRoom | RoomError::OwnersOnly | RoomError::LastOwner => {
+                ErrorCode::NotAllowed
+            }
+            RoomError::UserNotFound | RoomError::MemberNotFound => ErrorCode::UserNotFound,
             RoomError::Myself => ErrorCode::CannotMessageSelf,
         }
     }
@@ -139,6 +159,19 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .then(|room: i64, request: Request, query: Query| async move {
             finish(history(request, RoomId(room), query).await)
         });
+    let update = warp::path!("rooms" / i64)
+        .and(warp::patch())
+        .and(request(app.clone()))
+        .and(body())
+        .then(|room: i64, request: Request, body: Bytes| async move {
+            finish(update(request, RoomId(room), body).await)
+        });
+    let remove = warp::path!("rooms" / i64 / "members" / i64)
+        .and(warp::delete())
+        .and(request(app.clone()))
+        .then(|room: i64, user: i64, request: Request| async move {
+            finish(remove(request, RoomId(room), UserId(user)).await)
+        });
     let direct = warp::path!("direct")
         .and(warp::post())
         .and(request(app))
@@ -163,6 +196,10 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(direct)
         .unify()
+        .or(update)
+        .unify()
+        .or(remove)
+        .unify()
         .boxed()
 }
 
@@ -173,6 +210,7 @@ fn room(info: RoomInfo, role: Option<Role>) -> Room {
         kind: info.kind,
         role,
         unread: None,
+        invite_policy: None,
     }
 }
 
@@ -218,6 +256,9 @@ async fn search(request: Request, query: Query) -> Result<Response> {
     request.identify().await?;
     let limit = number(&query, "limit", DEFAULT_SEARCH_PAGE)?.clamp(1, MAX_PAGE);
     let text = query.get("q").cloned().unwrap_or_default();
+    if text.contains('\0') {
+        return Err(RequestError::BadRequest(super::NUL_REFUSED.to_owned()).into());
+    }
     let rows = request
         .app
         .store
@@ -238,8 +279,10 @@ struct CreateRoomForm {
 
 async fn create(request: Request, body: Bytes) -> Result<Response> {
     let me = request.identify().await?;
+    request.count_write(&me, true)?;
     let form: CreateRoomForm = parse(&body)?;
     validate_room(&form.name).map_err(RequestError::from)?;
+    let name = form.name.trim().to_owned();
     let visibility = match RoomKind::parse(&form.visibility) {
         Some(kind @ (RoomKind::Public | RoomKind::Private)) => kind,
         Some(RoomKind::Direct) | None => return Err(RoomError::InvalidVisibility),
@@ -247,10 +290,11 @@ async fn create(request: Request, body: Bytes) -> Result<Response> {
     let created = request
         .app
         .directory
-        .create_room(form.name, visibility, me.user.user_id)
+        .create_room(name, visibility, me.user.user_id)
         .await
         .map_err(RequestError::from)?
         .ok_or(RoomError::NameTaken)?;
+    rooms_changed(&request, me.user.user_id).await;
     Ok(json(StatusCode::CREATED, &room(created, Some(Role::Owner))))
 }
 
@@ -284,7 +328,9 @@ async fn my_rooms(request: Request) -> Result<Response> {
 
 async fn show(request: Request, room_id: RoomId) -> Result<Response> {
     let answer = match access(&request, room_id).await? {
-        (_, Access::Member(info, role)) => room(info, Some(role)),
+        (_, Access::Member(info, role)) => {
+            with_invite_policy(&request, room(info, Some(role))).await?
+        }
         (_, Access::Outsider(info)) => room(info, None),
         (_, Access::Hidden) => return Err(RoomError::NotFound),
     };
@@ -292,7 +338,9 @@ async fn show(request: Request, room_id: RoomId) -> Result<Response> {
 }
 
 async fn join(request: Request, room_id: RoomId) -> Result<Response> {
-    let answer = match access(&request, room_id).await? {
+    let (me, found) = access(&request, room_id).await?;
+    request.count_write(&me, false)?;
+    let answer = match (me, found) {
         (_, Access::Member(info, role)) => room(info, Some(role)),
         (me, Access::Outsider(info)) => {
             request
@@ -301,6 +349,7 @@ async fn join(request: Request, room_id: RoomId) -> Result<Response> {
                 .add_member(room_id, me.user.user_id)
                 .await
                 .map_err(RequestError::from)?;
+            rooms_changed(&request, me.user.user_id).await;
             room(info, Some(Role::Member))
         }
         (_, Access::Hidden) => return Err(RoomError::NotFound),
@@ -310,31 +359,119 @@ async fn join(request: Request, room_id: RoomId) -> Result<Response> {
 
 async fn leave(request: Request, room_id: RoomId) -> Result<Response> {
     let (me, _, _) = membership(&request, room_id).await?;
+    request.count_write(&me, false)?;
     request
         .app
         .directory
         .remove_member(room_id, me.user.user_id)
         .await
         .map_err(RequestError::from)?;
-    // Open connections of the user stop receiving the room and sending to it: on this node
-    // before the answer (a send right after it is refused), on the others when `MemberLeft`
-    // arrives.
-    request.app.hub.remove_user(room_id, me.user.user_id);
-    let left = Delivery::MemberLeft {
-        room_id,
-        user_id: me.user.user_id,
-    };
-    if let Err(error) = request.app.bus.publish_ephemeral(room_id, &left).await {
-        tracing::warn!(%error, %room_id, "could not tell the nodes about a member who left");
-    }
+    member_gone(&request, room_id, me.user.user_id).await;
     Ok(no_content())
 }
 
+/// `DELETE /api/rooms/{id}/members/{user_id}`: an owner removes a member (or another owner,
+/// never the last one). Not in direct rooms, whose two members only leave.
+async fn remove(request: Request, room_id: RoomId, user: UserId) -> Result<Response> {
+    let (me, info, role) = membership(&request, room_id).await?;
+    request.count_write(&me, false)?;
+    if info.kind == RoomKind::Direct {
+        return Err(RoomError::DirectRoom);
+    }
+    if role != Role::Owner {
+        return Err(RoomError::OwnersOnly);
+    }
+    let removal = request
+        .app
+        .directory
+        .remove_member_keeping_an_owner(room_id, user)
+        .await
+        .map_err(RequestError::from)?;
+    match removal {
+        Removal::Removed => {}
+        Removal::NotMember => return Err(RoomError::MemberNotFound),
+        Removal::LastOwner => return Err(RoomError::LastOwner),
+    }
+    member_gone(&request, room_id, user).await;
+    Ok(no_content())
+}
+
+/// `PATCH /api/rooms/{id}`: an owner changes the room's settings.
+async fn update(request: Request, room_id: RoomId, body: Bytes) -> Result<Response> {
+    let (me, info, role) = membership(&request, room_id).await?;
+    request.count_write(&me, false)?;
+    let form: RoomUpdate = parse(&body)?;
+    if info.kind == RoomKind::Direct {
+        return Err(RoomError::DirectRoom);
+    }
+    if role != Role::Owner {
+        return Err(RoomError::OwnersOnly);
+    }
+    if let Some(policy) = form.invite_policy {
+        request
+            .app
+            .store
+            .set_invite_policy(room_id, policy)
+            .await
+            .map_err(RequestError::from)?;
+    }
+    let answer = with_invite_policy(&request, room(info, Some(role))).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+/// A member's view of a room, with who may invite.
+async fn with_invite_policy(request: &Request, room: Room) -> Result<Room> {
+    let invite_policy = request
+        .app
+        .store
+        .invite_policy(room.room_id)
+        .await
+        .map_err(RequestError::from)?;
+    Ok(Room {
+        invite_policy,
+        ..room
+    })
+}
+
+/// A user is no longer a member: their open connections stop receiving the room and sending
+/// to it, on this node before the answer (a send right after it is refused), on the others
+/// when `MemberLeft` arrives; and their list of rooms changed.
+async fn member_gone(request: &Request, room_id: RoomId, user_id: UserId) {
+    request.app.hub.remove_user(room_id, user_id);
+    let left = Delivery::MemberLeft { room_id, user_id };
+    if let Err(error) = request.app.bus.publish_ephemeral(room_id, &left).await {
+        tracing::warn!(%error, %room_id, "could not tell the nodes about a member who left");
+    }
+    rooms_changed(request, user_id).await;
+}
+
+/// Tells every node, this one included, that `user_id`'s list of rooms changed, so each of
+/// their open connections gets `rooms_changed` and watches the new list. Best effort, like every ephemeral notice: a
+/// lost one leaves a list stale until the client reloads it, and never grants access.
+async fn rooms_changed(request: &Request, user_id: UserId) {
+    let changed = Delivery::RoomsChanged { user_id };
+    if let Err(error) = request.app.bus.publish_to_everyone(&changed).await {
+        tracing::warn!(%error, %user_id, "could not tell the nodes about a changed room list");
+    }
+}
+
 async fn invite(request: Request, room_id: RoomId, body: Bytes) -> Result<Response> {
-    let (_, info, _) = membership(&request, room_id).await?;
+    let (me, info, role) = membership(&request, room_id).await?;
+    request.count_write(&me, false)?;
     let form: UserRef = parse(&body)?;
     if info.kind == RoomKind::Direct {
         return Err(RoomError::DirectRoom);
+    }
+    if role != Role::Owner {
+        let policy = request
+            .app
+            .store
+            .invite_policy(room_id)
+            .await
+            .map_err(RequestError::from)?;
+        if policy != Some(InvitePolicy::Members) {
+            return Err(RoomError::OwnersOnly);
+        }
     }
     let user = request
         .app
@@ -343,12 +480,15 @@ async fn invite(request: Request, room_id: RoomId, body: Bytes) -> Result<Respon
         .await
         .map_err(RequestError::from)?
         .ok_or(RoomError::UserNotFound)?;
-    request
+    let added = request
         .app
         .directory
         .add_member(room_id, user)
         .await
         .map_err(RequestError::from)?;
+    if added {
+        rooms_changed(&request, user).await;
+    }
     Ok(no_content())
 }
 
@@ -398,6 +538,7 @@ async fn history(request: Request, room_id: RoomId, query: Query) -> Result<Resp
 
 async fn direct(request: Request, body: Bytes) -> Result<Response> {
     let me = request.identify().await?;
+    request.count_write(&me, false)?;
     let form: UserRef = parse(&body)?;
     let directory = &request.app.directory;
     let other = request
@@ -410,18 +551,21 @@ async fn direct(request: Request, body: Bytes) -> Result<Response> {
     if other == me.user.user_id {
         return Err(RoomError::Myself);
     }
-    let mine = directory
-        .profile(me.user.user_id)
-        .await
-        .map_err(RequestError::from)?
-        .map(|profile| profile.username)
-        .unwrap_or_default();
-    let mut pair = [mine, form.username];
+    // The names as registered: the other may have been typed in another case.
+    let mut pair = [String::new(), form.username];
+    for (slot, user) in pair.iter_mut().zip([me.user.user_id, other]) {
+        if let Some(profile) = directory.profile(user).await.map_err(RequestError::from)? {
+            *slot = profile.username;
+        }
+    }
     pair.sort();
     let name = format!("{} & {}", pair[0], pair[1]);
-    let info = directory
+    let (info, added) = directory
         .direct_room(me.user.user_id, other, name)
         .await
         .map_err(RequestError::from)?;
+    for user in added {
+        rooms_changed(&request, user).await;
+    }
     Ok(json(StatusCode::OK, &room(info, Some(Role::Member))))
 }

@@ -7,9 +7,8 @@ use super::{
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
-use lapin::publisher_confirm::PublisherConfirm;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
+use lapin::{Channel, Consumer, PublisherConfirm};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{oneshot, Notify};
@@ -169,8 +168,8 @@ impl ShardPublisher {
             confirms.push(
                 self.channel
                     .basic_publish(
-                        &self.names.delivery_exchange(),
-                        &routing_key,
+                        self.names.delivery_exchange().into(),
+                        routing_key.into(),
                         BasicPublishOptions::default(),
                         &payload,
                         properties,
@@ -202,8 +201,8 @@ impl ShardPublisher {
         let confirm = self
             .channel
             .basic_publish(
-                &self.names.dead_letter_exchange(),
-                "",
+                self.names.dead_letter_exchange().into(),
+                "".into(),
                 BasicPublishOptions::default(),
                 payload,
                 if binary {
@@ -254,7 +253,9 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
         Delivery::ReadMarker { .. }
         | Delivery::Presence { .. }
         | Delivery::PresenceSnapshot { .. }
-        | Delivery::PresenceSync { .. } => vec![Names::everyone_key().to_owned()],
+        | Delivery::PresenceSync { .. }
+        | Delivery::RoomsChanged { .. }
+        | Delivery::SessionsEnded { .. } => vec![Names::everyone_key().to_owned()],
         Delivery::Duplicates { receipts } => receipts
             .first()
             .map(|receipt| Names::node_key(&receipt.origin.node_id))

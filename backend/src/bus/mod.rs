@@ -1,9 +1,12 @@
 //! The bus: the only module that speaks AMQP.
 //!
-//! lapin does not reconnect by itself, so [`Bus::run`] is a supervisor: it connects, declares the
-//! topology, binds the node queue to every room with local members, starts the node consumer and
-//! one ingest consumer per shard, then waits for the connection to fail and starts over with
-//! backoff. While it is down, [`Bus::is_ready`] is false and sends are refused as `unavailable`.
+//! lapin's own connection recovery is left off: after a reconnect the node must also learn that
+//! deliveries were missed meanwhile, and hand fresh consumers to its persisters. So [`Bus::run`]
+//! is a supervisor: it connects, declares the topology, binds the node queue to every room with
+//! local members, starts the node consumer and one ingest consumer per shard, then waits for the
+//! connection to fail and starts over with backoff. While it is down, [`Bus::is_ready`] is false and sends are refused as `unavailable`.
+//! Given several brokers (the nodes of one RabbitMQ cluster), each new attempt goes to the next
+//! one in the list, so a node whose broker died is back on another after one backoff step.
 
 mod ingest;
 pub mod topology;
@@ -15,15 +18,18 @@ pub use topology::Names;
 
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use chat_protocol::RoomId;
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::publisher_confirm::{Confirmation, PublisherConfirm};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use prometheus::Histogram;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    ConnectionStatus, Event, PublisherConfirm,
+};
+use prometheus::{Histogram, IntGauge, IntGaugeVec};
 use std::collections::BTreeMap;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,8 +42,14 @@ use tokio_util::sync::CancellationToken;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Unacknowledged ingest messages a persister may hold: the upper bound of a batch.
 const INGEST_PREFETCH: u16 = 2_000;
+/// Most deliveries of the node queue RabbitMQ sends before the node acknowledges them.
+const NODE_PREFETCH: u16 = 512;
+/// Under load, the node queue's deliveries are acknowledged at least this often.
+const NODE_ACK_EVERY: u16 = NODE_PREFETCH / 4;
 /// Most sends a node puts into one ingest publish.
 const MAX_SENDS_PER_PUBLISH: usize = 256;
+/// How often a node reads the dead-letter queue's length into its metrics.
+pub const DEAD_LETTER_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Errors from the bus.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +68,12 @@ pub enum BusError {
 
 /// What the bus hands to the rest of the node.
 pub trait BusEvents: Send + Sync + 'static {
-    /// A delivery from this node's queue, in the order the queue holds them.
-    fn deliver(&self, delivery: Delivery);
+    /// A delivery from this node's queue, in the order the queue holds them. Resolves once the
+    /// delivery is queued for handling: while it is pending the consumer takes nothing more.
+    fn deliver(&self, delivery: Delivery) -> BoxFuture<'_, ()>;
     /// A persister batch's rooms, delivered in the binary layout ([`wire`]); in queue order
     /// with [`BusEvents::deliver`]'s.
-    fn deliver_rooms(&self, rooms: Vec<wire::DeliveredRoom>);
+    fn deliver_rooms(&self, rooms: Vec<wire::DeliveredRoom>) -> BoxFuture<'_, ()>;
     /// An ingest shard's consumer is registered; this node may become its active persister.
     fn shard_started(&self, shard: IngestShard);
     /// The node queue was (re)declared and bound: deliveries made meanwhile were missed.
@@ -80,7 +93,8 @@ pub struct Bus {
 struct Inner {
     /// How this node's ingest publishes are spaced.
     pacing: PublishPacing,
-    url: String,
+    /// The brokers the node may connect to, tried in turn; never empty.
+    brokers: Vec<Broker>,
     names: Names,
     /// How often the node checks whether it persists more than its share of the shards.
     balance_every: Option<Duration>,
@@ -92,8 +106,36 @@ struct Inner {
     connections: std::sync::atomic::AtomicU64,
     ingest: mpsc::UnboundedSender<PendingIngest>,
     ingest_queue: Mutex<Option<mpsc::UnboundedReceiver<PendingIngest>>>,
+    metrics: BusMetrics,
+}
+
+/// What the bus reports of itself.
+#[derive(Clone)]
+pub struct BusMetrics {
     /// Sends per ingest publish.
-    sends_per_publish: Histogram,
+    pub sends_per_publish: Histogram,
+    /// 1 for the broker (`broker` label: host and port) the node is connected to, 0 for the
+    /// others.
+    pub broker: IntGaugeVec,
+    /// Messages in the dead-letter queue, as last read (every [`DEAD_LETTER_CHECK_EVERY`]).
+    pub dead_letters: IntGauge,
+}
+
+/// One RabbitMQ broker the node may connect to.
+struct Broker {
+    url: String,
+    /// Host and port, for logs and metrics (the URL may hold a password).
+    label: String,
+}
+
+impl Broker {
+    fn new(url: String) -> Broker {
+        let label = match url.parse::<lapin::uri::AMQPUri>() {
+            Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+            Err(_) => "unparsable URL".to_owned(),
+        };
+        Broker { url, label }
+    }
 }
 
 /// How many shards one node of `nodes` should persist at most: `ceil(shards / nodes)`.
@@ -170,7 +212,7 @@ struct Session {
     connection: Arc<Connection>,
     publish: Channel,
     control: Channel,
-    /// Cancelled when the session is taken down: stops its shard balancer.
+    /// Cancelled when the session is taken down: stops its shard balancer and its watcher.
     ended: CancellationToken,
 }
 
@@ -281,19 +323,27 @@ impl Bus {
     /// A bus for the node `names.node_id`. With `balance_every`, the node checks that often
     /// whether it is the active persister of more shards than its share (the shard count over
     /// the number of nodes consuming them, rounded up), and if so hands one of them over: see
-    /// [`Bus::balance_shards`]. Ingest publishes are spaced by `pacing` (see [`PublishPacer`]);
-    /// each records how many sends it carries in `sends_per_publish`.
+    /// [`Bus::balance_shards`]. Ingest publishes are spaced by `pacing` (see [`PublishPacer`]).
+    /// `urls` are the brokers, tried in turn from the first (an empty list is one empty URL,
+    /// which fails to connect, loudly).
     pub fn new(
-        url: &str,
+        urls: Vec<String>,
         names: Names,
         balance_every: Option<Duration>,
         pacing: PublishPacing,
-        sends_per_publish: Histogram,
+        metrics: BusMetrics,
     ) -> Bus {
         let (ingest, ingest_queue) = mpsc::unbounded_channel();
+        let mut brokers: Vec<Broker> = urls.into_iter().map(Broker::new).collect();
+        if brokers.is_empty() {
+            brokers.push(Broker::new(String::new()));
+        }
+        for broker in &brokers {
+            metrics.broker.with_label_values(&[&broker.label]).set(0);
+        }
         Bus {
             inner: Arc::new(Inner {
-                url: url.to_owned(),
+                brokers,
                 names,
                 balance_every,
                 pacing,
@@ -304,7 +354,7 @@ impl Bus {
                 connections: std::sync::atomic::AtomicU64::new(0),
                 ingest,
                 ingest_queue: Mutex::new(Some(ingest_queue)),
-                sends_per_publish,
+                metrics,
             }),
         }
     }
@@ -335,30 +385,54 @@ impl Bus {
             tokio::spawn(self.clone().publish_ingest_batches(queue));
         }
         let mut failures: u32 = 0;
+        let brokers = &self.inner.brokers;
+        let mut next = 0;
         while !self.inner.closing.is_cancelled() {
-            match self.connect(&events).await {
+            let broker = &brokers[next % brokers.len()];
+            // Whatever happens to this attempt, the next one goes to the next broker.
+            next = (next + 1) % brokers.len();
+            match self.connect(&events, &broker.url).await {
                 Ok(lost) => {
                     failures = 0;
                     self.inner.connections.fetch_add(1, Ordering::Relaxed);
                     self.inner.ready.store(true, Ordering::Release);
-                    tracing::info!(node = %self.inner.names.node_id, "connected to RabbitMQ");
+                    let in_use = self
+                        .inner
+                        .metrics
+                        .broker
+                        .with_label_values(&[&broker.label]);
+                    in_use.set(1);
+                    tracing::info!(
+                        node = %self.inner.names.node_id,
+                        broker = %broker.label,
+                        "connected to RabbitMQ"
+                    );
                     tokio::select! {
                         _ = lost.notified() => {
-                            tracing::warn!("connection to RabbitMQ lost; reconnecting");
+                            tracing::warn!(
+                                broker = %broker.label,
+                                "connection to RabbitMQ lost; reconnecting"
+                            );
                         }
                         _ = self.inner.closing.cancelled() => {}
                     }
                     self.inner.ready.store(false, Ordering::Release);
+                    in_use.set(0);
                     let session = self.take_session();
                     if let Some(session) = session {
-                        let _ = session.connection.close(200, "node stopping").await;
+                        let _ = session.connection.close(200, "node stopping".into()).await;
                     }
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, failures, "could not connect to RabbitMQ");
+                    tracing::warn!(
+                        error = %e,
+                        failures,
+                        broker = %broker.label,
+                        "could not connect to RabbitMQ"
+                    );
                     if let Some(session) = self.take_session() {
-                        let _ = session.connection.close(200, "setup failed").await;
+                        let _ = session.connection.close(200, "setup failed".into()).await;
                     }
                 }
             }
@@ -397,27 +471,30 @@ impl Bus {
             .and_then(|guard| guard.clone())
     }
 
-    async fn connect(&self, events: &Arc<dyn BusEvents>) -> Result<Arc<Notify>, BusError> {
+    async fn connect(
+        &self,
+        events: &Arc<dyn BusEvents>,
+        url: &str,
+    ) -> Result<Arc<Notify>, BusError> {
         let names = &self.inner.names;
         let properties = ConnectionProperties::default()
-            .with_connection_name(format!("chat-node {}", names.node_id).into())
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        let connection = Arc::new(Connection::connect(&self.inner.url, properties).await?);
+            .with_connection_name(format!("chat-node {}", names.node_id).into());
+        let connection = Arc::new(Connection::connect(url, properties).await?);
         let lost = Arc::new(Notify::new());
-        {
-            let lost = lost.clone();
-            connection.on_error(move |error| {
-                tracing::warn!(%error, "RabbitMQ connection error");
-                lost.notify_one();
-            });
-        }
+        let ended = CancellationToken::new();
+        tokio::spawn(watch_connection(
+            connection.events_listener(),
+            connection.status().clone(),
+            lost.clone(),
+            ended.clone(),
+        ));
+        // A set-up that fails below stops the watcher with it.
+        let set_up = ended.clone().drop_guard();
         let control = connection.create_channel().await?;
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let ended = CancellationToken::new();
         // Installed before anything can fail below, so a failed set-up closes this connection.
         if let Ok(mut guard) = self.inner.session.write() {
             *guard = Some(Session {
@@ -441,45 +518,25 @@ impl Bus {
         }
 
         let node_channel = connection.create_channel().await?;
-        let mut node_consumer = node_channel
+        node_channel
+            .basic_qos(NODE_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let node_consumer = node_channel
             .basic_consume(
-                &names.node_queue(),
-                &format!("node-{}", names.node_id),
+                names.node_queue().into(),
+                format!("node-{}", names.node_id).into(),
                 BasicConsumeOptions {
-                    no_ack: true,
                     exclusive: true,
                     ..BasicConsumeOptions::default()
                 },
                 FieldTable::default(),
             )
             .await?;
-        {
-            let events = events.clone();
-            let lost = lost.clone();
-            tokio::spawn(async move {
-                while let Some(delivery) = node_consumer.next().await {
-                    let delivery = match delivery {
-                        Ok(delivery) => delivery,
-                        Err(error) => {
-                            tracing::warn!(%error, "node queue consumer failed");
-                            break;
-                        }
-                    };
-                    if has_content_type(&delivery.properties, wire::ROOMS_CONTENT_TYPE) {
-                        match wire::decode_rooms(delivery.data) {
-                            Ok(rooms) => events.deliver_rooms(rooms),
-                            Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
-                        }
-                        continue;
-                    }
-                    match Delivery::decode(&delivery.data) {
-                        Ok(payload) => events.deliver(payload),
-                        Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
-                    }
-                }
-                lost.notify_one();
-            });
-        }
+        tokio::spawn(consume_node_queue(
+            node_consumer,
+            events.clone(),
+            lost.clone(),
+        ));
 
         let mut slots = Vec::with_capacity(usize::from(names.shards));
         for shard in 0..names.shards {
@@ -488,6 +545,12 @@ impl Bus {
                     .await?,
             );
         }
+        tokio::spawn(watch_dead_letters(
+            connection.create_channel().await?,
+            names.dead_letter_queue(),
+            self.inner.metrics.dead_letters.clone(),
+            ended.clone(),
+        ));
         if let Some(every) = self.inner.balance_every.filter(|_| names.shards > 0) {
             let balancer = Balancer {
                 channel: connection.create_channel().await?,
@@ -505,6 +568,7 @@ impl Bus {
                 }
             });
         }
+        set_up.disarm();
         events.connected();
         Ok(lost)
     }
@@ -528,8 +592,8 @@ impl Bus {
             .await?;
         let consumer = channel
             .basic_consume(
-                &names.ingest_queue(shard),
-                &format!("persister-{}-{shard}", names.node_id),
+                names.ingest_queue(shard).into(),
+                format!("persister-{}-{shard}", names.node_id).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -569,7 +633,7 @@ impl Bus {
                 let queue = balancer
                     .channel
                     .queue_declare(
-                        &names.ingest_queue(slot.shard),
+                        names.ingest_queue(slot.shard).into(),
                         QueueDeclareOptions {
                             passive: true,
                             ..QueueDeclareOptions::default()
@@ -602,7 +666,7 @@ impl Bus {
                 _ = balancer.ended.cancelled() => return Ok(()),
             }
             let drained = released.elapsed();
-            slot.channel.close(200, "shard handed over").await?;
+            slot.channel.close(200, "shard handed over".into()).await?;
             // From here the next consumer has the shard; until here its sends waited.
             tracing::info!(
                 shard,
@@ -671,7 +735,10 @@ impl Bus {
                 by_shard.entry(shard).or_default().push(pending);
             }
             for (shard, group) in by_shard {
-                self.inner.sends_per_publish.observe(group.len() as f64);
+                self.inner
+                    .metrics
+                    .sends_per_publish
+                    .observe(group.len() as f64);
                 // The earliest submitted send's deadline is the whole publish's (a group is
                 // never empty).
                 let deadline = (group.iter().map(|p| p.deadline).min())
@@ -719,8 +786,8 @@ impl Bus {
         Ok(session
             .publish
             .basic_publish(
-                &names.ingest_exchange(),
-                &Names::shard_key(shard),
+                names.ingest_exchange().into(),
+                Names::shard_key(shard).into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -734,15 +801,21 @@ impl Bus {
     /// Publishes an ephemeral event to a room's nodes: not persistent, no confirm awaited, and
     /// dropped while RabbitMQ is away.
     pub async fn publish_ephemeral(&self, room: RoomId, event: &Delivery) -> Result<(), BusError> {
-        self.publish_transient(&Names::room_key(room), event).await
+        self.publish_transient(Names::room_key(room).into(), event)
+            .await
     }
 
     /// Publishes an ephemeral event to every node, this one included.
     pub async fn publish_to_everyone(&self, event: &Delivery) -> Result<(), BusError> {
-        self.publish_transient(Names::everyone_key(), event).await
+        self.publish_transient(Names::everyone_key().into(), event)
+            .await
     }
 
-    async fn publish_transient(&self, routing_key: &str, event: &Delivery) -> Result<(), BusError> {
+    async fn publish_transient(
+        &self,
+        routing_key: ShortString,
+        event: &Delivery,
+    ) -> Result<(), BusError> {
         let session = self.session().ok_or(BusError::NotConnected)?;
         if !self.is_ready() {
             return Err(BusError::NotConnected);
@@ -752,7 +825,7 @@ impl Bus {
         let _confirm = session
             .publish
             .basic_publish(
-                &self.inner.names.delivery_exchange(),
+                self.inner.names.delivery_exchange().into(),
                 routing_key,
                 BasicPublishOptions::default(),
                 &payload,
@@ -784,9 +857,9 @@ impl Bus {
         session
             .control
             .queue_unbind(
-                &names.node_queue(),
-                &names.delivery_exchange(),
-                &Names::room_key(room),
+                names.node_queue().into(),
+                names.delivery_exchange().into(),
+                Names::room_key(room).into(),
                 FieldTable::default(),
             )
             .await?;
@@ -794,12 +867,83 @@ impl Bus {
     }
 }
 
+/// Reports what lapin tells of the connection until the session ends: a failed connection wakes
+/// the supervisor through `lost`; a channel the broker closed on an error, or a connection the
+/// broker blocked (memory or disk alarm: publishes wait, and sends time out as unconfirmed), is
+/// only logged, since whatever used that channel or publishes meanwhile fails on its own.
+async fn watch_connection(
+    events: impl futures::Stream<Item = Event> + Send + 'static,
+    status: ConnectionStatus,
+    lost: Arc<Notify>,
+    ended: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = ended.cancelled() => return,
+        };
+        match event {
+            None => return,
+            Some(Event::Error(error)) if status.connected() => {
+                tracing::warn!(%error, "RabbitMQ channel error");
+            }
+            Some(Event::Error(error)) => {
+                tracing::warn!(%error, "RabbitMQ connection error");
+                lost.notify_one();
+            }
+            Some(Event::ConnectionBlocked(reason)) => {
+                tracing::warn!(%reason, "RabbitMQ blocked the connection");
+            }
+            Some(Event::ConnectionUnblocked) => {
+                tracing::info!("RabbitMQ unblocked the connection");
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Reads the dead-letter queue's length into `gauge` every [`DEAD_LETTER_CHECK_EVERY`] until the
+/// session ends. Dead letters come from the persisters and from RabbitMQ itself (a quorum
+/// queue's delivery limit), so the queue, not a counter of the node's, is where all of them show.
+/// `channel` is its own: a failed passive declaration would close it.
+async fn watch_dead_letters(
+    channel: Channel,
+    queue: String,
+    gauge: IntGauge,
+    ended: CancellationToken,
+) {
+    loop {
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(declared) => gauge.set(i64::from(declared.message_count())),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the dead-letter queue's length");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(DEAD_LETTER_CHECK_EVERY) => {}
+            _ = ended.cancelled() => return,
+        }
+    }
+}
+
 async fn bind(channel: &Channel, names: &Names, room: RoomId) -> Result<(), lapin::Error> {
     channel
         .queue_bind(
-            &names.node_queue(),
-            &names.delivery_exchange(),
-            &Names::room_key(room),
+            names.node_queue().into(),
+            names.delivery_exchange().into(),
+            Names::room_key(room).into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -823,6 +967,74 @@ fn batch_payload(
             (serde_json::to_vec(json).unwrap_or_default(), properties)
         }
     }
+}
+
+/// Hands the node queue's deliveries to the node, in order, and acknowledges them once taken.
+/// A node that cannot keep up stops taking them: RabbitMQ then stops at the prefetch limit and
+/// keeps the rest in the (length-limited) queue, so the node's memory stays bounded. Acks go
+/// out for everything taken so far (`multiple`) whenever no delivery is waiting, or every
+/// `NODE_ACK_EVERY` deliveries under load.
+async fn consume_node_queue(
+    mut consumer: lapin::Consumer,
+    events: Arc<dyn BusEvents>,
+    lost: Arc<Notify>,
+) {
+    let mut unacked: Option<Acker> = None;
+    let mut taken_since_ack = 0u16;
+    loop {
+        let next = match consumer.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                if let Some(acker) = unacked.take() {
+                    if let Err(error) = ack_taken(&acker).await {
+                        tracing::warn!(%error, "node queue ack failed");
+                        break;
+                    }
+                    taken_since_ack = 0;
+                }
+                consumer.next().await
+            }
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "node queue consumer failed");
+                break;
+            }
+            None => break,
+        };
+        let acker = delivery.acker;
+        if has_content_type(&delivery.properties, wire::ROOMS_CONTENT_TYPE) {
+            match wire::decode_rooms(delivery.data) {
+                Ok(rooms) => events.deliver_rooms(rooms).await,
+                Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
+            }
+        } else {
+            match Delivery::decode(&delivery.data) {
+                Ok(payload) => events.deliver(payload).await,
+                Err(error) => tracing::error!(%error, "undecodable delivery dropped"),
+            }
+        }
+        unacked = Some(acker);
+        taken_since_ack += 1;
+        if taken_since_ack >= NODE_ACK_EVERY {
+            if let Some(acker) = unacked.take() {
+                if let Err(error) = ack_taken(&acker).await {
+                    tracing::warn!(%error, "node queue ack failed");
+                    break;
+                }
+            }
+            taken_since_ack = 0;
+        }
+    }
+    lost.notify_one();
+}
+
+async fn ack_taken(acker: &Acker) -> Result<(), lapin::Error> {
+    acker
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .map(drop)
 }
 
 /// Whether a received message says it has `content_type`.

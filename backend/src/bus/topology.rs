@@ -6,6 +6,13 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+/// Most bytes a node queue holds before RabbitMQ drops its oldest deliveries.
+pub const NODE_QUEUE_MAX_BYTES: i64 = 64 * 1024 * 1024;
+/// How often a quorum ingest queue delivers a message before dead-lettering it, by default.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+/// Most messages the dead-letter queue keeps by default; beyond, the oldest are dropped.
+pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u32 = 100_000;
+
 /// Every name the pipeline uses, derived from the deployment's prefix and the node id.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -17,6 +24,12 @@ pub struct Names {
     /// Ingest batches and stored batches' deliveries go out in their binary layouts
     /// ([`super::wire`]) rather than JSON. Nodes read both either way.
     pub binary: bool,
+    /// Quorum ingest queues only: deliveries of one message (returned by a consumer that died or
+    /// rejected it) after which RabbitMQ dead-letters it instead, so a batch that kills its
+    /// persister cannot loop forever. 0: no limit declared (left to a policy).
+    pub delivery_limit: u32,
+    /// Most messages the dead-letter queue keeps; past it RabbitMQ drops the oldest.
+    pub dead_letter_max_length: u32,
 }
 
 impl Names {
@@ -113,9 +126,15 @@ impl SharedTopology {
             }
             arguments
         };
+        let mut dead_letter_arguments = serde_json::Map::new();
+        dead_letter_arguments.insert(
+            "x-max-length".into(),
+            i64::from(names.dead_letter_max_length).into(),
+        );
+        dead_letter_arguments.insert("x-overflow".into(), "drop-head".into());
         let mut queues = vec![QueueSpec {
             name: names.dead_letter_queue(),
-            arguments: queue_type(serde_json::Map::new()),
+            arguments: queue_type(dead_letter_arguments),
         }];
         let mut bindings = vec![BindingSpec {
             exchange: names.dead_letter_exchange(),
@@ -129,6 +148,12 @@ impl SharedTopology {
                 "x-dead-letter-exchange".into(),
                 names.dead_letter_exchange().into(),
             );
+            if names.quorum && names.delivery_limit > 0 {
+                arguments.insert(
+                    "x-delivery-limit".into(),
+                    i64::from(names.delivery_limit).into(),
+                );
+            }
             queues.push(QueueSpec {
                 name: names.ingest_queue(shard),
                 arguments: queue_type(arguments),
@@ -162,7 +187,7 @@ pub async fn declare_shared(channel: &Channel, names: &Names) -> Result<(), lapi
         };
         channel
             .exchange_declare(
-                &exchange.name,
+                exchange.name.as_str().into(),
                 kind,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -175,7 +200,7 @@ pub async fn declare_shared(channel: &Channel, names: &Names) -> Result<(), lapi
     for queue in &topology.queues {
         channel
             .queue_declare(
-                &queue.name,
+                queue.name.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..QueueDeclareOptions::default()
@@ -187,9 +212,9 @@ pub async fn declare_shared(channel: &Channel, names: &Names) -> Result<(), lapi
     for binding in &topology.bindings {
         channel
             .queue_bind(
-                &binding.queue,
-                &binding.exchange,
-                &binding.routing_key,
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -220,23 +245,30 @@ pub async fn declare_node_queue(channel: &Channel, names: &Names) -> Result<(), 
         auto_delete: true,
         ..QueueDeclareOptions::default()
     };
+    // A node that falls behind lets its queue grow only this far: RabbitMQ then drops the oldest
+    // deliveries, whose messages fan-out reads back from PostgreSQL as a gap.
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(NODE_QUEUE_MAX_BYTES),
+    );
     channel
-        .queue_declare(&names.node_queue(), options, FieldTable::default())
+        .queue_declare(names.node_queue().into(), options, arguments)
         .await?;
     channel
         .queue_bind(
-            &names.node_queue(),
-            &names.delivery_exchange(),
-            &Names::node_key(&names.node_id),
+            names.node_queue().into(),
+            names.delivery_exchange().into(),
+            Names::node_key(&names.node_id).into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
         .await?;
     channel
         .queue_bind(
-            &names.node_queue(),
-            &names.delivery_exchange(),
-            Names::everyone_key(),
+            names.node_queue().into(),
+            names.delivery_exchange().into(),
+            Names::everyone_key().into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -255,6 +287,8 @@ mod tests {
             shards: 8,
             quorum: false,
             binary: true,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH,
         };
         assert_eq!(names.shard_of(RoomId(9)), 1);
         assert_eq!(names.shard_of(RoomId(16)), 0);
@@ -263,11 +297,63 @@ mod tests {
         assert_eq!(Names::room_key(RoomId(42)), "room.42");
     }
 
+    #[test]
+    fn quorum_ingest_queues_have_a_delivery_limit_and_dead_letters_a_cap() {
+        let names = |quorum, delivery_limit| Names {
+            prefix: "chat".into(),
+            node_id: "n1".into(),
+            shards: 1,
+            quorum,
+            binary: true,
+            delivery_limit,
+            dead_letter_max_length: 7,
+        };
+        let arguments = |names: &Names, queue: &str| {
+            let topology = SharedTopology::of(names);
+            let spec = topology.queues.into_iter().find(|q| q.name == queue);
+            spec.map(|q| serde_json::Value::Object(q.arguments))
+                .unwrap_or_default()
+        };
+        let quorum = names(true, 20);
+        assert_eq!(
+            arguments(&quorum, "chat.ingest.0")["x-delivery-limit"],
+            20,
+            "a poison message cannot loop forever"
+        );
+        assert_eq!(
+            arguments(&quorum, "chat.ingest.0")["x-queue-type"],
+            "quorum"
+        );
+        for names in [names(true, 20), names(false, 20)] {
+            let dead = arguments(&names, "chat.dead");
+            assert_eq!(dead["x-max-length"], 7);
+            assert_eq!(dead["x-overflow"], "drop-head");
+        }
+        let classic = arguments(&names(false, 20), "chat.ingest.0");
+        assert_eq!(
+            classic.get("x-delivery-limit"),
+            None,
+            "classic queues have none"
+        );
+        let unlimited = arguments(&names(true, 0), "chat.ingest.0");
+        assert_eq!(
+            unlimited.get("x-delivery-limit"),
+            None,
+            "0 declares no limit"
+        );
+    }
+
     /// `rabbitmq/definitions.json` describes the default deployment (prefix `chat`, 2 shards)
-    /// exactly as the nodes declare it.
+    /// exactly as the nodes declare it, and `rabbitmq/definitions.quorum.json` the same with
+    /// `CHAT_QUEUE_TYPE=quorum`.
     #[test]
     fn deployer_definitions_match_the_declared_topology() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../rabbitmq/definitions.json");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../rabbitmq");
+        definitions_match(&format!("{dir}/definitions.json"), false);
+        definitions_match(&format!("{dir}/definitions.quorum.json"), true);
+    }
+
+    fn definitions_match(path: &str, quorum: bool) {
         let text = std::fs::read_to_string(path).unwrap_or_default();
         let definitions: serde_json::Value = match serde_json::from_str(&text) {
             Ok(value) => value,
@@ -277,8 +363,10 @@ mod tests {
             prefix: "chat".into(),
             node_id: "unused".into(),
             shards: 2,
-            quorum: false,
+            quorum,
             binary: true,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH,
         };
         let expected = SharedTopology::of(&names);
         let list = |key: &str| definitions[key].as_array().cloned().unwrap_or_default();
@@ -300,7 +388,7 @@ mod tests {
             .map(|e| (e.name.clone(), e.kind.to_owned(), true))
             .collect();
         expected_exchanges.sort();
-        assert_eq!(exchanges, expected_exchanges);
+        assert_eq!(exchanges, expected_exchanges, "{path}");
 
         let mut queues: Vec<(String, bool, String)> = list("queues")
             .iter()
@@ -325,7 +413,7 @@ mod tests {
             })
             .collect();
         expected_queues.sort();
-        assert_eq!(queues, expected_queues);
+        assert_eq!(queues, expected_queues, "{path}");
 
         let mut bindings: Vec<(String, String, String)> = list("bindings")
             .iter()
@@ -344,6 +432,6 @@ mod tests {
             .map(|b| (b.exchange.clone(), b.queue.clone(), b.routing_key.clone()))
             .collect();
         expected_bindings.sort();
-        assert_eq!(bindings, expected_bindings);
+        assert_eq!(bindings, expected_bindings, "{path}");
     }
 }

@@ -1,11 +1,13 @@
 //! Users, their password hashes, sessions and profiles.
 
+use super::names::{like_escaped, username_key};
 use super::schema::{sessions, users};
 use super::{Store, StoreError};
-use chat_protocol::api::{Avatar, Profile, ProfileUpdate};
+use chat_protocol::api::{Avatar, Profile, ProfileUpdate, UserSummary};
 use chat_protocol::UserId;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
 use std::collections::HashMap;
 
 /// A user row as profiles need it.
@@ -35,6 +37,33 @@ impl UserRow {
     }
 }
 
+/// `$1`: the user name key's LIKE pattern, `$2`: the display name's, `$3`: the most rows.
+/// `COLLATE "C"` in the conditions and orders is what lets the indexes serve both.
+const SEARCH_USERS: &str = r#"
+SELECT id, username, display_name FROM (
+    (SELECT id, username, display_name, username_key FROM users
+     WHERE username_key COLLATE "C" LIKE $1
+     ORDER BY username_key COLLATE "C" LIMIT $3)
+    UNION
+    (SELECT id, username, display_name, username_key FROM users
+     WHERE lower(display_name) COLLATE "C" LIKE $2
+     ORDER BY lower(display_name) COLLATE "C" LIMIT $3)
+) AS found
+ORDER BY username_key COLLATE "C" LIKE $1 DESC, username_key COLLATE "C", id
+LIMIT $3
+"#;
+
+/// A row of [`SEARCH_USERS`].
+#[derive(QueryableByName)]
+struct FoundUser {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    username: String,
+    #[diesel(sql_type = Text)]
+    display_name: String,
+}
+
 /// A new account's fields.
 pub struct NewUser {
     pub username: String,
@@ -51,18 +80,19 @@ pub struct SessionUser {
 }
 
 impl Store {
-    /// Creates an account; `None` when the user name is taken.
+    /// Creates an account; `None` when the user name is taken in any case or Unicode form.
     pub async fn create_user(&self, new: NewUser) -> Result<Option<UserRow>, StoreError> {
         self.run(move |conn| {
             Ok(diesel::insert_into(users::table)
                 .values((
                     users::username.eq(&new.username),
+                    users::username_key.eq(username_key(&new.username)),
                     users::display_name.eq(&new.display_name),
                     users::avatar_initials.eq(&new.avatar_initials),
                     users::password_hash.eq(&new.password_hash),
                 ))
-                .on_conflict(users::username)
-                .do_nothing()
+                // Either unique index: the name's key, or (the same name exactly) the name.
+                .on_conflict_do_nothing()
                 .returning(UserRow::as_returning())
                 .get_result(conn)
                 .optional()?)
@@ -70,19 +100,52 @@ impl Store {
         .await
     }
 
-    /// The id and password hash of an account that can log in.
+    /// The id and password hash of an account that can log in, found by the name in any case.
     pub async fn credentials(
         &self,
         username: String,
     ) -> Result<Option<(UserId, String)>, StoreError> {
         self.run(move |conn| {
-            let row = users::table
-                .filter(users::username.eq(&username))
+            let row = by_name(&username)
                 .filter(users::password_hash.is_not_null())
                 .select((users::id, users::password_hash))
                 .first::<(i64, Option<String>)>(conn)
                 .optional()?;
             Ok(row.and_then(|(id, hash)| hash.map(|hash| (UserId(id), hash))))
+        })
+        .await
+    }
+
+    /// Users whose user name (compared by its key: any case, any Unicode form) starts with
+    /// `prefix`, by user name (so the user named `prefix` first), then those whose display name
+    /// (in any case) does; at most `limit`. Each half is a range scan of its index of the
+    /// `user_search` migration, in the index's (byte) order, that stops at `limit` rows: a
+    /// one-letter prefix that a million users share reads forty rows.
+    pub async fn search_users(
+        &self,
+        prefix: String,
+        limit: i64,
+    ) -> Result<Vec<UserSummary>, StoreError> {
+        // PostgreSQL text cannot hold NUL, and no name has one: no match, not a failure.
+        if prefix.contains('\0') {
+            return Ok(Vec::new());
+        }
+        self.run(move |conn| {
+            let by_name = format!("{}%", like_escaped(&username_key(&prefix)));
+            let by_display = format!("{}%", like_escaped(&prefix.to_lowercase()));
+            let rows = diesel::sql_query(SEARCH_USERS)
+                .bind::<Text, _>(by_name)
+                .bind::<Text, _>(by_display)
+                .bind::<BigInt, _>(limit)
+                .load::<FoundUser>(conn)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| UserSummary {
+                    user_id: UserId(row.id),
+                    username: row.username,
+                    display_name: row.display_name,
+                })
+                .collect())
         })
         .await
     }
@@ -154,6 +217,21 @@ impl Store {
             .await
     }
 
+    /// Which of these sessions (token hashes) are still live: not ended, not expired.
+    pub async fn live_sessions(
+        &self,
+        token_hashes: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.run(move |conn| {
+            Ok(sessions::table
+                .filter(sessions::token_hash.eq_any(&token_hashes))
+                .filter(sessions::expires_at.gt(Utc::now()))
+                .select(sessions::token_hash)
+                .load::<Vec<u8>>(conn)?)
+        })
+        .await
+    }
+
     pub async fn delete_session(&self, token_hash: Vec<u8>) -> Result<(), StoreError> {
         self.run(move |conn| {
             diesel::delete(sessions::table.find(&token_hash)).execute(conn)?;
@@ -219,10 +297,14 @@ impl Store {
         .await
     }
 
+    /// The user with this name in any case.
     pub async fn user_by_name(&self, username: String) -> Result<Option<UserId>, StoreError> {
+        // PostgreSQL text cannot hold NUL, and no name has one: nobody, not a failed query.
+        if username.contains('\0') {
+            return Ok(None);
+        }
         self.run(move |conn| {
-            Ok(users::table
-                .filter(users::username.eq(&username))
+            Ok(by_name(&username)
                 .select(users::id)
                 .first::<i64>(conn)
                 .optional()?
@@ -230,6 +312,20 @@ impl Store {
         })
         .await
     }
+}
+
+/// The user a name means: the one with its key, or, for the younger of two accounts whose names
+/// collided before keys existed, the one with exactly that name (see the migration that added
+/// the key).
+fn by_name(username: &str) -> users::BoxedQuery<'static, diesel::pg::Pg> {
+    users::table
+        .filter(
+            users::username_key
+                .eq(username_key(username))
+                .or(users::username.eq(username.to_owned())),
+        )
+        .order(users::username.eq(username.to_owned()).desc())
+        .into_boxed()
 }
 
 /// The live sessions' users for a batch of token hashes, in one query.

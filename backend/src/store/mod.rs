@@ -8,6 +8,7 @@ mod accounts;
 mod arrays;
 pub mod batch;
 mod messages;
+mod names;
 mod persist;
 mod rooms;
 pub mod schema;
@@ -15,10 +16,10 @@ pub mod schema;
 pub use accounts::{NewUser, SessionUser, UserRow};
 pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow};
 pub use persist::{MessageOutcome, SeqCounters};
-pub use rooms::RoomRow;
+pub use rooms::{Removal, RoomRow};
 
 use batch::{BatchFailed, Batched, Limits};
-use chat_protocol::{RoomId, Seq};
+use chat_protocol::{RoomId, Seq, UserId};
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, PooledConnection, R2D2Connection};
@@ -103,6 +104,7 @@ struct Batches {
     sessions: Batched<Vec<u8>, Option<SessionUser>>,
     last_seqs: Batched<RoomId, Seq>,
     catch_ups: Batched<CatchUpRequest, CatchUp>,
+    room_ids: Batched<UserId, Vec<RoomId>>,
 }
 
 impl Default for Batches {
@@ -114,6 +116,7 @@ impl Default for Batches {
         Batches {
             sessions: Batched::new("session", READS),
             last_seqs: Batched::new("last_seq", READS),
+            room_ids: Batched::new("room_ids", READS),
             catch_ups: Batched::new(
                 "catch_up",
                 Limits {

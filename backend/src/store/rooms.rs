@@ -1,8 +1,9 @@
 //! Rooms (public, private, direct) and their memberships.
 
+use super::names::{like_escaped, room_name_key};
 use super::schema::{memberships, rooms, users};
 use super::{Store, StoreError};
-use chat_protocol::api::{Member, Role, RoomKind};
+use chat_protocol::api::{InvitePolicy, Member, Role, RoomKind};
 use chat_protocol::{PresenceStatus, RoomId, Seq, UserId};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -32,23 +33,14 @@ fn role_of(text: &str) -> Role {
     Role::parse(text).unwrap_or(Role::Member)
 }
 
-/// Escapes `%`, `_` and `\` so a search string is matched literally by LIKE.
+/// A LIKE pattern matching names that contain `query` literally, in any case.
 fn like_pattern(query: &str) -> String {
-    let mut pattern = String::with_capacity(query.len() + 2);
-    pattern.push('%');
-    for c in query.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
+    format!("%{}%", like_escaped(&query.to_lowercase()))
 }
 
 impl Store {
     /// Creates a public or private room with `owner` as its owner. `None` when a public room
-    /// already has the name.
+    /// already has the name in any case or Unicode form.
     pub async fn create_room(
         &self,
         name: String,
@@ -60,8 +52,10 @@ impl Store {
                 let id = diesel::insert_into(rooms::table)
                     .values((
                         rooms::name.eq(&name),
+                        rooms::name_key.eq(room_name_key(&name)),
                         rooms::kind.eq(kind.as_str()),
                         rooms::created_by.eq(owner.0),
+                        rooms::invite_policy.eq(InvitePolicy::default_for(kind).as_str()),
                     ))
                     .returning(rooms::id)
                     .get_result::<i64>(conn)?;
@@ -138,6 +132,10 @@ impl Store {
         query: String,
         limit: i64,
     ) -> Result<Vec<RoomRow>, StoreError> {
+        // PostgreSQL text cannot hold NUL, and no room name has one: no match, not a failure.
+        if query.contains('\0') {
+            return Ok(Vec::new());
+        }
         self.run(move |conn| {
             // The kind is written into the statement, not bound: only then does a cached
             // (generic) plan match the trigram index, which covers public rooms only.
@@ -173,6 +171,39 @@ impl Store {
                 .collect())
         })
         .await
+    }
+
+    /// The ids of the rooms a user is in, the most recently joined first, at most `limit` (one
+    /// query for the users whose rooms are asked for at the same moment).
+    pub async fn room_ids_of(&self, user: UserId, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.batches
+            .room_ids
+            .get(&self.connections, user, move |conn, users| {
+                let ids: Vec<i64> = users.iter().map(|user| user.0).collect();
+                let rows = diesel::sql_query(
+                    "SELECT room_id, user_id, role FROM ( \
+                       SELECT room_id, user_id, role, row_number() OVER \
+                         (PARTITION BY user_id ORDER BY joined_at DESC, room_id DESC) AS n \
+                       FROM memberships WHERE user_id = ANY($1)) m \
+                     WHERE n <= $2",
+                )
+                .bind::<Array<BigInt>, _>(ids)
+                .bind::<BigInt, _>(limit)
+                .load::<MembershipRoleRow>(conn)?;
+                let mut rooms: HashMap<UserId, Vec<RoomId>> = HashMap::new();
+                for row in rows {
+                    rooms
+                        .entry(UserId(row.user_id))
+                        .or_default()
+                        .push(RoomId(row.room_id));
+                }
+                Ok(users
+                    .iter()
+                    .map(|user| rooms.remove(user).unwrap_or_default())
+                    .collect())
+            })
+            .await
     }
 
     /// For each of `users`, which of `rooms` they are a member of.
@@ -228,7 +259,8 @@ impl Store {
         .await
     }
 
-    /// Adds a member; false if already one.
+    /// Adds a member; false if already one. A new member has read what the room held before
+    /// they came in: only later messages count as unread for them.
     pub async fn add_member(
         &self,
         room: RoomId,
@@ -236,15 +268,91 @@ impl Store {
         role: Role,
     ) -> Result<bool, StoreError> {
         self.run(move |conn| {
+            let last_seq = rooms::table
+                .find(room.0)
+                .select(rooms::last_seq)
+                .first::<i64>(conn)
+                .optional()?
+                .unwrap_or(0);
             let inserted = diesel::insert_into(memberships::table)
                 .values((
                     memberships::room_id.eq(room.0),
                     memberships::user_id.eq(user.0),
                     memberships::role.eq(role.as_str()),
+                    memberships::last_read_seq.eq(last_seq),
                 ))
                 .on_conflict_do_nothing()
                 .execute(conn)?;
             Ok(inserted > 0)
+        })
+        .await
+    }
+
+    /// Removes `user` unless they are the room's last owner. The room's row is locked so two
+    /// owners removing each other cannot both succeed and leave the room without one.
+    pub async fn remove_member_keeping_an_owner(
+        &self,
+        room: RoomId,
+        user: UserId,
+    ) -> Result<Removal, StoreError> {
+        self.run(move |conn| {
+            conn.transaction(|conn| {
+                rooms::table
+                    .find(room.0)
+                    .select(rooms::id)
+                    .for_update()
+                    .first::<i64>(conn)
+                    .optional()?;
+                let roles = memberships::table
+                    .filter(memberships::room_id.eq(room.0))
+                    .filter(
+                        memberships::user_id
+                            .eq(user.0)
+                            .or(memberships::role.eq(Role::Owner.as_str())),
+                    )
+                    .select((memberships::user_id, memberships::role))
+                    .load::<(i64, String)>(conn)?;
+                let Some((_, role)) = roles.iter().find(|(id, _)| *id == user.0) else {
+                    return Ok(Removal::NotMember);
+                };
+                let owners = roles
+                    .iter()
+                    .filter(|(_, role)| role_of(role) == Role::Owner)
+                    .count();
+                if role_of(role) == Role::Owner && owners <= 1 {
+                    return Ok(Removal::LastOwner);
+                }
+                diesel::delete(memberships::table.find((room.0, user.0))).execute(conn)?;
+                Ok(Removal::Removed)
+            })
+        })
+        .await
+    }
+
+    /// Who may invite into a room; `None` if there is no such room.
+    pub async fn invite_policy(&self, room: RoomId) -> Result<Option<InvitePolicy>, StoreError> {
+        self.run(move |conn| {
+            Ok(rooms::table
+                .find(room.0)
+                .select(rooms::invite_policy)
+                .first::<String>(conn)
+                .optional()?
+                // The column has a CHECK constraint with exactly these values.
+                .map(|text| InvitePolicy::parse(&text).unwrap_or(InvitePolicy::Owners)))
+        })
+        .await
+    }
+
+    pub async fn set_invite_policy(
+        &self,
+        room: RoomId,
+        policy: InvitePolicy,
+    ) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            diesel::update(rooms::table.find(room.0))
+                .set(rooms::invite_policy.eq(policy.as_str()))
+                .execute(conn)?;
+            Ok(())
         })
         .await
     }
@@ -287,20 +395,23 @@ impl Store {
         .await
     }
 
-    /// The direct room of two users, created on first use with both as members. `name` is used
-    /// only when the room is created.
+    /// The direct room of two users, opened by `me`. Created on first use with both as members;
+    /// after that, opening it adds only `me` again, so a user who left stays out until they
+    /// open it themselves (the messages sent meanwhile are stored and theirs to read then).
+    /// `name` is used only when the room is created. Also answers who became a member.
     pub async fn direct_room(
         &self,
         me: UserId,
         other: UserId,
         name: String,
-    ) -> Result<RoomRow, StoreError> {
+    ) -> Result<(RoomRow, Vec<UserId>), StoreError> {
         let key = format!("{}:{}", me.0.min(other.0), me.0.max(other.0));
         self.run(move |conn| {
             conn.transaction(|conn| {
-                diesel::insert_into(rooms::table)
+                let created = diesel::insert_into(rooms::table)
                     .values((
                         rooms::name.eq(&name),
+                        rooms::name_key.eq(room_name_key(&name)),
                         rooms::kind.eq(RoomKind::Direct.as_str()),
                         rooms::created_by.eq(me.0),
                         rooms::direct_key.eq(&key),
@@ -312,17 +423,28 @@ impl Store {
                     .filter(rooms::direct_key.eq(&key))
                     .select((rooms::id, rooms::name, rooms::kind))
                     .first::<RoomColumns>(conn)?;
-                for user in [me, other] {
-                    diesel::insert_into(memberships::table)
+                let entering: &[UserId] = if created > 0 { &[me, other] } else { &[me] };
+                // Whoever comes back to the conversation has read what it held.
+                let last_seq = rooms::table
+                    .find(row.0)
+                    .select(rooms::last_seq)
+                    .first::<i64>(conn)?;
+                let mut added = Vec::new();
+                for &user in entering {
+                    let inserted = diesel::insert_into(memberships::table)
                         .values((
                             memberships::room_id.eq(row.0),
                             memberships::user_id.eq(user.0),
                             memberships::role.eq(Role::Member.as_str()),
+                            memberships::last_read_seq.eq(last_seq),
                         ))
                         .on_conflict_do_nothing()
                         .execute(conn)?;
+                    if inserted > 0 {
+                        added.push(user);
+                    }
                 }
-                Ok(room_row(row))
+                Ok((room_row(row), added))
             })
         })
         .await
@@ -338,6 +460,15 @@ mod tests {
         assert_eq!(like_pattern("Gen"), "%gen%");
         assert_eq!(like_pattern("50%_\\"), "%50\\%\\_\\\\%");
     }
+}
+
+/// What removing a member came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    NotMember,
+    /// Refused: a room keeps at least one owner.
+    LastOwner,
 }
 
 #[derive(QueryableByName)]

@@ -10,6 +10,7 @@ diesel::table! {
         status_text -> Text,
         avatar_color -> Text,
         avatar_initials -> Text,
+        username_key -> Text,
     }
 }
 
@@ -31,6 +32,8 @@ diesel::table! {
         kind -> Text,
         created_by -> Nullable<Int8>,
         direct_key -> Nullable<Text>,
+        name_key -> Text,
+        invite_policy -> Text,
     }
 }
 

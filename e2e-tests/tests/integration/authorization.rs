@@ -20,6 +20,12 @@ fn room_endpoints(room: RoomId) -> Vec<(Method, String, Option<Value>)> {
             Some(json!({"username": "mallory"})),
         ),
         (Method::POST, format!("/api/rooms/{room}/join"), None),
+        (
+            Method::PATCH,
+            format!("/api/rooms/{room}"),
+            Some(json!({"invite_policy": "members"})),
+        ),
+        (Method::DELETE, format!("/api/rooms/{room}/members/1"), None),
     ]
 }
 
@@ -79,7 +85,8 @@ async fn non_members_are_refused_everywhere_and_learn_nothing() -> anyhow::Resul
         assert_eq!(hidden_answer, absent_answer, "{} leaks", hidden.1);
     }
     // A public room can be seen and joined, but nothing else without joining.
-    for endpoint in &room_endpoints(public)[1..5] {
+    let endpoints = room_endpoints(public);
+    for endpoint in endpoints[1..5].iter().chain(&endpoints[6..]) {
         let (status, body) = call(&mallory_api, endpoint).await?;
         assert_eq!(
             (status, body["code"].as_str()),

@@ -109,21 +109,21 @@ async fn edits_and_deletes_reach_every_node_and_history() -> anyhow::Result<()> 
     .await?;
     assert_eq!(next_error(&mut bob).await?, ErrorCode::MessageNotFound);
 
-    // A stranger is refused without learning anything.
+    // A stranger, who cannot join the room, is refused without learning anything.
     let mut eve = node_b.user("eve").await?;
     eve.send(&ClientFrame::Delete {
         room_id: room,
         seq: Seq(1),
     })
     .await?;
-    assert_eq!(next_error(&mut eve).await?, ErrorCode::NotMember);
+    assert_eq!(next_error(&mut eve).await?, ErrorCode::NotJoined);
     eve.send(&ClientFrame::Edit {
         room_id: RoomId(room.0 + 1_000),
         seq: Seq(1),
         body: "x".into(),
     })
     .await?;
-    assert_eq!(next_error(&mut eve).await?, ErrorCode::NotMember);
+    assert_eq!(next_error(&mut eve).await?, ErrorCode::NotJoined);
 
     // History keeps the order and shows the changes; a new message takes the next number.
     ada.send_message(room, "a2", "after the edits").await?;

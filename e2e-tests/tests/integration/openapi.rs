@@ -26,15 +26,18 @@ const SERVED_ROUTES: &[(&str, &str)] = &[
     ("get", "/api/me"),
     ("patch", "/api/me"),
     ("get", "/api/users/{user_id}"),
+    ("get", "/api/users"),
     // rooms.rs
     ("get", "/api/rooms"),
     ("post", "/api/rooms"),
     ("get", "/api/me/rooms"),
     ("get", "/api/rooms/{room_id}"),
+    ("patch", "/api/rooms/{room_id}"),
     ("post", "/api/rooms/{room_id}/join"),
     ("post", "/api/rooms/{room_id}/leave"),
     ("post", "/api/rooms/{room_id}/invite"),
     ("get", "/api/rooms/{room_id}/members"),
+    ("delete", "/api/rooms/{room_id}/members/{user_id}"),
     ("get", "/api/rooms/{room_id}/messages"),
     ("post", "/api/direct"),
 ];
@@ -47,7 +50,8 @@ const WS_UPGRADE: &[(&str, &str)] = &[
 ];
 
 /// How the tests call each documented operation, in this order (logging out last), as the
-/// user `ada`, who owns the public room `{room_id}` (with a message in it); `{user_id}` is `bob`.
+/// user `ada`, who owns the public room `{room_id}` (with a message in it); `{user_id}` is `bob`,
+/// a member of it.
 fn calls() -> Vec<Call> {
     vec![
         Call::new("get", "/healthz"),
@@ -60,13 +64,16 @@ fn calls() -> Vec<Call> {
         Call::new("get", "/api/me"),
         Call::new("patch", "/api/me").body(json!({"status_text": "reading the spec"})),
         Call::new("get", "/api/users/{user_id}"),
+        Call::new("get", "/api/users").query("q=bo"),
         Call::new("get", "/api/rooms").query("q=open&limit=10"),
         Call::new("post", "/api/rooms").body(json!({"name": "spec", "visibility": "private"})),
         Call::new("get", "/api/me/rooms"),
         Call::new("get", "/api/rooms/{room_id}"),
+        Call::new("patch", "/api/rooms/{room_id}").body(json!({"invite_policy": "owners"})),
         Call::new("post", "/api/rooms/{room_id}/join"),
         Call::new("post", "/api/rooms/{room_id}/invite").body(json!({"username": "dora"})),
         Call::new("get", "/api/rooms/{room_id}/members"),
+        Call::new("delete", "/api/rooms/{room_id}/members/{user_id}"),
         Call::new("get", "/api/rooms/{room_id}/messages").query("after=0&limit=10"),
         Call::new("post", "/api/direct").body(json!({"username": "bob"})),
         Call::new("post", "/api/password").body(json!({
@@ -114,7 +121,11 @@ async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()
     ada.send_message(room, "openapi-1", "hello, spec").await?;
     ada.next_message(room).await?;
     let token = ada.api()?.token().unwrap_or_default().to_owned();
-    let bob = node.sign_in("bob").await?.get("/api/me").await?.body;
+    let bob_api = node.sign_in("bob").await?;
+    bob_api
+        .post_empty(&format!("/api/rooms/{room}/join"))
+        .await?;
+    let bob = bob_api.get("/api/me").await?.body;
     let ids = BTreeMap::from([
         ("room_id", room.to_string()),
         ("user_id", bob["user_id"].to_string()),
@@ -125,7 +136,12 @@ async fn every_documented_operation_answers_as_documented() -> anyhow::Result<()
     for call in calls() {
         let key = (call.method.to_owned(), call.path.to_owned());
         let operation = &operations[&key];
-        let answer = call.send(&node.http_url(), &ids, Some(&token)).await?;
+        // Metrics are on the operator's listener (the path's own `servers` in the spec).
+        let base = match call.path {
+            "/metrics" => format!("http://{}", node.metrics_addr),
+            _ => node.http_url(),
+        };
+        let answer = call.send(&base, &ids, Some(&token)).await?;
         let at = format!("{} {} → {}", call.method, call.path, answer.status);
         if !(200..300).contains(&answer.status) && answer.status != 101 {
             problems.push(format!("{at}: expected success, got {}", answer.body));
@@ -197,6 +213,58 @@ async fn secured_operations_need_a_session_in_either_documented_scheme() -> anyh
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_methods_answer_405_with_the_documented_methods_in_allow() -> anyhow::Result<()> {
+    let spec = spec()?;
+    let env = TestEnv::new().await?;
+    let node = env.start_node("openapi-allow").await?;
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (method, path) in operations(&spec).into_keys() {
+        if path.starts_with("/api/") {
+            documented
+                .entry(path)
+                .or_default()
+                .insert(method.to_uppercase());
+        }
+    }
+    let mut problems = Vec::new();
+    for (path, methods) in &documented {
+        let url = path.replace("{room_id}", "1").replace("{user_id}", "1");
+        for method in ["PUT", "DELETE", "GET", "POST", "PATCH"] {
+            if methods.contains(method) {
+                continue;
+            }
+            let response = reqwest::Client::new()
+                .request(
+                    Method::from_bytes(method.as_bytes())?,
+                    node.http_url() + &url,
+                )
+                .header("content-length", "0")
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let allow: BTreeSet<String> = response
+                .headers()
+                .get("allow")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("")
+                .split(',')
+                .map(|method| method.trim().to_owned())
+                .filter(|method| !method.is_empty())
+                .collect();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            if status != 405 || body["code"] != "method_not_allowed" || &allow != methods {
+                problems.push(format!(
+                    "{method} {path} → {status} {body}, Allow {allow:?}; documented {methods:?}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    node.stop().await?;
     Ok(())
 }
 

@@ -1,14 +1,20 @@
 //! A message that can never be stored goes to the dead-letter queue with its reason; the rest of
-//! its batch is stored as usual.
+//! its batch is stored as usual. A quorum ingest queue dead-letters a message it has delivered
+//! too often, and the dead-letter queue keeps only its newest messages.
 
-use chat_backend::bus::wire;
+use chat_backend::bus::{topology, wire, Names};
+use chat_backend::config::QueueType;
 use chat_protocol::bus::{IngestMessage, Origin};
 use chat_protocol::{ClientMsgId, RoomId, UserId};
 use e2e_tests::checks::stored_messages;
 use e2e_tests::services::{amqp_url, TEST_SHARDS};
-use e2e_tests::{eventually, TestEnv};
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
-use lapin::types::AMQPValue;
+use e2e_tests::{eventually, TestEnv, TestNode};
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 fn message(room_id: RoomId, sender_id: UserId, id: &str, body: &str) -> IngestMessage {
@@ -80,8 +86,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
     for (payload, properties) in payloads {
         channel
             .basic_publish(
-                &exchange,
-                &key,
+                exchange.as_str().into(),
+                key.as_str().into(),
                 BasicPublishOptions::default(),
                 &payload,
                 properties,
@@ -111,7 +117,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
     let deadline = tokio::time::Instant::now() + e2e_tests::DEADLINE;
     while reasons.len() < 4 {
         match channel
-            .basic_get(&dead_queue, BasicGetOptions { no_ack: true })
+            .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await?
         {
             Some(message) => {
@@ -154,15 +160,175 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
     );
     assert!(reasons.iter().any(|r| r.contains("0x00")), "{reasons:?}");
 
-    let metrics = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await?
-        .text()
-        .await?;
+    let metrics = reqwest::get(node.metrics_url()).await?.text().await?;
     assert!(
         metrics.contains("chat_messages_dead_lettered_total 4"),
         "{metrics}"
     );
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     node.stop().await?;
     Ok(())
+}
+
+/// A message a quorum ingest queue has delivered more than its delivery limit (every persister
+/// that took it died, or gave it back) is dead-lettered by RabbitMQ instead of looping forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_ingest_queue_dead_letters_a_message_returned_too_often() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let limit = 2;
+    let names = Names {
+        prefix: env.bus.prefix.clone(),
+        node_id: "unused".into(),
+        shards: TEST_SHARDS,
+        quorum: true,
+        binary: true,
+        delivery_limit: limit,
+        dead_letter_max_length: 100,
+    };
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    // Declared as a node declares them, with no node to consume: the test is the persister.
+    topology::declare_shared(&channel, &names).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_publish(
+            names.ingest_exchange().as_str().into(),
+            Names::shard_key(0).as_str().into(),
+            BasicPublishOptions::default(),
+            b"a batch that kills its persister",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+
+    let ingest_queue = names.ingest_queue(0);
+    let dead_queue = names.dead_letter_queue();
+    let mut deliveries = 0;
+    let deadline = tokio::time::Instant::now() + e2e_tests::DEADLINE;
+    // Quorum queues with a single active consumer serve no `basic.get`: a consumer gives every
+    // delivery back, as a persister that dies on it would.
+    let mut consumer = channel
+        .basic_consume(
+            ingest_queue.as_str().into(),
+            "poison-returner".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letter = loop {
+        let wait = std::time::Duration::from_millis(200);
+        match tokio::time::timeout(wait, consumer.next()).await {
+            Ok(Some(delivery)) => {
+                deliveries += 1;
+                delivery?
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+                continue;
+            }
+            Ok(None) => anyhow::bail!("the consumer ended"),
+            Err(_) => {}
+        }
+        let dead = channel
+            .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await?;
+        if let Some(dead) = dead {
+            break dead;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered after {deliveries} deliveries"
+        );
+    };
+    assert_eq!(
+        deliveries,
+        limit + 1,
+        "delivered once, then returned {limit} times more"
+    );
+    assert_eq!(dead_letter.data, b"a batch that kills its persister");
+    let reason = dead_letter
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-first-death-reason").cloned());
+    match reason {
+        Some(AMQPValue::LongString(reason)) => assert_eq!(reason.to_string(), "delivery_limit"),
+        other => panic!("dead-lettered for {other:?}"),
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// The dead-letter queue keeps the newest `CHAT_DEAD_LETTER_MAX_LENGTH` messages, whatever the
+/// queue type, and the node reports how many it holds.
+async fn the_dead_letter_queue_keeps_only_the_newest(queue_type: QueueType) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("dead-cap");
+    config.queue_type = queue_type;
+    config.dead_letter_max_length = 3;
+    let node = TestNode::start(config).await?;
+
+    let connection = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let dead = format!("{}.dead", env.bus.prefix);
+    for index in 0..5 {
+        channel
+            .basic_publish(
+                dead.as_str().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                format!("dead-{index}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+    }
+    let dead_queue = dead;
+    let api = node.api();
+    eventually("the node reports 3 dead letters", || async {
+        let count = api.metric("chat_dead_letter_queue_messages").await.ok()?;
+        (count == 3.0).then_some(())
+    })
+    .await?;
+    let passive = channel
+        .queue_declare(
+            dead_queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    assert_eq!(passive.message_count(), 3, "capped at 3");
+    let oldest_kept = channel
+        .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+        .map(|message| message.data.clone());
+    assert_eq!(
+        oldest_kept.as_deref(),
+        Some(&b"dead-2"[..]),
+        "the oldest were dropped"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_dead_letter_queue_keeps_only_the_newest() -> anyhow::Result<()> {
+    the_dead_letter_queue_keeps_only_the_newest(QueueType::Classic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_dead_letter_queue_keeps_only_the_newest() -> anyhow::Result<()> {
+    the_dead_letter_queue_keeps_only_the_newest(QueueType::Quorum).await
 }

@@ -25,10 +25,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 }
 
 async fn metrics(node: &TestNode) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("{}/metrics", node.http_url()))
-        .await?
-        .text()
-        .await?)
+    Ok(reqwest::get(node.metrics_url()).await?.text().await?)
 }
 
 /// Three rooms of one ingest shard that ada is in, and one ingest payload for them: sends
@@ -79,15 +76,15 @@ async fn publish(env: &TestEnv, shard: i64, payload: &[u8]) -> anyhow::Result<()
     let channel = connection.create_channel().await?;
     channel
         .basic_publish(
-            &format!("{}.ingest", env.bus.prefix),
-            &format!("shard.{shard}"),
+            format!("{}.ingest", env.bus.prefix).into(),
+            format!("shard.{shard}").into(),
             BasicPublishOptions::default(),
             payload,
             BasicProperties::default().with_delivery_mode(2),
         )
         .await?
         .await?;
-    let _ = connection.close(200, "done").await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
 

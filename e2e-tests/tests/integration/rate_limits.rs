@@ -1,9 +1,12 @@
-//! Rate limits on sending (per user) and on login attempts (per user name and per IP address),
-//! answered with `rate_limited` and how long to wait; behind a trusted proxy, the IP address is
-//! the one the proxy forwards for.
+//! Rate limits on sending (per user), on REST writes (per user) and on login attempts (per IP
+//! address, per user name from an address, per user name), answered with `rate_limited` and how
+//! long to wait; login budgets hold for the whole deployment; behind a trusted proxy, the IP
+//! address is the one the proxy forwards for.
 
+use chat_backend::config::Config;
 use chat_backend::forwarded::TrustedProxies;
 use chat_protocol::ServerFrame;
+use clap::Parser;
 use e2e_tests::api::Reply;
 use e2e_tests::{Api, TestEnv, TestNode, WsClient};
 use serde_json::json;
@@ -54,7 +57,7 @@ async fn sending_too_fast_is_refused_with_a_retry_after() -> anyhow::Result<()> 
 async fn login_attempts_are_limited_per_user_and_per_ip() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let mut config = env.config("login-limit");
-    config.login_attempts_per_user = 3;
+    config.login_attempts_per_user_ip = 3;
     config.login_attempts_per_ip = 6;
     let node = TestNode::start(config).await?;
     let api = node.api();
@@ -264,6 +267,273 @@ async fn behind_a_trusted_proxy_websocket_sends_are_limited_per_forwarded_client
         .map(|(id, answer)| (id.as_str(), answer.as_str()))
         .collect();
     assert_eq!(answers, expected);
+    node.stop().await?;
+    Ok(())
+}
+
+/// A login attempt for `username` with `password` at `node`, as if forwarded for `forwarded_for`.
+async fn login_from(
+    api: &Api,
+    forwarded_for: &str,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<Reply> {
+    let request = api
+        .http()
+        .post(format!("{}/api/login", api.base()))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"username": username, "password": password}));
+    api.send(request).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_wrong_logins_from_one_address_do_not_lock_the_user_out_of_another(
+) -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("lock-out");
+    // The shipped login limits.
+    let shipped = Config::try_parse_from(["chat-server"])?;
+    config.login_attempts_per_ip = shipped.login_attempts_per_ip;
+    config.login_attempts_per_user = shipped.login_attempts_per_user;
+    config.login_attempts_per_user_ip = shipped.login_attempts_per_user_ip;
+    config.trusted_proxies = "127.0.0.1"
+        .parse::<TrustedProxies>()
+        .map_err(anyhow::Error::msg)?;
+    let node = TestNode::start(config).await?;
+    let api = node.api();
+    api.post(
+        "/api/register",
+        json!({"username": "ada", "password": "correct horse"}),
+    )
+    .await?;
+
+    // The stranger at 203.0.113.66 guesses until refused.
+    let mut refused_after = None;
+    for attempt in 0..20 {
+        let answer = login_from(&api, "203.0.113.66", "ada", "guess guess").await?;
+        if answer.status == 429 {
+            answer.expect_error(429, "rate_limited")?;
+            refused_after = Some(attempt);
+            break;
+        }
+        answer.expect_error(401, "bad_credentials")?;
+    }
+    assert_eq!(
+        refused_after,
+        Some(shipped.login_attempts_per_user_ip as usize)
+    );
+    // Ada, elsewhere, signs in.
+    let answer = login_from(&api, "198.51.100.5", "ada", "correct horse").await?;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_budgets_hold_for_the_deployment_not_per_node() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut nodes = Vec::new();
+    for name in ["budget-a", "budget-b"] {
+        let mut config = env.config(name);
+        config.login_attempts_per_ip = 4;
+        config.login_attempts_per_user = 3;
+        nodes.push(TestNode::start(config).await?);
+    }
+    let (a, b) = (nodes[0].api(), nodes[1].api());
+    let wrong = |name: &str| json!({"username": name, "password": "guess guess"});
+
+    // One user name, three attempts spread over both nodes: the third is the last.
+    for api in [&a, &b, &a] {
+        api.post("/api/login", wrong("ada"))
+            .await?
+            .expect_error(401, "bad_credentials")?;
+    }
+    b.post("/api/login", wrong("ada"))
+        .await?
+        .expect_error(429, "rate_limited")?;
+    // One address, four attempts over both nodes (that refused one counted): both refuse now.
+    for api in [&a, &b] {
+        api.post("/api/login", wrong("bob"))
+            .await?
+            .expect_error(429, "rate_limited")?;
+        api.post(
+            "/api/register",
+            json!({"username": "carol", "password": "correct horse"}),
+        )
+        .await?
+        .expect_error(429, "rate_limited")?;
+    }
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_memcached_each_node_keeps_its_own_login_limits() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("login-no-cache");
+    config.login_attempts_per_ip = 3;
+    // A loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    config.memcached_servers = closed.to_string();
+    let node = TestNode::start(config).await?;
+    let api = node.api();
+    for index in 0..3 {
+        api.post(
+            "/api/login",
+            json!({"username": format!("user{index}"), "password": "guess guess"}),
+        )
+        .await?
+        .expect_error(401, "bad_credentials")?;
+    }
+    api.post(
+        "/api/login",
+        json!({"username": "user9", "password": "guess guess"}),
+    )
+    .await?
+    .expect_error(429, "rate_limited")?;
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_limited_per_address_per_hour() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let mut config = env.config("registrations");
+    config.registrations_per_ip = 2;
+    let node = TestNode::start(config).await?;
+    let api = node.api();
+    let register = |name: &str| json!({"username": name, "password": "correct horse"});
+    for name in ["ada", "bob"] {
+        let answer = api.post("/api/register", register(name)).await?;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    let refused = api.post("/api/register", register("carol")).await?;
+    refused.expect_error(429, "rate_limited")?;
+    assert!(retry_after(&refused) >= 1, "{:?}", refused.headers);
+    // Nothing was created: carol does not exist.
+    api.post(
+        "/api/login",
+        json!({"username": "carol", "password": "correct horse"}),
+    )
+    .await?
+    .expect_error(401, "bad_credentials")?;
+    node.stop().await?;
+    Ok(())
+}
+
+/// The `Retry-After` of an answer, in seconds (0 when missing).
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rest_write_is_rate_limited_per_user() -> anyhow::Result<()> {
+    use reqwest::Method;
+    let env = TestEnv::new().await?;
+    let mut config = env.config("rest-writes");
+    config.rest_writes_per_minute_per_user = 1;
+    config.rest_write_burst_per_user = 3;
+    let node = TestNode::start(config).await?;
+    let owner = node.sign_in("owner").await?;
+    let room = owner.public_room("open").await?;
+    node.sign_in("bob").await?;
+
+    let writes: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (
+            Method::POST,
+            "/api/rooms".into(),
+            Some(json!({"name": "more", "visibility": "public"})),
+        ),
+        (Method::POST, format!("/api/rooms/{room}/join"), None),
+        (Method::POST, format!("/api/rooms/{room}/leave"), None),
+        (
+            Method::POST,
+            format!("/api/rooms/{room}/invite"),
+            Some(json!({"username": "bob"})),
+        ),
+        (
+            Method::POST,
+            "/api/direct".into(),
+            Some(json!({"username": "bob"})),
+        ),
+        (
+            Method::PATCH,
+            "/api/me".into(),
+            Some(json!({"status_text": "busy"})),
+        ),
+        (
+            Method::POST,
+            "/api/password".into(),
+            Some(json!({"current_password": "wrong", "new_password": "a brand new one"})),
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (index, (method, path, body)) in writes.into_iter().enumerate() {
+        // A writer of their own for each write, who joins the room and spends the rest of the
+        // budget (three writes) on joining it again.
+        let writer = node.sign_in(&format!("writer{index}")).await?;
+        for _ in 0..3 {
+            let joined = writer
+                .post_empty(&format!("/api/rooms/{room}/join"))
+                .await?;
+            assert_eq!(joined.status, 200, "{}", joined.body);
+        }
+        let answer = writer.call(method.clone(), &path, body).await?;
+        if answer.status != 429 || answer.code() != "rate_limited" || retry_after(&answer) < 1 {
+            problems.push(format!(
+                "{method} {path} → {} {}",
+                answer.status, answer.body
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Nothing was changed by the refused writes.
+    let more = owner.get("/api/rooms?q=more").await?;
+    assert_eq!(more.body["rooms"], json!([]), "{}", more.body);
+    let members = owner.get(&format!("/api/rooms/{room}/members")).await?;
+    let names: Vec<&str> = members.body["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|member| member["username"].as_str())
+        .collect();
+    assert!(names.contains(&"writer2"), "leaving was refused: {names:?}");
+    assert!(!names.contains(&"bob"), "inviting was refused: {names:?}");
+    let me = node.sign_in("writer5").await?.get("/api/me").await?;
+    assert_eq!(me.body["status_text"], "", "{}", me.body);
+    node.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_creation_is_limited_per_user_and_a_refused_room_is_not_created() -> anyhow::Result<()>
+{
+    let env = TestEnv::new().await?;
+    let mut config = env.config("room-creation");
+    config.rooms_per_user_per_hour = 2;
+    let node = TestNode::start(config).await?;
+    let ada = node.sign_in("ada").await?;
+    let create = |name: &str| json!({"name": name, "visibility": "public"});
+    for name in ["first", "second"] {
+        let answer = ada.post("/api/rooms", create(name)).await?;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+    }
+    let refused = ada.post("/api/rooms", create("third")).await?;
+    refused.expect_error(429, "rate_limited")?;
+    assert!(retry_after(&refused) >= 60, "{:?}", refused.headers);
+    let found = ada.get("/api/rooms?q=third").await?;
+    assert_eq!(found.body["rooms"], json!([]), "{}", found.body);
+    // Another user is not affected.
+    let bob = node.sign_in("bob").await?;
+    let answer = bob.post("/api/rooms", create("third")).await?;
+    assert_eq!(answer.status, 201, "{}", answer.body);
     node.stop().await?;
     Ok(())
 }

@@ -122,3 +122,29 @@ async fn read_markers_sync_across_connections_and_nodes() -> anyhow::Result<()> 
     node_b.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_has_read_what_the_room_held_before_they_came() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let node = env.start_node("newcomer").await?;
+    let mut bob = node.user("bob").await?;
+    let (room, _) = bob.join("lobby").await?;
+    for n in 1..=3 {
+        bob.send_message(room, &format!("b{n}"), &format!("before {n}"))
+            .await?;
+    }
+    for _ in 0..3 {
+        bob.recv_until(|frame| matches!(frame, ServerFrame::Stored { .. }).then_some(()))
+            .await?;
+    }
+
+    // Carol joins after three messages: none of them is unread for her, the next one is.
+    let mut carol = node.user("carol").await?;
+    carol.join("lobby").await?;
+    let carol_api = carol.api()?.clone();
+    assert_eq!(unread(&carol_api, room).await?, (3, 3, 0));
+    bob.send_message(room, "b4", "after").await?;
+    carol.next_message(room).await?;
+    assert_eq!(unread(&carol_api, room).await?, (4, 3, 1));
+    Ok(())
+}

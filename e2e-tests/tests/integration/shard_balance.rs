@@ -12,10 +12,7 @@ use std::time::Duration;
 
 /// A counter from a node's `/metrics`.
 async fn counter(node: &TestNode, name: &str) -> anyhow::Result<u64> {
-    let text = reqwest::get(format!("{}/metrics", node.http_url()))
-        .await?
-        .text()
-        .await?;
+    let text = reqwest::get(node.metrics_url()).await?.text().await?;
     let value = text
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))

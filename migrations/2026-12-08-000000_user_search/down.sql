@@ -1,0 +1,2 @@
+DROP INDEX users_display_name_prefix;
+DROP INDEX users_username_key_prefix;
