@@ -27,6 +27,9 @@ use tokio::task::JoinHandle;
 
 /// How long a test waits for any single thing before failing.
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// How long a node may take to stop: more than its own drain bounds (HTTP 2 s, WebSockets 10 s,
+/// persisters 10 s, then the RabbitMQ connection), which a busy machine may use up.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(45);
 
 /// A database and RabbitMQ prefix for one test, and the nodes started against them.
 pub struct TestEnv {
@@ -122,7 +125,7 @@ impl TestNode {
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.trigger();
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(DEADLINE, task)
+            tokio::time::timeout(STOP_DEADLINE, task)
                 .await
                 .context("node did not stop in time")???;
         }
