@@ -5,27 +5,34 @@
 //! sees the change on its next read. The cache is an optimisation, never a source of truth:
 //! every failure is logged, counted and answered as a miss.
 //!
+//! A key lives on one server of the pool, chosen by rendezvous hashing (`placement`): every node
+//! chooses the same server whatever its build and the order of its list, and a server added or
+//! removed moves only its share of the keys. Each server is watched on its own: a dead one makes
+//! only its keys miss.
+//!
 //! The `memcache` crate blocks, so every call runs on tokio's blocking pool. Its connection pool
 //! is built here rather than by `memcache::Client::connect`, so that building never connects
 //! (a node starts while memcached is down) and a checkout never sends a `version` round trip.
-//! Its connections are never marked broken, so after a failure the whole client is dropped and
-//! rebuilt; after a failure requests skip memcached entirely, and when the pause is over a
-//! background probe (`version` on every server) decides whether they go back to it, so a dead
-//! server costs the requests in flight at the moment it dies one timeout, and nothing after. The
-//! pause doubles with each failed probe, up to a few seconds. Deletes that could not be sent are
-//! remembered and sent first when memcached answers again, so an entry invalidated while it was
-//! unreachable is not served afterwards.
+//! Its connections are never marked broken, so after a server failed its client is dropped and
+//! rebuilt; requests for that server's keys skip it, and when the pause is over a background
+//! probe (`version`) decides whether they go back to it, so a dead server costs the requests in
+//! flight at the moment it dies one timeout, and nothing after. The pause doubles with each
+//! failed probe, up to a few seconds. Deletes that could not be sent are remembered by the
+//! server that holds the key and sent to it before anything else once it answers again, so an
+//! entry invalidated while its server was unreachable is not served afterwards.
 //!
 //! Version bumps, which every stored batch waits for, skip the crate and the blocking pool: each
 //! server has one connection on which a bump's `incr`s (and any deletes owed) are written at
 //! once and answered in one round trip (`pipeline`).
 
 mod pipeline;
+mod placement;
 
 use crate::metrics::Metrics;
 use chat_protocol::{RoomId, UserId};
 use memcache::{ConnectionManager, Url};
 use pipeline::{Command, Pipeline};
+use placement::Placement;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -34,13 +41,14 @@ use std::time::{Duration, Instant};
 
 /// Longest wait for a connection or an answer.
 const TIMEOUT: Duration = Duration::from_millis(250);
-/// How long requests skip memcached after a failure; doubled after each failed probe.
+/// How long requests skip a server after it failed; doubled after each failed probe.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
 /// The longest pause.
 const MAX_PAUSE: Duration = Duration::from_secs(4);
 /// Connections per memcached server: enough that a burst of requests does not wait for one.
 const POOL_SIZE: u32 = 16;
-/// Most deletes remembered while memcached is unreachable; beyond that the TTL bounds staleness.
+/// Most deletes remembered per server while it is unreachable; beyond that the TTL bounds
+/// staleness.
 const MAX_PENDING_DELETES: usize = 10_000;
 
 /// What is cached. Each key names one entity.
@@ -62,70 +70,34 @@ pub struct Cache {
 }
 
 struct Inner {
-    urls: Vec<Url>,
-    /// One per server, in the order of `urls`: a key goes to the same server either way.
-    pipelines: Vec<Pipeline>,
+    /// The pool, in the order configured (which places no key).
+    servers: Vec<Server>,
+    placement: Placement,
     prefix: String,
     ttl_secs: u32,
     metrics: Metrics,
-    state: Mutex<State>,
+}
+
+/// One memcached server of the pool, and what this node knows of it.
+struct Server {
+    /// `host:port`, as every node names it.
+    address: String,
+    url: Url,
+    /// Version bumps' pipelined connection.
+    pipeline: Pipeline,
+    state: Mutex<ServerState>,
 }
 
 #[derive(Default)]
-struct State {
-    servers: Option<Arc<Servers>>,
+struct ServerState {
+    client: Option<Arc<memcache::Client>>,
     paused_until: Option<Instant>,
-    /// A probe of memcached is under way after a pause; requests skip meanwhile.
+    /// A probe of the server is under way after a pause; requests skip it meanwhile.
     probing: bool,
     /// Failures in a row, for the length of the next pause.
     failures: u32,
+    /// Keys on this server to delete before anything else is sent to it.
     pending_deletes: HashSet<String>,
-}
-
-/// One client per memcached server; a key always goes to the same one.
-struct Servers {
-    clients: Vec<memcache::Client>,
-}
-
-impl Servers {
-    fn for_key(&self, key: &str) -> Result<&memcache::Client, memcache::MemcacheError> {
-        self.clients
-            .get(self.index_of(key))
-            .ok_or_else(|| memcache::ClientError::Error("no memcached server".into()).into())
-    }
-
-    /// The values found for `keys`, with one multi-get per server.
-    fn get_many(
-        &self,
-        keys: &[String],
-    ) -> Result<HashMap<String, String>, memcache::MemcacheError> {
-        let mut by_server: HashMap<usize, Vec<&str>> = HashMap::new();
-        for key in keys {
-            by_server
-                .entry(self.index_of(key))
-                .or_default()
-                .push(key.as_str());
-        }
-        let mut found = HashMap::new();
-        for (index, keys) in by_server {
-            if let Some(client) = self.clients.get(index) {
-                found.extend(client.gets::<String>(&keys)?);
-            }
-        }
-        Ok(found)
-    }
-
-    fn index_of(&self, key: &str) -> usize {
-        server_index(key, self.clients.len())
-    }
-}
-
-/// Which of `count` servers holds `key`.
-fn server_index(key: &str, count: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    usize::try_from(hasher.finish() % count.max(1) as u64).unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,8 +126,8 @@ impl Op {
 }
 
 /// Deletes a key; one that is not there (never cached, expired, evicted) is deleted already.
-fn delete_key(servers: &Servers, key: &str) -> Result<(), memcache::MemcacheError> {
-    match servers.for_key(key)?.delete(key) {
+fn delete_key(client: &memcache::Client, key: &str) -> Result<(), memcache::MemcacheError> {
+    match client.delete(key) {
         Ok(_) => Ok(()),
         Err(error) if absent_or_present(&error) => Ok(()),
         Err(error) => Err(error),
@@ -172,37 +144,73 @@ fn absent_or_present(error: &memcache::MemcacheError) -> bool {
     )
 }
 
+/// The value of a counter or version as memcached returns it.
+fn number(text: Option<String>) -> Option<u64> {
+    text.and_then(|text| text.trim().parse().ok())
+}
+
+/// Reads a version, creating it at `fresh` when it is missing. Versions do not expire; a lost
+/// one starts again from a random value, which no stored entry carries.
+fn version_of(
+    client: &memcache::Client,
+    version: &str,
+    found: Option<String>,
+    fresh: u64,
+) -> Result<u64, memcache::MemcacheError> {
+    if let Some(current) = number(found) {
+        return Ok(current);
+    }
+    match client.add(version, fresh, 0) {
+        Ok(()) => {}
+        Err(error) if absent_or_present(&error) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(number(client.get::<String>(version)?).unwrap_or(fresh))
+}
+
 impl Cache {
-    /// `servers` is a comma-separated list of `host:port`; empty turns the cache off.
+    /// `servers` is a comma-separated list of `host:port`, in any order but spelt alike on
+    /// every node; empty turns the cache off.
     pub fn new(servers: &str, prefix: &str, ttl_secs: u32, metrics: Metrics) -> Cache {
-        let (urls, pipelines) = servers
+        let mut seen = HashSet::new();
+        let servers: Vec<Server> = servers
             .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .filter_map(|server| {
+            .map(placement::canonical)
+            .filter(|address| !address.is_empty() && seen.insert(address.clone()))
+            .filter_map(|address| {
                 // The crate's binary protocol writes and reads every header field with its own
                 // system call (about twenty per request); its text protocol buffers its reads.
                 let url = format!(
-                    "memcache://{server}?timeout={}&tcp_nodelay=true&protocol=ascii",
+                    "memcache://{address}?timeout={}&tcp_nodelay=true&protocol=ascii",
                     TIMEOUT.as_secs_f64()
                 );
                 match Url::parse(&url) {
-                    Ok(url) => Some((url, Pipeline::new(server))),
+                    Ok(url) => Some(Server {
+                        pipeline: Pipeline::new(&address),
+                        address,
+                        url,
+                        state: Mutex::new(ServerState::default()),
+                    }),
                     Err(error) => {
-                        tracing::error!(%error, server, "ignoring a malformed memcached address");
+                        tracing::error!(%error, server = address, "ignoring a malformed memcached address");
                         None
                     }
                 }
             })
-            .unzip();
+            .collect();
+        for server in &servers {
+            metrics
+                .cache_server_up
+                .with_label_values(&[&server.address])
+                .set(1);
+        }
         Cache {
             inner: Arc::new(Inner {
-                urls,
-                pipelines,
+                placement: Placement::new(servers.iter().map(|server| server.address.as_str())),
+                servers,
                 prefix: prefix.to_owned(),
                 ttl_secs,
                 metrics,
-                state: Mutex::new(State::default()),
             }),
         }
     }
@@ -210,12 +218,13 @@ impl Cache {
     /// The cached value, or `None` on a miss, an undecodable entry or any failure.
     pub async fn get<T: DeserializeOwned + Send + 'static>(&self, key: CacheKey) -> Option<T> {
         let key = self.key(key);
-        let text = self
-            .call(Op::Get, move |servers| {
-                servers.for_key(&key)?.get::<String>(&key)
-            })
-            .await
-            .flatten();
+        let text = match self.server_of(&key) {
+            Some(server) => self
+                .call(server, Op::Get, move |client| client.get::<String>(&key))
+                .await
+                .flatten(),
+            None => None,
+        };
         let result = match &text {
             Some(_) => "hit",
             None => "miss",
@@ -231,11 +240,22 @@ impl Cache {
         keys: &[CacheKey],
     ) -> Vec<Option<T>> {
         let keys: Vec<String> = keys.iter().map(|key| self.key(*key)).collect();
-        let asked = keys.clone();
-        let found = self
-            .call(Op::Get, move |servers| servers.get_many(&asked))
+        let asks =
+            self.by_server(keys.iter().cloned())
+                .into_iter()
+                .map(|(server, asked)| async move {
+                    self.call(server, Op::Get, move |client| {
+                        let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+                        client.gets::<String>(&asked)
+                    })
+                    .await
+                    .unwrap_or_default()
+                });
+        let found: HashMap<String, String> = futures::future::join_all(asks)
             .await
-            .unwrap_or_default();
+            .into_iter()
+            .flatten()
+            .collect();
         keys.iter()
             .map(|key| {
                 let text = found.get(key);
@@ -245,25 +265,37 @@ impl Cache {
             .collect()
     }
 
-    /// Stores several values for the configured TTL, in one trip to the blocking pool.
+    /// Stores several values for the configured TTL, with one trip to the blocking pool per
+    /// server.
     pub async fn set_many<T: Serialize>(&self, entries: &[(CacheKey, T)]) {
-        let entries: Vec<(String, String)> = entries
+        let mut texts: HashMap<String, String> = entries
             .iter()
             .filter_map(|(key, value)| Some((self.key(*key), serde_json::to_string(value).ok()?)))
             .collect();
-        if entries.is_empty() {
-            return;
-        }
         let ttl = self.inner.ttl_secs;
-        let stored = self
-            .call(Op::Set, move |servers| {
-                for (key, text) in &entries {
-                    servers.for_key(key)?.set(key, text.as_str(), ttl)?;
-                }
-                Ok(entries.len())
+        let keys: Vec<String> = texts.keys().cloned().collect();
+        let sets = self
+            .by_server(keys)
+            .into_iter()
+            .map(|(server, keys)| {
+                let entries: Vec<(String, String)> = keys
+                    .into_iter()
+                    .filter_map(|key| texts.remove_entry(&key))
+                    .collect();
+                self.call(server, Op::Set, move |client| {
+                    for (key, text) in &entries {
+                        client.set(key, text.as_str(), ttl)?;
+                    }
+                    Ok(entries.len())
+                })
             })
-            .await;
-        if let Some(stored) = stored {
+            .collect::<Vec<_>>();
+        let stored: usize = futures::future::join_all(sets)
+            .await
+            .into_iter()
+            .flatten()
+            .sum();
+        if stored > 0 {
             self.inner
                 .metrics
                 .cache_requests
@@ -279,9 +311,12 @@ impl Cache {
         };
         let key = self.key(key);
         let ttl = self.inner.ttl_secs;
+        let Some(server) = self.server_of(&key) else {
+            return;
+        };
         if self
-            .call(Op::Set, move |servers| {
-                servers.for_key(&key)?.set(&key, text.as_str(), ttl)
+            .call(server, Op::Set, move |client| {
+                client.set(&key, text.as_str(), ttl)
             })
             .await
             .is_some()
@@ -290,26 +325,30 @@ impl Cache {
         }
     }
 
-    /// Removes an entry after its source changed. If memcached cannot be told now, it is told
+    /// Removes an entry after its source changed. If its server cannot be told now, it is told
     /// before anything else once it answers again.
     pub async fn delete(&self, key: CacheKey) {
         let key = self.key(key);
+        let Some(server) = self.server_of(&key) else {
+            return;
+        };
         let remembered = key.clone();
         if self
-            .call(Op::Delete, move |servers| delete_key(servers, &key))
+            .call(server, Op::Delete, move |client| delete_key(client, &key))
             .await
             .is_some()
         {
             self.count(Op::Delete, "ok");
         } else {
-            self.remember_deletes([remembered]);
+            self.remember_deletes(server, [remembered]);
         }
     }
 
     /// Adds one to the counter `name` for the window numbered `window` (each `window_secs`
     /// long) and returns its new value with the previous window's: a sliding-window counter every
     /// node shares. A window's counter is created at zero and lives two windows. `None` when
-    /// memcached is off, paused or failed; the caller then counts on its own.
+    /// memcached is off, or the server of either window is paused or failed; the caller then
+    /// counts on its own.
     pub async fn count_in_window(
         &self,
         name: &str,
@@ -323,9 +362,11 @@ impl Cache {
             window.wrapping_sub(1)
         );
         let ttl = window_secs.saturating_mul(2).saturating_add(1);
-        let counted = self
-            .call(Op::Count, move |servers| {
-                let client = servers.for_key(&key)?;
+        let (server, previous_server) = (self.server_of(&key)?, self.server_of(&previous)?);
+        let same_server = server == previous_server;
+        let asked = previous.clone();
+        let (now, before) = self
+            .call(server, Op::Count, move |client| {
                 // `add` fails when another node created the counter first: either way it exists.
                 match client.add(&key, 0_u64, ttl) {
                     Ok(()) => {}
@@ -333,22 +374,30 @@ impl Cache {
                     Err(error) => return Err(error),
                 }
                 let now = client.increment(&key, 1)?;
-                let before = servers
-                    .for_key(&previous)?
-                    .get::<String>(&previous)?
-                    .and_then(|text| text.trim().parse().ok())
-                    .unwrap_or(0);
+                let before = if same_server {
+                    Some(number(client.get::<String>(&asked)?).unwrap_or(0))
+                } else {
+                    None
+                };
                 Ok((now, before))
             })
-            .await;
-        if counted.is_some() {
-            self.count(Op::Count, "ok");
-        }
-        counted
+            .await?;
+        let before = match before {
+            Some(before) => before,
+            None => {
+                self.call(previous_server, Op::Count, move |client| {
+                    Ok(number(client.get::<String>(&previous)?).unwrap_or(0))
+                })
+                .await?
+            }
+        };
+        self.count(Op::Count, "ok");
+        Some((now, before))
     }
 
-    /// Reads a versioned entry in one round trip: the current version of `version` (created
-    /// when missing) and the entry at `key`. `None` when the cache is unusable.
+    /// Reads a versioned entry: the current version of `version` (created when missing) and the
+    /// entry at `key`, in one round trip when one server holds both. `None` when either server
+    /// is unusable.
     ///
     /// Writers change PostgreSQL first and then [`Cache::bump`] the version; readers read the
     /// version before PostgreSQL and tag what they store with it. An entry filled from a read
@@ -359,45 +408,30 @@ impl Cache {
         key: CacheKey,
     ) -> Option<(u64, Option<T>)> {
         let (version, key) = (self.key(version), self.key(key));
+        let (version_server, key_server) = (self.server_of(&version)?, self.server_of(&key)?);
         let fresh: u64 = rand::random::<u64>() >> 1;
-        let found = self
-            .call(Op::Get, move |servers| {
-                let (current, text) =
-                    if std::ptr::eq(servers.for_key(&version)?, servers.for_key(&key)?) {
-                        let mut found: std::collections::HashMap<String, String> = servers
-                            .for_key(&key)?
-                            .gets(&[version.as_str(), key.as_str()])?;
-                        (found.remove(&version), found.remove(&key))
-                    } else {
-                        (
-                            servers.for_key(&version)?.get::<String>(&version)?,
-                            servers.for_key(&key)?.get::<String>(&key)?,
-                        )
-                    };
-                let current = match current.and_then(|v| v.trim().parse::<u64>().ok()) {
-                    Some(current) => current,
-                    None => {
-                        // Versions do not expire; a lost one starts again from a random value,
-                        // which no stored entry carries.
-                        let client = servers.for_key(&version)?;
-                        match client.add(&version, fresh, 0) {
-                            Ok(()) => {}
-                            Err(error) if absent_or_present(&error) => {}
-                            Err(error) => return Err(error),
-                        }
-                        match client
-                            .get::<String>(&version)?
-                            .and_then(|v| v.trim().parse().ok())
-                        {
-                            Some(current) => current,
-                            None => fresh,
-                        }
-                    }
-                };
-                Ok((current, text))
+        let (current, text) = if version_server == key_server {
+            self.call(version_server, Op::Get, move |client| {
+                let mut found: HashMap<String, String> =
+                    client.gets(&[version.as_str(), key.as_str()])?;
+                let current = version_of(client, &version, found.remove(&version), fresh)?;
+                Ok((current, found.remove(&key)))
             })
-            .await?;
-        let (current, text) = found;
+            .await?
+        } else {
+            let current = self
+                .call(version_server, Op::Get, move |client| {
+                    let found = client.get::<String>(&version)?;
+                    version_of(client, &version, found, fresh)
+                })
+                .await?;
+            let text = self
+                .call(key_server, Op::Get, move |client| {
+                    client.get::<String>(&key)
+                })
+                .await?;
+            (current, text)
+        };
         self.count(Op::Get, if text.is_some() { "hit" } else { "miss" });
         Some((
             current,
@@ -408,66 +442,113 @@ impl Cache {
     /// Moves versions on, so entries tagged with the old ones are never served again: pairs of
     /// (version, entry), one pipelined round trip per server. A version that does not exist
     /// stays so: no reader has tagged an entry with it, and one created after this belongs to a
-    /// reader that reads PostgreSQL later still, so after the change being announced. If
-    /// memcached cannot be told, the entries are deleted before anything else once it answers
-    /// again.
+    /// reader that reads PostgreSQL later still, so after the change being announced. Where a
+    /// version's server cannot be told, its entry is deleted from its own server before anything
+    /// else is sent there.
     pub async fn bump(&self, pairs: Vec<(CacheKey, CacheKey)>) {
-        if pairs.is_empty() {
+        if pairs.is_empty() || self.inner.servers.is_empty() {
             return;
         }
-        let versions: Vec<String> = pairs
+        let pairs: Vec<(String, String)> = pairs
             .iter()
-            .map(|(version, _)| self.key(*version))
+            .map(|(version, entry)| (self.key(*version), self.key(*entry)))
             .collect();
-        let entries = || pairs.iter().map(|(_, entry)| self.key(*entry));
-        let Some((_, pending)) = self.checkout() else {
+        let servers = self.inner.servers.len();
+        let mut versions: Vec<Vec<&str>> = vec![Vec::new(); servers];
+        for (version, _) in &pairs {
+            if let Some(server) = self.server_of(version) {
+                versions[server].push(version);
+            }
+        }
+        // The servers to tell, each with the deletes owed to it (sent first).
+        let mut owed: Vec<(usize, Vec<String>)> = Vec::new();
+        let mut skipped = false;
+        for (server, its_versions) in versions.iter().enumerate() {
+            match self.checkout(server) {
+                Some((_, pending)) if !(its_versions.is_empty() && pending.is_empty()) => {
+                    owed.push((server, pending));
+                }
+                Some(_) => {}
+                None => skipped |= !its_versions.is_empty(),
+            }
+        }
+        let requests: Vec<(usize, Vec<Command<'_>>)> = owed
+            .iter()
+            .map(|(server, pending)| {
+                let mut commands: Vec<Command<'_>> =
+                    pending.iter().map(|key| Command::Delete(key)).collect();
+                commands.extend(
+                    versions[*server]
+                        .iter()
+                        .map(|version| Command::Incr(version)),
+                );
+                (*server, commands)
+            })
+            .collect();
+        let sent = requests.iter().map(|(server, commands)| async move {
+            let Some(entry) = self.inner.servers.get(*server) else {
+                return Ok(());
+            };
+            match tokio::time::timeout(TIMEOUT, entry.pipeline.run(commands)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "memcached did not answer in time",
+                )),
+            }
+        });
+        let outcomes = futures::future::join_all(sent).await;
+        let mut told = vec![false; servers];
+        for ((server, pending), outcome) in owed.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    self.succeeded(*server, pending);
+                    told[*server] = true;
+                }
+                Err(error) => self.failed(*server, Op::Bump, &error),
+            }
+        }
+        let mut all_told = true;
+        for (version, entry) in &pairs {
+            if self.server_of(version).is_some_and(|server| told[server]) {
+                continue;
+            }
+            all_told = false;
+            if let Some(server) = self.server_of(entry) {
+                self.remember_deletes(server, [entry.clone()]);
+            }
+        }
+        if all_told {
+            self.count(Op::Bump, "ok");
+        } else if skipped {
             self.count(Op::Bump, "skipped");
-            self.remember_deletes(entries());
-            return;
-        };
-        let servers = self.inner.pipelines.len();
-        let mut requests: Vec<Vec<Command<'_>>> = vec![Vec::new(); servers];
-        // Deletes owed since an outage first, as every other request sends them.
-        for key in &pending {
-            requests[server_index(key, servers)].push(Command::Delete(key));
-        }
-        for key in &versions {
-            requests[server_index(key, servers)].push(Command::Incr(key));
-        }
-        let sent =
-            self.inner
-                .pipelines
-                .iter()
-                .zip(&requests)
-                .map(|(pipeline, commands)| async move {
-                    match tokio::time::timeout(TIMEOUT, pipeline.run(commands)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "memcached did not answer in time",
-                        )),
-                    }
-                });
-        let failure = futures::future::join_all(sent)
-            .await
-            .into_iter()
-            .find_map(Result::err);
-        match failure {
-            None => {
-                self.succeeded(&pending);
-                self.count(Op::Bump, "ok");
-            }
-            Some(error) => {
-                self.failed(Op::Bump, &error);
-                self.remember_deletes(entries());
-            }
         }
     }
 
-    /// A request went through, with the deletes owed that it was given (`sent`): those are
-    /// done. Deletes remembered while it was under way (another request failed) stay owed.
-    fn succeeded(&self, sent: &[String]) {
-        if let Ok(mut state) = self.inner.state.lock() {
+    /// The server that holds `key`, or `None` when the cache is off.
+    fn server_of(&self, key: &str) -> Option<usize> {
+        self.inner.placement.server_of(key)
+    }
+
+    /// `keys` grouped by the server that holds them.
+    fn by_server(&self, keys: impl IntoIterator<Item = String>) -> HashMap<usize, Vec<String>> {
+        let mut grouped: HashMap<usize, Vec<String>> = HashMap::new();
+        for key in keys {
+            if let Some(server) = self.server_of(&key) {
+                grouped.entry(server).or_default().push(key);
+            }
+        }
+        grouped
+    }
+
+    /// A request to `server` went through, with the deletes owed that it was given (`sent`):
+    /// those are done. Deletes remembered while it was under way (another request failed) stay
+    /// owed.
+    fn succeeded(&self, server: usize, sent: &[String]) {
+        let Some(entry) = self.inner.servers.get(server) else {
+            return;
+        };
+        if let Ok(mut state) = entry.state.lock() {
             for key in sent {
                 state.pending_deletes.remove(key);
             }
@@ -475,9 +556,12 @@ impl Cache {
         }
     }
 
-    /// Entries to delete before anything else once memcached answers again.
-    fn remember_deletes(&self, keys: impl IntoIterator<Item = String>) {
-        if let Ok(mut state) = self.inner.state.lock() {
+    /// Keys of `server` to delete before anything else once it answers again.
+    fn remember_deletes(&self, server: usize, keys: impl IntoIterator<Item = String>) {
+        let Some(entry) = self.inner.servers.get(server) else {
+            return;
+        };
+        if let Ok(mut state) = entry.state.lock() {
             for key in keys {
                 if state.pending_deletes.len() < MAX_PENDING_DELETES {
                     state.pending_deletes.insert(key);
@@ -505,13 +589,14 @@ impl Cache {
             .inc();
     }
 
-    /// Runs one request on the blocking pool. `None` when the cache is off, paused or failed.
-    async fn call<T, F>(&self, op: Op, work: F) -> Option<T>
+    /// Runs one request to `server` on the blocking pool, after the deletes owed to it. `None`
+    /// when that server is paused or failed.
+    async fn call<T, F>(&self, server: usize, op: Op, work: F) -> Option<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Servers) -> Result<T, memcache::MemcacheError> + Send + 'static,
+        F: FnOnce(&memcache::Client) -> Result<T, memcache::MemcacheError> + Send + 'static,
     {
-        let Some((servers, pending)) = self.checkout() else {
+        let Some((client, pending)) = self.checkout(server) else {
             self.count(op, "skipped");
             return None;
         };
@@ -519,33 +604,31 @@ impl Cache {
         let outcome = tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             for key in &pending {
-                delete_key(&servers, key)?;
+                delete_key(&client, key)?;
             }
-            work(&servers).map(|value| (value, pending))
+            work(&client).map(|value| (value, pending))
         })
         .await;
         match outcome {
             Ok(Ok((value, sent))) => {
-                self.succeeded(&sent);
+                self.succeeded(server, &sent);
                 Some(value)
             }
             Ok(Err(error)) => {
-                self.failed(op, &error);
+                self.failed(server, op, &error);
                 None
             }
             Err(error) => {
-                self.failed(op, &error);
+                self.failed(server, op, &error);
                 None
             }
         }
     }
 
-    /// The client to use and the deletes to send first, or `None` while paused or off.
-    fn checkout(&self) -> Option<(Arc<Servers>, Vec<String>)> {
-        if self.inner.urls.is_empty() {
-            return None;
-        }
-        let mut state = self.inner.state.lock().ok()?;
+    /// The client of `server` and the deletes to send it first, or `None` while it is paused.
+    fn checkout(&self, server: usize) -> Option<(Arc<memcache::Client>, Vec<String>)> {
+        let entry = self.inner.servers.get(server)?;
+        let mut state = entry.state.lock().ok()?;
         if state.probing {
             return None;
         }
@@ -553,77 +636,89 @@ impl Cache {
             if Instant::now() < until {
                 return None;
             }
-            // A background probe decides when requests go to memcached again; none of them
+            // A background probe decides when requests go to this server again; none of them
             // waits on a server that may still be dead.
             state.probing = true;
             drop(state);
-            self.probe();
+            self.probe(server);
             return None;
         }
-        let servers = match &state.servers {
-            Some(servers) => servers.clone(),
+        let client = match &state.client {
+            Some(client) => client.clone(),
             None => {
-                let servers = Arc::new(self.build_servers());
-                state.servers = Some(servers.clone());
-                servers
+                let client = Arc::new(self.client_of(entry)?);
+                state.client = Some(client.clone());
+                client
             }
         };
         let pending = state.pending_deletes.iter().cloned().collect();
-        Some((servers, pending))
+        Some((client, pending))
     }
 
-    /// Asks every server for its version on the blocking pool: on success the pause ends, on
+    /// Asks `server` for its version on the blocking pool: on success its pause ends, on
     /// failure it doubles.
-    fn probe(&self) {
+    fn probe(&self, server: usize) {
+        let Some(client) = self
+            .inner
+            .servers
+            .get(server)
+            .and_then(|s| self.client_of(s))
+        else {
+            return;
+        };
         let cache = self.clone();
-        let servers = Arc::new(self.build_servers());
-        tokio::task::spawn_blocking(move || {
-            let answered = servers
-                .clients
-                .iter()
-                .try_for_each(|client| client.version().map(|_| ()));
-            match answered {
-                Ok(()) => {
-                    cache.count(Op::Probe, "ok");
-                    if let Ok(mut state) = cache.inner.state.lock() {
+        tokio::task::spawn_blocking(move || match client.version() {
+            Ok(_) => {
+                cache.count(Op::Probe, "ok");
+                if let Some(entry) = cache.inner.servers.get(server) {
+                    if let Ok(mut state) = entry.state.lock() {
                         state.probing = false;
                         state.paused_until = None;
                         state.failures = 0;
-                        state.servers = Some(servers);
+                        state.client = Some(Arc::new(client));
                     }
+                    cache
+                        .inner
+                        .metrics
+                        .cache_server_up
+                        .with_label_values(&[&entry.address])
+                        .set(1);
                 }
-                Err(error) => cache.failed(Op::Probe, &error),
             }
+            Err(error) => cache.failed(server, Op::Probe, &error),
         });
     }
 
-    fn build_servers(&self) -> Servers {
-        let clients = self
-            .inner
-            .urls
-            .iter()
-            .filter_map(|url| {
-                let pool = r2d2::Pool::builder()
-                    .max_size(POOL_SIZE)
-                    .min_idle(Some(0))
-                    .connection_timeout(TIMEOUT)
-                    .test_on_check_out(false)
-                    .build_unchecked(ConnectionManager::new(url.clone()));
-                memcache::Client::with_pool(pool).ok()
-            })
-            .collect();
-        Servers { clients }
+    fn client_of(&self, server: &Server) -> Option<memcache::Client> {
+        let pool = r2d2::Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(0))
+            .connection_timeout(TIMEOUT)
+            .test_on_check_out(false)
+            .build_unchecked(ConnectionManager::new(server.url.clone()));
+        memcache::Client::with_pool(pool).ok()
     }
 
-    fn failed(&self, op: Op, error: &dyn std::fmt::Display) {
-        tracing::warn!(%error, op = op.as_str(), "memcached request failed; using PostgreSQL");
+    fn failed(&self, server: usize, op: Op, error: &dyn std::fmt::Display) {
+        let Some(entry) = self.inner.servers.get(server) else {
+            return;
+        };
+        tracing::warn!(
+            %error,
+            op = op.as_str(),
+            server = entry.address,
+            "memcached request failed; using PostgreSQL for this server's keys"
+        );
         self.inner.metrics.cache_errors.inc();
         self.count(op, "error");
-        for pipeline in &self.inner.pipelines {
-            pipeline.reset();
-        }
-        if let Ok(mut state) = self.inner.state.lock() {
-            state.servers = None;
+        self.inner
+            .metrics
+            .cache_server_up
+            .with_label_values(&[&entry.address])
+            .set(0);
+        entry.pipeline.reset();
+        if let Ok(mut state) = entry.state.lock() {
+            state.client = None;
             state.probing = false;
             let pause = PAUSE_AFTER_FAILURE
                 .saturating_mul(1 << state.failures.min(8))
@@ -703,13 +798,90 @@ mod tests {
         Ok(())
     }
 
-    fn pending_deletes(cache: &Cache) -> HashSet<String> {
+    /// A key of `kind` that `server` holds.
+    fn key_on(cache: &Cache, server: usize, kind: fn(RoomId) -> CacheKey) -> Option<CacheKey> {
+        (1..1_000)
+            .map(|room| kind(RoomId(room)))
+            .find(|key| cache.server_of(&cache.key(*key)) == Some(server))
+    }
+
+    fn server_up(metrics: &Metrics, address: &str) -> i64 {
+        metrics.cache_server_up.with_label_values(&[address]).get()
+    }
+
+    #[tokio::test]
+    async fn a_dead_server_pauses_only_its_own_keys() -> std::io::Result<()> {
+        let metrics = Metrics::new();
+        let (first, second) = (closed_address()?, closed_address()?);
+        let cache = Cache::new(&format!("{first},{second}"), "t", 60, metrics.clone());
+        let (Some(on_first), Some(on_second)) = (
+            key_on(&cache, 0, CacheKey::Room),
+            key_on(&cache, 1, CacheKey::Room),
+        ) else {
+            panic!("no key found for one of the servers");
+        };
+        assert_eq!(cache.get::<String>(on_first).await, None);
+        assert_eq!(count(&metrics, "get", "error"), 1);
+        assert_eq!(server_up(&metrics, &first), 0);
+        assert_eq!(server_up(&metrics, &second), 1);
+        // The first server is paused: its keys skip it ...
+        assert_eq!(cache.get::<String>(on_first).await, None);
+        assert_eq!(count(&metrics, "get", "skipped"), 1);
+        // ... and the second server's keys still go to the second server.
+        assert_eq!(cache.get::<String>(on_second).await, None);
+        assert_eq!(count(&metrics, "get", "error"), 2);
+        assert_eq!(server_up(&metrics, &second), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_entry_whose_version_could_not_be_bumped_is_deleted_from_its_own_server(
+    ) -> std::io::Result<()> {
+        let cache = Cache::new(
+            &format!("{},{}", closed_address()?, closed_address()?),
+            "t",
+            60,
+            Metrics::new(),
+        );
+        // A room whose version and entry live on different servers.
+        let Some(room) = (1..1_000).map(RoomId).find(|room| {
+            cache.server_of(&cache.key(CacheKey::RecentVersion(*room)))
+                != cache.server_of(&cache.key(CacheKey::Recent(*room)))
+        }) else {
+            panic!("no room with its version and entry apart");
+        };
         cache
-            .inner
+            .bump(vec![(
+                CacheKey::RecentVersion(room),
+                CacheKey::Recent(room),
+            )])
+            .await;
+        let entry = cache.key(CacheKey::Recent(room));
+        let Some(entry_server) = cache.server_of(&entry) else {
+            panic!("no server for {entry}");
+        };
+        let owed = cache.inner.servers[entry_server]
             .state
             .lock()
             .map(|state| state.pending_deletes.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        assert_eq!(owed, HashSet::from([entry]));
+        Ok(())
+    }
+
+    fn pending_deletes(cache: &Cache) -> HashSet<String> {
+        cache
+            .inner
+            .servers
+            .iter()
+            .flat_map(|server| {
+                server
+                    .state
+                    .lock()
+                    .map(|state| state.pending_deletes.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -720,8 +892,8 @@ mod tests {
         // request itself asks no server anything, so it succeeds even with none listening.
         let other = cache.clone();
         let answer = cache
-            .call(Op::Get, move |_| {
-                other.remember_deletes(["t:recent:7".to_owned()]);
+            .call(0, Op::Get, move |_| {
+                other.remember_deletes(0, ["t:recent:7".to_owned()]);
                 Ok(1)
             })
             .await;

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub shard_handovers: IntCounter,
     pub cache_requests: IntCounterVec,
     pub cache_errors: IntCounter,
+    pub cache_server_up: IntGaugeVec,
     pub directory_loads: IntCounterVec,
     pub membership_checks: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -207,6 +208,17 @@ impl Metrics {
             cache_errors: counter(
                 "cache_errors_total",
                 "Memcached requests that failed; the node answered from PostgreSQL instead.",
+            ),
+            cache_server_up: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cache_server_up",
+                        "1 for a Memcached server (host:port) in use, 0 while its keys go to \
+                         PostgreSQL after a failure.",
+                    ),
+                    &["server"],
+                ),
             ),
             directory_loads: register(
                 &registry,

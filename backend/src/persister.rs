@@ -247,7 +247,9 @@ async fn store_batch(
 
     let mut rooms: BTreeMap<RoomId, Vec<StoredMessage>> = BTreeMap::new();
     let mut receipts: BTreeMap<String, Vec<DuplicateReceipt>> = BTreeMap::new();
-    for ((ingest, redelivered), outcome) in sends.iter_mut().zip(redelivered).zip(outcomes) {
+    for ((ingest, redelivered), (outcome, uncertain)) in
+        sends.iter_mut().zip(redelivered).zip(outcomes)
+    {
         match outcome {
             MessageOutcome::Stored(seq) => {
                 metrics.messages_persisted.inc();
@@ -257,9 +259,11 @@ async fn store_batch(
                     .or_default()
                     .push(stored);
             }
-            // Stored by a batch whose delivery may never have been published: deliver again;
-            // nodes drop sequence numbers they have already shown.
-            MessageOutcome::Duplicate(message) if redelivered => {
+            // Stored by a batch whose delivery may never have been published (a batch
+            // redelivered by RabbitMQ, or an attempt of this one whose commit went through but
+            // whose answer was lost with the connection): deliver again; nodes drop sequence
+            // numbers they have already shown.
+            MessageOutcome::Duplicate(message) if redelivered || uncertain => {
                 let origin = ingest.origin.clone();
                 rooms
                     .entry(message.room_id)
@@ -379,7 +383,7 @@ async fn store_in_lanes(
     counters: &SeqCounters,
     messages: Arc<[IngestMessage]>,
     stop: &CancellationToken,
-) -> Option<Vec<MessageOutcome>> {
+) -> Option<Vec<(MessageOutcome, bool)>> {
     let lanes = lanes_of(&messages);
     if lanes.len() < 2 {
         return store_with_retry(store, metrics, counters, messages, stop).await;
@@ -389,7 +393,7 @@ async fn store_in_lanes(
         store_with_retry(store, metrics, counters, part.into(), stop)
     });
     let stored = futures::future::join_all(parts).await;
-    let mut outcomes: Vec<Option<MessageOutcome>> = vec![None; messages.len()];
+    let mut outcomes: Vec<Option<(MessageOutcome, bool)>> = vec![None; messages.len()];
     for (lane, part) in lanes.iter().zip(stored) {
         for (&index, outcome) in lane.iter().zip(part?) {
             outcomes[index] = Some(outcome);
@@ -438,10 +442,13 @@ fn store_with_retry<'a>(
     // Shared with each attempt, so a retry needs no copy of the messages.
     messages: Arc<[IngestMessage]>,
     stop: &'a CancellationToken,
-) -> BoxFuture<'a, Option<Vec<MessageOutcome>>> {
+) -> BoxFuture<'a, Option<Vec<(MessageOutcome, bool)>>> {
     Box::pin(async move {
         let mut delay = Duration::from_millis(50);
         let mut data_failures = 0;
+        // An attempt failed with the connection: its commit may have gone through all the
+        // same (PostgreSQL's answer lost, or a standby promoted after it had the commit).
+        let mut uncertain = false;
         loop {
             let started = Instant::now();
             let error = match store
@@ -453,7 +460,12 @@ fn store_with_retry<'a>(
                     metrics
                         .persist_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    return Some(outcomes);
+                    return Some(
+                        outcomes
+                            .into_iter()
+                            .map(|outcome| (outcome, uncertain))
+                            .collect(),
+                    );
                 }
                 Err(error) => error,
             };
@@ -470,15 +482,22 @@ fn store_with_retry<'a>(
                         store_with_retry(store, metrics, counters, first, stop).await?;
                     outcomes
                         .extend(store_with_retry(store, metrics, counters, second, stop).await?);
+                    for (_, part_uncertain) in &mut outcomes {
+                        *part_uncertain |= uncertain;
+                    }
                     return Some(outcomes);
                 }
                 // Twice, because a writer on another shard can win a unique-key race once; the
                 // retry then finds the message stored and answers it as a duplicate.
                 if data_failures >= 2 {
-                    return Some(vec![MessageOutcome::Rejected(error.to_string())]);
+                    return Some(vec![(
+                        MessageOutcome::Rejected(error.to_string()),
+                        uncertain,
+                    )]);
                 }
                 continue;
             }
+            uncertain = true;
             metrics.store_retries.inc();
             tracing::warn!(%error, batch = messages.len(), "storing a batch failed; retrying");
             tokio::select! {

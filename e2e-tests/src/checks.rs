@@ -91,17 +91,24 @@ struct StoredRow {
 
 /// A room's stored messages as (seq, client message id), in sequence order.
 pub async fn stored_messages(db: &TestDb, room: RoomId) -> anyhow::Result<Vec<(i64, String)>> {
-    db.with_conn(move |conn| {
+    stored_messages_at(&db.url, room).await
+}
+
+/// [`stored_messages`] of the database at `url`.
+pub async fn stored_messages_at(url: &str, room: RoomId) -> anyhow::Result<Vec<(i64, String)>> {
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = PgConnection::establish(&url)?;
         Ok(diesel::sql_query(
             "SELECT seq, client_msg_id FROM messages WHERE room_id = $1 ORDER BY seq",
         )
         .bind::<BigInt, _>(room.0)
-        .load::<StoredRow>(conn)?
+        .load::<StoredRow>(&mut conn)?
         .into_iter()
         .map(|row| (row.seq, row.client_msg_id))
         .collect())
     })
-    .await
+    .await?
 }
 
 /// Sequence numbers are 1, 2, 3, … with nothing missing and nothing twice.

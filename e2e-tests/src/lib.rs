@@ -9,6 +9,7 @@ pub mod api;
 pub mod browser;
 pub mod checks;
 pub mod client;
+pub mod postgres_pair;
 pub mod process;
 pub mod proxy;
 pub mod services;
