@@ -384,7 +384,11 @@ pub async fn run_with_operator(
     tracing::debug!("persisters stopped");
     app.bus.close();
     if let Some(task) = bus_task {
-        let _ = task.await;
+        let abort = task.abort_handle();
+        if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
+            tracing::warn!("the RabbitMQ connection did not close in time");
+            abort.abort();
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -9,6 +9,8 @@
 //! directory, whatever state a failed `up` left them in.
 
 mod brokers;
+pub mod chaos;
+mod checker;
 mod hosts;
 mod net;
 mod smoke;
@@ -28,6 +30,11 @@ use std::time::{Duration, Instant};
 
 /// Set by Ctrl-C during `up`: the step under way gives up, and what was started is removed.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process may build a cluster (it runs as root).
+pub fn can_run() -> bool {
+    net::is_root()
+}
 
 fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
@@ -79,7 +86,7 @@ pub fn run(root: &Path, task: ClusterTask) -> Result<()> {
             release,
             web,
             keep_on_failure,
-        } => up(root, release, web, keep_on_failure),
+        } => up_with(root, release, web, keep_on_failure, None),
         ClusterTask::Down => teardown::down(root),
         ClusterTask::Status => status::status(root),
         ClusterTask::Check { url } => match url {
@@ -92,7 +99,14 @@ pub fn run(root: &Path, task: ClusterTask) -> Result<()> {
     }
 }
 
-fn up(root: &Path, release: bool, web: bool, keep_on_failure: bool) -> Result<()> {
+/// `up`, with chat nodes running `binary` when given (otherwise built here).
+fn up_with(
+    root: &Path,
+    release: bool,
+    web: bool,
+    keep_on_failure: bool,
+    binary: Option<&Path>,
+) -> Result<()> {
     let state_file = state_path(root)?;
     let postgres_bin = net::postgres_bin();
     net::preflight(postgres_bin.as_deref())?;
@@ -111,7 +125,10 @@ fn up(root: &Path, release: bool, web: bool, keep_on_failure: bool) -> Result<()
     }
     net::check_subnet_free()?;
 
-    let binary = build_server(root, release)?;
+    let binary = match binary {
+        Some(binary) => binary.to_owned(),
+        None => build_server(root, release)?,
+    };
     let web_dir = if web {
         crate::web::build_web_client(root, release)?
     } else {

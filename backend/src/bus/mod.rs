@@ -40,6 +40,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a send waits for RabbitMQ's confirm before it is refused.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a broker to answer the connection's close: one that is gone or cut off
+/// never does, and a stopping node must not wait for its heartbeat to notice.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Unacknowledged ingest messages a persister may hold: the upper bound of a batch.
 const INGEST_PREFETCH: u16 = 2_000;
 /// Most deliveries of the node queue RabbitMQ sends before the node acknowledges them.
@@ -420,7 +423,8 @@ impl Bus {
                     in_use.set(0);
                     let session = self.take_session();
                     if let Some(session) = session {
-                        let _ = session.connection.close(200, "node stopping".into()).await;
+                        let closing = session.connection.close(200, "node stopping".into());
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
                     }
                 }
                 Err(e) => {
@@ -432,7 +436,8 @@ impl Bus {
                         "could not connect to RabbitMQ"
                     );
                     if let Some(session) = self.take_session() {
-                        let _ = session.connection.close(200, "setup failed".into()).await;
+                        let closing = session.connection.close(200, "setup failed".into());
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
                     }
                 }
             }

@@ -81,6 +81,12 @@ pub fn start_broker(cluster: &Cluster, host: &Host) -> Result<Started> {
         &format!("{},127.0.0.1", host.address),
     ]);
     net::output(&mut epmd).context("cannot start epmd")?;
+    restart_broker(cluster, host)
+}
+
+/// Starts the broker again after it died; its epmd still runs.
+pub fn restart_broker(cluster: &Cluster, host: &Host) -> Result<Started> {
+    let dir = cluster.dir(host);
     let mut server = broker_tool(cluster, host, "rabbitmq-server");
     spawn(
         host,

@@ -227,11 +227,16 @@ pub fn start_node(
     let dir = cluster.dir(host);
     std::fs::create_dir_all(&dir)?;
     let brokers = cluster.brokers();
-    // Node N talks to broker N: the connections spread over the brokers, and each node's
-    // queue lives on its own broker.
-    let broker = brokers
-        .get(usize::from(index.saturating_sub(1)) % brokers.len().max(1))
-        .context("no brokers")?;
+    // Node N talks to broker N first: the connections spread over the brokers, and each node's
+    // queue lives on its own broker. The others follow, for when that one is lost.
+    let first = usize::from(index.saturating_sub(1));
+    let amqp_urls: Vec<String> = (0..brokers.len())
+        .map(|k| brokers[(first + k) % brokers.len()])
+        .map(|broker| format!("amqp://{AMQP_USER}@{}/%2f", broker.socket(AMQP_PORT)))
+        .collect();
+    if amqp_urls.is_empty() {
+        bail!("no brokers");
+    }
     let lb = cluster.host(Role::Balancer)?;
     let memcached = cluster.host(Role::Cache)?;
     let mut node = net::command_in(host, None, &binary.to_string_lossy());
@@ -239,10 +244,7 @@ pub fn start_node(
         .env("CHAT_LISTEN", host.socket(NODE_PORT).to_string())
         .env("CHAT_METRICS_LISTEN", host.socket(METRICS_PORT).to_string())
         .env("DATABASE_URL", cluster.database_url()?)
-        .env(
-            "AMQP_URL",
-            format!("amqp://{AMQP_USER}@{}/%2f", broker.socket(AMQP_PORT)),
-        )
+        .env("AMQP_URL", amqp_urls.join(","))
         .env("CHAT_QUEUE_TYPE", "quorum")
         .env("CHAT_AMQP_PREFIX", "chat")
         .env("CHAT_INGEST_SHARDS", INGEST_SHARDS.to_string())

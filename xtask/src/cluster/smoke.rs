@@ -190,14 +190,14 @@ impl Client {
     }
 }
 
-struct Session {
-    username: String,
-    token: String,
+pub(super) struct Session {
+    pub(super) username: String,
+    pub(super) token: String,
 }
 
 /// Logs the user in, or registers it on the first run. Login first: registrations count
 /// against a per-address hourly limit, logins only against a per-minute one.
-fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
+pub(super) fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
     let login = LoginRequest {
         username: username.to_owned(),
         password: PASSWORD.to_owned(),
@@ -260,7 +260,7 @@ fn shared_room(balancer: SocketAddr, owner: &Session, other: &Session) -> Result
 }
 
 /// One HTTP/1.0 request (so the answer is never chunked), its status and body.
-fn http<T: serde::Serialize>(
+pub(super) fn http<T: serde::Serialize>(
     address: SocketAddr,
     method: &str,
     path: &str,
