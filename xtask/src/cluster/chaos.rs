@@ -36,13 +36,37 @@ enum Fault {
     /// SIGKILL of the broker leading most ingest quorum queues; nodes connected to it move to
     /// another broker of their list.
     KillQuorumLeader,
+    /// SIGTERM of a chat node: it drains, telling its clients to go elsewhere (close 1001).
+    DrainNode,
+    /// Every PostgreSQL process SIGSTOPped, then SIGCONTinued.
+    PausePostgres,
+    /// SIGKILL of Memcached, then a fresh (empty) one.
+    KillMemcached,
+    /// SIGKILL of nginx, which every client's connection goes through, then a new one.
+    KillBalancer,
 }
 
 impl Fault {
+    /// The scenarios of `cargo xtask chaos`; the short suite of `cargo xtask test` runs the
+    /// first two.
+    const ALL: [Fault; 6] = [
+        Fault::KillNode,
+        Fault::KillQuorumLeader,
+        Fault::DrainNode,
+        Fault::PausePostgres,
+        Fault::KillMemcached,
+        Fault::KillBalancer,
+    ];
+    const SHORT: usize = 2;
+
     fn name(self) -> &'static str {
         match self {
             Fault::KillNode => "chat node SIGKILLed",
             Fault::KillQuorumLeader => "quorum leader's broker SIGKILLed",
+            Fault::DrainNode => "chat node drained (SIGTERM)",
+            Fault::PausePostgres => "PostgreSQL paused (SIGSTOP)",
+            Fault::KillMemcached => "Memcached SIGKILLed",
+            Fault::KillBalancer => "load balancer SIGKILLed",
         }
     }
 }
@@ -50,13 +74,24 @@ impl Fault {
 /// Brings a cluster up with `binary` (built here when `None`), runs every scenario, takes the
 /// cluster down, and fails if any scenario broke the delivery contract. With `write`, the
 /// figures go into RELIABILITY.md.
-pub fn run(root: &Path, binary: Option<PathBuf>, write: bool, keep: bool) -> Result<()> {
+pub fn run(
+    root: &Path,
+    binary: Option<PathBuf>,
+    short: bool,
+    write: bool,
+    keep: bool,
+) -> Result<()> {
     let binary = match binary {
         Some(binary) => binary,
         None => super::build_server(root, false)?,
     };
     super::up_with(root, false, false, false, Some(&binary))?;
-    let outcome = scenarios(root, &binary);
+    let faults = if short {
+        &Fault::ALL[..Fault::SHORT]
+    } else {
+        &Fault::ALL[..]
+    };
+    let outcome = scenarios(root, &binary, faults);
     let failed = match &outcome {
         Ok(reports) => reports.iter().any(|(_, report)| !report.holds()),
         Err(_) => true,
@@ -85,29 +120,21 @@ pub fn run(root: &Path, binary: Option<PathBuf>, write: bool, keep: bool) -> Res
     Ok(())
 }
 
-fn scenarios(root: &Path, binary: &Path) -> Result<Vec<(Fault, Report)>> {
+fn scenarios(root: &Path, binary: &Path, faults: &[Fault]) -> Result<Vec<(Fault, Report)>> {
     let state = State::load(&state_path(root)?)?;
     let cluster = state.cluster(root);
     let balancer: SocketAddr = cluster.host(Role::Balancer)?.socket(BALANCER_PORT).into();
     let sessions = checker::sign_in_users(balancer, "chaos", USERS)?;
     let database_url = cluster.database_url()?;
     let mut reports = Vec::new();
-    for (number, fault) in [Fault::KillNode, Fault::KillQuorumLeader]
-        .into_iter()
-        .enumerate()
-    {
+    for (number, fault) in faults.iter().copied().enumerate() {
         println!("==> scenario: {} at {RATE} msgs/s", fault.name());
         let rooms = create_rooms(balancer, &sessions, number)?;
         let fault_at = Instant::now() + FAULT_AFTER;
         let injector = {
             let cluster = state.cluster(root);
             let binary = binary.to_owned();
-            let pids = state
-                .processes
-                .iter()
-                .map(|p| (p.host.clone(), p.what.clone(), p.pid))
-                .collect::<Vec<_>>();
-            std::thread::spawn(move || inject(&cluster, fault, &binary, &pids, fault_at))
+            std::thread::spawn(move || inject(&cluster, fault, &binary, fault_at))
         };
         let report = checker::run(
             balancer,
@@ -216,32 +243,76 @@ fn stored(database_url: &str, rooms: &[RoomId]) -> Result<BTreeMap<RoomId, Vec<(
 }
 
 /// Waits until `at`, injects the fault, waits, repairs it; says what it did.
-fn inject(
-    cluster: &Cluster,
-    fault: Fault,
-    binary: &Path,
-    pids: &[(String, String, u32)],
-    at: Instant,
-) -> Result<String> {
+fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result<String> {
     std::thread::sleep(at.saturating_duration_since(Instant::now()));
     match fault {
-        Fault::KillNode => {
+        Fault::KillNode | Fault::DrainNode => {
             let host = cluster
                 .nodes()
                 .get(1)
                 .copied()
                 .context("no second chat node")?;
-            let pid = pids
-                .iter()
-                .find(|(name, what, _)| *name == host.name && *what == "chat-server")
-                .map(|(_, _, pid)| *pid)
-                .context("the second chat node's pid is not recorded")?;
-            kill(pid)?;
+            // Whatever runs in the node's namespace: the chat node, as first started or since.
+            let pids = net::pids(&host.netns());
+            let signal = match fault {
+                Fault::DrainNode => "-TERM",
+                _ => "-KILL",
+            };
+            for pid in &pids {
+                signal_pid(signal, u32::try_from(*pid)?)?;
+            }
+            // A drained node exits by itself (within its drain bounds); a new one starts once
+            // it has.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !net::pids(&host.netns()).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             std::thread::sleep(REPAIR_AFTER);
             let web_dir = cluster.root.join("web-client/dist");
             let mut started = hosts::start_node(cluster, host, 2, binary, &web_dir)?;
             hosts::wait_node(&mut started, host)?;
-            Ok(format!("killed {} (pid {pid}), restarted it", host.name))
+            Ok(format!(
+                "sent {signal} to {} ({pids:?}), restarted it",
+                host.name
+            ))
+        }
+        Fault::PausePostgres => {
+            let host = cluster.host(Role::Database)?;
+            let pids = net::pids(&host.netns());
+            for pid in &pids {
+                signal_pid("-STOP", u32::try_from(*pid)?)?;
+            }
+            std::thread::sleep(REPAIR_AFTER);
+            for pid in &pids {
+                signal_pid("-CONT", u32::try_from(*pid)?)?;
+            }
+            Ok(format!(
+                "paused {} PostgreSQL processes, then let them go on",
+                pids.len()
+            ))
+        }
+        Fault::KillMemcached => {
+            let host = cluster.host(Role::Cache)?;
+            let pids = net::pids(&host.netns());
+            for pid in &pids {
+                signal_pid("-KILL", u32::try_from(*pid)?)?;
+            }
+            std::thread::sleep(REPAIR_AFTER);
+            let mut started = hosts::start_memcached(cluster, host)?;
+            hosts::wait_listening(&mut started, host.socket(hosts::MEMCACHED_PORT))?;
+            Ok("killed Memcached, started an empty one".to_owned())
+        }
+        Fault::KillBalancer => {
+            let host = cluster.host(Role::Balancer)?;
+            let pids = net::pids(&host.netns());
+            for pid in &pids {
+                signal_pid("-KILL", u32::try_from(*pid)?)?;
+            }
+            std::thread::sleep(REPAIR_AFTER);
+            let conf = hosts::configure_balancer(cluster, host)?;
+            let mut started = hosts::start_balancer(cluster, host, &conf)?;
+            hosts::wait_balancer(&mut started, host)?;
+            Ok("killed nginx, started a new one".to_owned())
         }
         Fault::KillQuorumLeader => {
             let host = quorum_leader(cluster)?;
@@ -255,7 +326,7 @@ fn inject(
                 .trim_matches('"')
                 .parse()
                 .with_context(|| format!("not a pid: {output}"))?;
-            kill(pid)?;
+            signal_pid("-KILL", pid)?;
             std::thread::sleep(REPAIR_AFTER);
             let mut started = brokers::restart_broker(cluster, host)?;
             brokers::wait_broker(cluster, host, &mut started)?;
@@ -298,8 +369,8 @@ fn quorum_leader(cluster: &Cluster) -> Result<&net::Host> {
         .with_context(|| format!("{leader} is none of the cluster's brokers"))
 }
 
-fn kill(pid: u32) -> Result<()> {
-    net::output(Command::new("kill").args(["-KILL", &pid.to_string()]))?;
+fn signal_pid(signal: &str, pid: u32) -> Result<()> {
+    net::output(Command::new("kill").args([signal, &pid.to_string()]))?;
     Ok(())
 }
 

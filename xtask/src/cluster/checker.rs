@@ -55,7 +55,8 @@ pub struct Report {
     pub reconnect_p99: Duration,
     /// The slowest send to its delivery back to the sender.
     pub worst_latency: Duration,
-    /// The first send after the fault whose delivery took under a second, from the fault.
+    /// From the fault to the first send from which on every send was delivered back within a
+    /// second (zero when none took longer); `None` when the last ones still did.
     pub steady_after: Option<Duration>,
 }
 
@@ -218,11 +219,20 @@ fn check(
     report.reconnect_p99 = percentile(&reconnects, 0.99);
     report.worst_latency = latencies.iter().map(|(_, d)| *d).max().unwrap_or_default();
     latencies.sort_by_key(|(sent, _)| *sent);
-    report.steady_after = latencies
+    // From the fault to the first send from which on every send came back within a second.
+    let after: Vec<&(Instant, Duration)> = latencies
         .iter()
         .filter(|(sent, _)| *sent > fault_at)
-        .find(|(_, latency)| *latency < Duration::from_secs(1))
-        .and_then(|(sent, _)| sent.checked_duration_since(fault_at));
+        .collect();
+    report.steady_after = match after
+        .iter()
+        .rposition(|(_, latency)| *latency >= Duration::from_secs(1))
+    {
+        None => Some(Duration::ZERO),
+        Some(slow) => after
+            .get(slow + 1)
+            .and_then(|(sent, _)| sent.checked_duration_since(fault_at)),
+    };
     report
 }
 
