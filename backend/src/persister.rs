@@ -283,7 +283,8 @@ async fn store_batch(
                     });
             }
             MessageOutcome::Rejected(reason) => {
-                let payload = serde_json::to_vec(&*ingest).unwrap_or_default();
+                // Not acknowledged if it cannot even be encoded: the batch comes back.
+                let payload = serde_json::to_vec(&*ingest)?;
                 publisher.dead_letter(&payload, false, &reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");

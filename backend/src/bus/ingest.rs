@@ -155,7 +155,7 @@ impl ShardPublisher {
                 _ => None,
             };
             let (payload, mut properties) =
-                batch_payload(binary, wire::ROOMS_CONTENT_TYPE, delivery, transient_json());
+                batch_payload(binary, wire::ROOMS_CONTENT_TYPE, delivery, transient_json())?;
             let copies: Vec<AMQPValue> =
                 keys.map(|key| AMQPValue::LongString(key.into())).collect();
             if !copies.is_empty() {

@@ -67,6 +67,15 @@ pub enum BusError {
     Unroutable,
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
+    /// Nothing is published: an empty payload would be taken for a message.
+    #[error("cannot encode the payload: {0}")]
+    Encode(String),
+}
+
+impl From<serde_json::Error> for BusError {
+    fn from(error: serde_json::Error) -> Self {
+        BusError::Encode(error.to_string())
+    }
 }
 
 /// What the bus hands to the rest of the node.
@@ -228,6 +237,7 @@ fn copy_outcome(outcome: &Result<(), BusError>) -> Result<(), BusError> {
         Err(BusError::ConfirmTimeout) => Err(BusError::ConfirmTimeout),
         Err(BusError::Unroutable) => Err(BusError::Unroutable),
         Err(BusError::NotConnected | BusError::Amqp(_)) => Err(BusError::NotConnected),
+        Err(BusError::Encode(error)) => Err(BusError::Encode(error.clone())),
     }
 }
 
@@ -787,7 +797,7 @@ impl Bus {
             wire::INGEST_CONTENT_TYPE,
             &batch,
             persistent_json(),
-        );
+        )?;
         Ok(session
             .publish
             .basic_publish(
@@ -825,7 +835,7 @@ impl Bus {
         if !self.is_ready() {
             return Err(BusError::NotConnected);
         }
-        let payload = serde_json::to_vec(event).unwrap_or_default();
+        let payload = serde_json::to_vec(event)?;
         // The confirm is dropped unawaited: an ephemeral event is worth no wait.
         let _confirm = session
             .publish
@@ -956,20 +966,21 @@ async fn bind(channel: &Channel, names: &Names, room: RoomId) -> Result<(), lapi
 }
 
 /// A batch's payload and properties: its binary layout with `content_type` when `binary` holds
-/// one (the caller asked for it and it could be encoded), otherwise `json` as JSON.
+/// one (the caller asked for it and it could be encoded), otherwise `json` as JSON; an error when
+/// neither can be encoded.
 fn batch_payload(
     binary: Option<Result<Vec<u8>, wire::WireError>>,
     content_type: &str,
     json: &impl serde::Serialize,
     properties: BasicProperties,
-) -> (Vec<u8>, BasicProperties) {
+) -> Result<(Vec<u8>, BasicProperties), BusError> {
     match binary {
-        Some(Ok(payload)) => (payload, properties.with_content_type(content_type.into())),
+        Some(Ok(payload)) => Ok((payload, properties.with_content_type(content_type.into()))),
         other => {
             if let Some(Err(error)) = other {
                 tracing::warn!(%error, content_type, "batch published as JSON instead");
             }
-            (serde_json::to_vec(json).unwrap_or_default(), properties)
+            Ok((serde_json::to_vec(json)?, properties))
         }
     }
 }
@@ -1062,9 +1073,25 @@ fn transient_json() -> BasicProperties {
 #[cfg(test)]
 mod tests {
     use super::{
-        shard_to_hand_over, PublishPacer, PublishPacing, BUSY_SENDS, MAX_SENDS_PER_PUBLISH,
+        batch_payload, shard_to_hand_over, BusError, PublishPacer, PublishPacing, BUSY_SENDS,
+        MAX_SENDS_PER_PUBLISH,
     };
+    use lapin::BasicProperties;
     use std::time::Duration;
+
+    #[test]
+    fn a_payload_that_cannot_be_encoded_is_an_error_not_an_empty_message() {
+        // JSON objects need string keys.
+        let unencodable: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let outcome = batch_payload(None, "x", &unencodable, BasicProperties::default());
+        assert!(matches!(outcome, Err(BusError::Encode(_))), "{outcome:?}");
+        let encodable: std::collections::BTreeMap<String, u8> = [("a".to_owned(), 1)].into();
+        let outcome = batch_payload(None, "x", &encodable, BasicProperties::default());
+        assert!(
+            matches!(&outcome, Ok((payload, _)) if payload == br#"{"a":1}"#),
+            "{outcome:?}"
+        );
+    }
 
     #[test]
     fn a_publish_waits_the_interval_or_after_a_busy_publish_the_busy_interval() {
