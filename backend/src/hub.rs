@@ -71,6 +71,9 @@ enum CatchUp {
     Floor(i64),
 }
 
+/// Room membership locks kept, at least, before those nobody holds are forgotten.
+const MEMBERSHIP_LOCKS_KEPT: usize = 4_096;
+
 /// Local connections and room membership.
 pub struct Hub {
     node_id: String,
@@ -80,7 +83,15 @@ pub struct Hub {
     by_user: RwLock<HashMap<UserId, HashSet<ConnId>>>,
     rooms: RwLock<HashMap<RoomId, LocalRoom>>,
     /// Serialises the bind/unbind decisions of one room (first member binds, last unbinds).
-    membership_locks: Mutex<HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>>,
+    membership_locks: Mutex<MembershipLocks>,
+}
+
+#[derive(Default)]
+struct MembershipLocks {
+    locks: HashMap<RoomId, Arc<tokio::sync::Mutex<()>>>,
+    /// The size at which the locks nobody holds are next forgotten: twice what was left, so
+    /// the scans cost a constant share of the calls.
+    prune_at: usize,
 }
 
 impl Hub {
@@ -91,7 +102,7 @@ impl Hub {
             connections: RwLock::new(HashMap::new()),
             by_user: RwLock::new(HashMap::new()),
             rooms: RwLock::new(HashMap::new()),
-            membership_locks: Mutex::new(HashMap::new()),
+            membership_locks: Mutex::default(),
         }
     }
 
@@ -161,12 +172,21 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// The lock to hold while deciding whether a room must be bound or unbound.
+    /// The lock to hold while deciding whether a room must be bound or unbound. One per room
+    /// while anyone holds or waits for it; rooms nobody does are forgotten once the map has
+    /// grown past [`MEMBERSHIP_LOCKS_KEPT`] and twice what the last such pruning left. A panic elsewhere while the map was locked leaves
+    /// a map that is whole (every change is one insert or removal), so it is used as it is:
+    /// handing out a fresh lock instead would let a bind and an unbind of the room overlap.
     pub fn membership_lock(&self, room: RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        match self.membership_locks.lock() {
-            Ok(mut locks) => locks.entry(room).or_default().clone(),
-            Err(_) => Arc::default(),
+        let mut held = self
+            .membership_locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.locks.len() >= held.prune_at.max(MEMBERSHIP_LOCKS_KEPT) {
+            held.locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            held.prune_at = held.locks.len() * 2;
         }
+        held.locks.entry(room).or_default().clone()
     }
 
     /// Whether the connection is in the room here (it is taken out when its user leaves).
@@ -561,4 +581,28 @@ impl Hub {
 /// Serializes a frame once for sharing.
 pub fn frame(frame: &ServerFrame) -> Frame {
     Frame::from(frame.to_json())
+}
+
+#[cfg(test)]
+mod membership_lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_rooms_lock_is_shared_while_held_and_forgotten_once_nobody_holds_it() {
+        let hub = Hub::new("n".into(), Metrics::new());
+        let held = hub.membership_lock(RoomId(1));
+        assert!(Arc::ptr_eq(&held, &hub.membership_lock(RoomId(1))));
+        for room in 2..=MEMBERSHIP_LOCKS_KEPT as i64 + 1 {
+            drop(hub.membership_lock(RoomId(room)));
+        }
+        let kept = |hub: &Hub| {
+            hub.membership_locks
+                .lock()
+                .map(|m| m.locks.len())
+                .unwrap_or(0)
+        };
+        // The pruning at the threshold kept the held lock only, then added the new room.
+        assert_eq!(kept(&hub), 2);
+        assert!(Arc::ptr_eq(&held, &hub.membership_lock(RoomId(1))));
+    }
 }
