@@ -10,7 +10,7 @@ use chat_protocol::frame::MessageFrame;
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::auth::SessionKey;
 use crate::connection::Ending;
@@ -71,6 +71,22 @@ enum CatchUp {
     Floor(i64),
 }
 
+/// The hub's lock policy. Its locks guard plain maps, and every change made under one is a
+/// single insert, removal or counter step, so a panic while one was held leaves the data whole:
+/// it is used as it is. Skipping the work instead would strand a connection (never registered,
+/// never removed) or a room (bound with nobody in it), and hide the panic's cause for good.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Room membership locks kept, at least, before those nobody holds are forgotten.
 const MEMBERSHIP_LOCKS_KEPT: usize = 4_096;
 
@@ -107,21 +123,17 @@ impl Hub {
     }
 
     pub fn register(&self, conn: ConnId, outbox: Outbox) {
-        if let Ok(mut by_user) = self.by_user.write() {
-            by_user.entry(outbox.user()).or_default().insert(conn);
-        }
-        if let Ok(mut connections) = self.connections.write() {
-            connections.insert(conn, outbox);
-        }
+        write(&self.by_user)
+            .entry(outbox.user())
+            .or_default()
+            .insert(conn);
+        write(&self.connections).insert(conn, outbox);
     }
 
     pub fn unregister(&self, conn: ConnId) {
-        let removed = self
-            .connections
-            .write()
-            .ok()
-            .and_then(|mut connections| connections.remove(&conn));
-        if let (Some(outbox), Ok(mut by_user)) = (removed, self.by_user.write()) {
+        let removed = write(&self.connections).remove(&conn);
+        if let Some(outbox) = removed {
+            let mut by_user = write(&self.by_user);
             if let Some(conns) = by_user.get_mut(&outbox.user()) {
                 conns.remove(&conn);
                 if conns.is_empty() {
@@ -134,15 +146,11 @@ impl Hub {
     /// Ends (close `CLOSE_SESSION_ENDED`) every local connection of `user` whose session
     /// `ended` says has ended; returns how many.
     pub fn end_sessions(&self, user: UserId, ended: impl Fn(&SessionKey) -> bool) -> usize {
-        let conns: Vec<ConnId> = self
-            .by_user
-            .read()
-            .ok()
-            .and_then(|by_user| by_user.get(&user).map(|c| c.iter().copied().collect()))
+        let conns: Vec<ConnId> = read(&self.by_user)
+            .get(&user)
+            .map(|c| c.iter().copied().collect())
             .unwrap_or_default();
-        let Ok(connections) = self.connections.read() else {
-            return 0;
-        };
+        let connections = read(&self.connections);
         conns
             .iter()
             .filter_map(|conn| connections.get(conn))
@@ -154,9 +162,7 @@ impl Hub {
     /// Ends every local connection whose session `ended` says has ended, whoever's; returns
     /// how many.
     pub fn end_sessions_of_any(&self, ended: impl Fn(&SessionKey) -> bool) -> usize {
-        let Ok(connections) = self.connections.read() else {
-            return 0;
-        };
+        let connections = read(&self.connections);
         connections
             .values()
             .filter(|outbox| ended(&outbox.session()))
@@ -166,22 +172,19 @@ impl Hub {
 
     /// The sessions of the local connections, each once.
     pub fn sessions(&self) -> HashSet<SessionKey> {
-        self.connections
-            .read()
-            .map(|connections| connections.values().map(Outbox::session).collect())
-            .unwrap_or_default()
+        read(&self.connections)
+            .values()
+            .map(Outbox::session)
+            .collect()
     }
 
     /// The lock to hold while deciding whether a room must be bound or unbound. One per room
     /// while anyone holds or waits for it; rooms nobody does are forgotten once the map has
-    /// grown past [`MEMBERSHIP_LOCKS_KEPT`] and twice what the last such pruning left. A panic elsewhere while the map was locked leaves
-    /// a map that is whole (every change is one insert or removal), so it is used as it is:
-    /// handing out a fresh lock instead would let a bind and an unbind of the room overlap.
+    /// grown past [`MEMBERSHIP_LOCKS_KEPT`] and twice what the last such pruning left. On a
+    /// poisoned map the hub's lock policy holds (the map is used as it is): handing out a fresh
+    /// lock instead would let a bind and an unbind of the room overlap.
     pub fn membership_lock(&self, room: RoomId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut held = self
-            .membership_locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut held = lock(&self.membership_locks);
         if held.locks.len() >= held.prune_at.max(MEMBERSHIP_LOCKS_KEPT) {
             held.locks.retain(|_, lock| Arc::strong_count(lock) > 1);
             held.prune_at = held.locks.len() * 2;
@@ -191,36 +194,27 @@ impl Hub {
 
     /// Whether the connection is in the room here (it is taken out when its user leaves).
     pub fn follows(&self, room: RoomId, conn: ConnId) -> bool {
-        self.rooms
-            .read()
-            .ok()
-            .is_some_and(|rooms| rooms.get(&room).is_some_and(|r| r.members.contains(&conn)))
+        read(&self.rooms)
+            .get(&room)
+            .is_some_and(|r| r.members.contains(&conn))
     }
 
     /// Number of local connections in the room.
     pub fn local_members(&self, room: RoomId) -> usize {
-        self.rooms
-            .read()
-            .ok()
-            .and_then(|rooms| rooms.get(&room).map(|r| r.members.len()))
-            .unwrap_or(0)
+        read(&self.rooms).get(&room).map_or(0, |r| r.members.len())
     }
 
     /// Adds a member whose live frames are held back until [`Hub::finish_catch_up`]. The first
     /// local member starts the room's delivery after `last_seq`, the room's newest message.
     pub fn join_catching_up(&self, room: RoomId, conn: ConnId, last_seq: Seq) {
-        let Ok(mut rooms) = self.rooms.write() else {
-            return;
-        };
+        let mut rooms = write(&self.rooms);
         let local = rooms.entry(room).or_insert_with(|| LocalRoom {
             members: HashSet::new(),
             delivered: AtomicI64::new(last_seq.0),
             catching_up: Mutex::new(HashMap::new()),
         });
         local.members.insert(conn);
-        if let Ok(mut waiting) = local.catching_up.lock() {
-            waiting.insert(conn, CatchUp::Holding(Vec::new()));
-        };
+        lock(&local.catching_up).insert(conn, CatchUp::Holding(Vec::new()));
     }
 
     /// Queues `joined`, then the missed messages' frames, then the live frames held back since
@@ -234,19 +228,13 @@ impl Hub {
         missed: Vec<(Seq, Frame)>,
         live_after: Seq,
     ) {
-        let Ok(rooms) = self.rooms.read() else {
-            return;
-        };
+        let rooms = read(&self.rooms);
         let Some(local) = rooms.get(&room) else {
             return;
         };
         // Same lock order as deliveries: rooms, connections, then the held frames.
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
-        let Ok(mut waiting) = local.catching_up.lock() else {
-            return;
-        };
+        let connections = read(&self.connections);
+        let mut waiting = lock(&local.catching_up);
         let held = match waiting.remove(&conn) {
             Some(CatchUp::Holding(held)) => held,
             _ => Vec::new(),
@@ -272,16 +260,12 @@ impl Hub {
 
     /// Removes a member; returns how many local members remain.
     pub fn leave(&self, room: RoomId, conn: ConnId) -> usize {
-        let Ok(mut rooms) = self.rooms.write() else {
-            return 0;
-        };
+        let mut rooms = write(&self.rooms);
         let Some(local) = rooms.get_mut(&room) else {
             return 0;
         };
         local.members.remove(&conn);
-        if let Ok(mut waiting) = local.catching_up.lock() {
-            waiting.remove(&conn);
-        }
+        lock(&local.catching_up).remove(&conn);
         let remaining = local.members.len();
         if remaining == 0 {
             rooms.remove(&room);
@@ -291,11 +275,9 @@ impl Hub {
 
     /// Queues a frame to one local connection.
     pub fn push_to(&self, conn: ConnId, frame: Frame) -> bool {
-        self.connections
-            .read()
-            .ok()
-            .and_then(|connections| connections.get(&conn).map(|outbox| outbox.push(frame)))
-            .unwrap_or(false)
+        read(&self.connections)
+            .get(&conn)
+            .is_some_and(|outbox| outbox.push(frame))
     }
 
     /// Queues a room's messages, in sequence order, to its local members. Sequence numbers at
@@ -306,15 +288,11 @@ impl Hub {
         room_id: RoomId,
         messages: impl IntoIterator<Item = DeliveredMessage>,
     ) {
-        let Ok(rooms) = self.rooms.read() else {
-            return;
-        };
+        let rooms = read(&self.rooms);
         let Some(local) = rooms.get(&room_id) else {
             return;
         };
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
+        let connections = read(&self.connections);
         let now_ms = chrono::Utc::now().timestamp_millis();
         for message in messages {
             let seq = message.seq;
@@ -339,9 +317,7 @@ impl Hub {
             }
             let shared = message.frame;
             let mut delivered = 0;
-            let Ok(mut waiting) = local.catching_up.lock() else {
-                return;
-            };
+            let mut waiting = lock(&local.catching_up);
             let mut passed = Vec::new();
             for member in &local.members {
                 match waiting.get_mut(member) {
@@ -369,15 +345,11 @@ impl Hub {
     /// Queues an ephemeral frame to a room's local members, except one connection. Members
     /// still catching up skip it: it would be stale by the time they are live.
     pub fn broadcast(&self, room_id: RoomId, event: &ServerFrame, except: Option<ConnId>) {
-        let Ok(rooms) = self.rooms.read() else {
-            return;
-        };
+        let rooms = read(&self.rooms);
         let Some(local) = rooms.get(&room_id) else {
             return;
         };
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
+        let connections = read(&self.connections);
         let shared = frame(event);
         for member in &local.members {
             if Some(*member) == except {
@@ -392,19 +364,13 @@ impl Hub {
     /// Queues an event about a stored message (an edit or delete) to a room's local members.
     /// Members still catching up get it after their missed messages, whatever they are.
     pub fn deliver_event(&self, room_id: RoomId, event: &ServerFrame) {
-        let Ok(rooms) = self.rooms.read() else {
-            return;
-        };
+        let rooms = read(&self.rooms);
         let Some(local) = rooms.get(&room_id) else {
             return;
         };
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
+        let connections = read(&self.connections);
         let shared = frame(event);
-        let Ok(mut waiting) = local.catching_up.lock() else {
-            return;
-        };
+        let mut waiting = lock(&local.catching_up);
         for member in &local.members {
             if let Some(CatchUp::Holding(held)) = waiting.get_mut(member) {
                 held.push((i64::MAX, shared.clone()));
@@ -418,12 +384,8 @@ impl Hub {
 
     /// Queues a frame once to every local connection in any of `rooms`; returns how many.
     pub fn broadcast_rooms(&self, rooms: &[RoomId], shared: &Frame) -> u64 {
-        let Ok(local_rooms) = self.rooms.read() else {
-            return 0;
-        };
-        let Ok(connections) = self.connections.read() else {
-            return 0;
-        };
+        let local_rooms = read(&self.rooms);
+        let connections = read(&self.connections);
         let mut told: HashSet<ConnId> = HashSet::new();
         for room in rooms {
             let Some(local) = local_rooms.get(room) else {
@@ -442,19 +404,11 @@ impl Hub {
 
     /// Queues a frame to every local connection of a user, except one.
     pub fn push_to_user(&self, user: UserId, shared: &Frame, except: Option<ConnId>) {
-        let conns: Vec<ConnId> = self
-            .by_user
-            .read()
-            .ok()
-            .and_then(|by_user| {
-                by_user
-                    .get(&user)
-                    .map(|conns| conns.iter().copied().collect())
-            })
+        let conns: Vec<ConnId> = read(&self.by_user)
+            .get(&user)
+            .map(|conns| conns.iter().copied().collect())
             .unwrap_or_default();
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
+        let connections = read(&self.connections);
         for conn in conns {
             if Some(conn) == except {
                 continue;
@@ -468,15 +422,11 @@ impl Hub {
     /// Stops delivering a room to every local connection of a user who left it, and tells each
     /// of them with `left`.
     pub fn remove_user(&self, room_id: RoomId, user: UserId) {
-        let Ok(mut rooms) = self.rooms.write() else {
-            return;
-        };
+        let mut rooms = write(&self.rooms);
         let Some(local) = rooms.get_mut(&room_id) else {
             return;
         };
-        let Ok(connections) = self.connections.read() else {
-            return;
-        };
+        let connections = read(&self.connections);
         let left = frame(&ServerFrame::Left { room_id });
         local
             .members
@@ -487,9 +437,7 @@ impl Hub {
                 }
                 _ => true,
             });
-        if let Ok(mut waiting) = local.catching_up.lock() {
-            waiting.retain(|member, _| local.members.contains(member));
-        };
+        lock(&local.catching_up).retain(|member, _| local.members.contains(member));
         if local.members.is_empty() {
             rooms.remove(&room_id);
         }
@@ -497,9 +445,7 @@ impl Hub {
 
     /// Every (room, user) pair of a local connection in a room, each once.
     pub fn memberships(&self) -> Vec<(RoomId, UserId)> {
-        let (Ok(rooms), Ok(connections)) = (self.rooms.read(), self.connections.read()) else {
-            return Vec::new();
-        };
+        let (rooms, connections) = (read(&self.rooms), read(&self.connections));
         let mut pairs = HashSet::new();
         for (room, local) in rooms.iter() {
             for member in &local.members {
@@ -519,13 +465,11 @@ impl Hub {
         shared: &Frame,
     ) {
         // Same lock order as deliveries: rooms, then (here) users, then connections.
-        let (Ok(rooms), Ok(by_user), Ok(connections)) = (
-            self.rooms.read(),
-            self.by_user.read(),
-            self.connections.read(),
-        ) else {
-            return;
-        };
+        let (rooms, by_user, connections) = (
+            read(&self.rooms),
+            read(&self.by_user),
+            read(&self.connections),
+        );
         let joined = rooms.get(&room).map(|local| &local.members);
         for user in users {
             let Some(conns) = by_user.get(&user) else {
@@ -562,19 +506,14 @@ impl Hub {
 
     /// Rooms with at least one local member.
     pub fn rooms(&self) -> Vec<RoomId> {
-        self.rooms
-            .read()
-            .map(|rooms| rooms.keys().copied().collect())
-            .unwrap_or_default()
+        read(&self.rooms).keys().copied().collect()
     }
 
     /// The highest sequence number delivered locally in a room; `None` without local members.
     pub fn local_delivered_seq(&self, room: RoomId) -> Option<Seq> {
-        self.rooms.read().ok().and_then(|rooms| {
-            rooms
-                .get(&room)
-                .map(|r| Seq(r.delivered.load(Ordering::Acquire)))
-        })
+        read(&self.rooms)
+            .get(&room)
+            .map(|r| Seq(r.delivered.load(Ordering::Acquire)))
     }
 }
 
