@@ -268,28 +268,24 @@ impl Cache {
     /// Stores several values for the configured TTL, with one trip to the blocking pool per
     /// server.
     pub async fn set_many<T: Serialize>(&self, entries: &[(CacheKey, T)]) {
-        let mut texts: HashMap<String, String> = entries
-            .iter()
-            .filter_map(|(key, value)| Some((self.key(*key), serde_json::to_string(value).ok()?)))
-            .collect();
+        let mut by_server: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+        for (key, value) in entries {
+            let (key, Ok(text)) = (self.key(*key), serde_json::to_string(value)) else {
+                continue;
+            };
+            if let Some(server) = self.server_of(&key) {
+                by_server.entry(server).or_default().push((key, text));
+            }
+        }
         let ttl = self.inner.ttl_secs;
-        let keys: Vec<String> = texts.keys().cloned().collect();
-        let sets = self
-            .by_server(keys)
-            .into_iter()
-            .map(|(server, keys)| {
-                let entries: Vec<(String, String)> = keys
-                    .into_iter()
-                    .filter_map(|key| texts.remove_entry(&key))
-                    .collect();
-                self.call(server, Op::Set, move |client| {
-                    for (key, text) in &entries {
-                        client.set(key, text.as_str(), ttl)?;
-                    }
-                    Ok(entries.len())
-                })
+        let sets = by_server.into_iter().map(|(server, entries)| {
+            self.call(server, Op::Set, move |client| {
+                for (key, text) in &entries {
+                    client.set(key, text.as_str(), ttl)?;
+                }
+                Ok(entries.len())
             })
-            .collect::<Vec<_>>();
+        });
         let stored: usize = futures::future::join_all(sets)
             .await
             .into_iter()

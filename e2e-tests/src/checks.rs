@@ -58,6 +58,23 @@ impl Observed {
 }
 
 impl WsClient {
+    /// Sends `count` messages to `room`, with the ids `<prefix>-0`, `<prefix>-1`, … and the body
+    /// `prefix`; returns the ids.
+    pub async fn send_batch(
+        &mut self,
+        room: RoomId,
+        prefix: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(count);
+        for index in 0..count {
+            let id = format!("{prefix}-{index}");
+            self.send_message(room, &id, prefix).await?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
     /// Records frames until `done` holds, failing after [`DEADLINE`] without progress.
     pub async fn observe_until(
         &mut self,

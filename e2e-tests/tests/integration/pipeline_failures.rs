@@ -10,21 +10,6 @@ use e2e_tests::proxy::TcpProxy;
 use e2e_tests::{eventually, TestEnv, WsClient};
 use std::net::SocketAddr;
 
-async fn send_batch(
-    client: &mut WsClient,
-    room: RoomId,
-    prefix: &str,
-    count: usize,
-) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::with_capacity(count);
-    for index in 0..count {
-        let id = format!("{prefix}-{index}");
-        client.send_message(room, &id, prefix).await?;
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
 /// Sends `count` messages, then waits until each is answered: accepted or refused.
 async fn send_answered(
     client: &mut WsClient,
@@ -33,7 +18,7 @@ async fn send_answered(
     prefix: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let ids = send_batch(client, room, prefix, count).await?;
+    let ids = client.send_batch(room, prefix, count).await?;
     client
         .observe_until(observed, |o| answered(o, &ids))
         .await?;
@@ -104,7 +89,7 @@ async fn a_node_killed_mid_stream_loses_nothing_it_accepted() -> anyhow::Result<
     send_answered(&mut sender, &mut sent, room, "before", 100).await?;
     assert_eq!(sent.accepted.len(), 100);
     // A second burst, and the node dies while it is in flight.
-    send_batch(&mut sender, room, "during", 100).await?;
+    sender.send_batch(room, "during", 100).await?;
     victim.kill()?;
     while let Ok(frame) = sender.recv().await {
         sent.record(frame);
@@ -241,7 +226,7 @@ async fn postgres_outage_keeps_accepting_and_stores_everything_in_order() -> any
     reader.join("outage").await?;
 
     let mut sent = Observed::default();
-    let before = send_batch(&mut sender, room, "before", 30).await?;
+    let before = sender.send_batch(room, "before", 30).await?;
     sender
         .observe_until(&mut sent, |o| {
             before.iter().all(|id| o.stored.contains_key(id))

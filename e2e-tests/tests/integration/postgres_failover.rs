@@ -3,28 +3,12 @@
 //! Everything accepted is stored exactly once, the room's sequence goes on with no gap, and a
 //! member on another node receives all of it in order.
 
-use chat_protocol::RoomId;
 use e2e_tests::checks::{assert_all_accepted_stored, assert_gapless, stored_messages_at, Observed};
 use e2e_tests::postgres_pair::PostgresPair;
 use e2e_tests::services::node_config;
-use e2e_tests::{eventually, TestBus, TestNode, WsClient};
+use e2e_tests::{eventually, TestBus, TestNode};
 use std::collections::HashSet;
 use std::time::Instant;
-
-async fn send(
-    client: &mut WsClient,
-    room: RoomId,
-    prefix: &str,
-    count: usize,
-) -> anyhow::Result<Vec<String>> {
-    let mut ids = Vec::with_capacity(count);
-    for index in 0..count {
-        let id = format!("{prefix}-{index}");
-        client.send_message(room, &id, prefix).await?;
-        ids.push(id);
-    }
-    Ok(ids)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_promoted_standby_takes_over_with_nothing_accepted_lost_or_doubled() -> anyhow::Result<()>
@@ -42,7 +26,7 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost_or_doubled() -
     reader.join("failover").await?;
 
     let mut sent = Observed::default();
-    let before = send(&mut sender, room, "before", 30).await?;
+    let before = sender.send_batch(room, "before", 30).await?;
     sender
         .observe_until(&mut sent, |o| {
             before.iter().all(|id| o.stored.contains_key(id))
@@ -53,10 +37,10 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost_or_doubled() -
     assert_eq!(stored_messages_at(&standby, room).await?.len(), 30);
 
     // The primary dies in the middle of a stream of sends.
-    let mut during = send(&mut sender, room, "during", 20).await?;
+    let mut during = sender.send_batch(room, "during", 20).await?;
     pair.kill_primary()?;
     let killed = Instant::now();
-    during.extend(send(&mut sender, room, "after-kill", 40).await?);
+    during.extend(sender.send_batch(room, "after-kill", 40).await?);
     sender
         .observe_until(&mut sent, |o| {
             during
@@ -114,7 +98,7 @@ async fn a_promoted_standby_takes_over_with_nothing_accepted_lost_or_doubled() -
     );
 
     // New sends go straight to the new primary.
-    let later = send(&mut sender, room, "later", 10).await?;
+    let later = sender.send_batch(room, "later", 10).await?;
     sender
         .observe_until(&mut sent, |o| {
             later.iter().all(|id| o.stored.contains_key(id))

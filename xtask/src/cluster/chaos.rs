@@ -153,7 +153,7 @@ fn scenarios(root: &Path, binary: &Path, faults: &[Fault]) -> Result<Vec<(Fault,
         let what =
             injected.with_context(|| format!("injecting and repairing: {}", fault.name()))?;
         let report = report?;
-        println!("    {what}; {}", summary(&report));
+        println!("    {what}\n{}", row(fault, &report));
         reports.push((fault, report));
         wait_healthy(&cluster)?;
     }
@@ -252,15 +252,12 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
                 .get(1)
                 .copied()
                 .context("no second chat node")?;
-            // Whatever runs in the node's namespace: the chat node, as first started or since.
-            let pids = net::pids(&host.netns());
             let signal = match fault {
                 Fault::DrainNode => "-TERM",
                 _ => "-KILL",
             };
-            for pid in &pids {
-                signal_pid(signal, u32::try_from(*pid)?)?;
-            }
+            // Whatever runs in the node's namespace: the chat node, as first started or since.
+            let pids = signal_host(host, signal)?;
             // A drained node exits by itself (within its drain bounds); a new one starts once
             // it has.
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -278,14 +275,9 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
         }
         Fault::PausePostgres => {
             let host = cluster.host(Role::Database)?;
-            let pids = net::pids(&host.netns());
-            for pid in &pids {
-                signal_pid("-STOP", u32::try_from(*pid)?)?;
-            }
+            let pids = signal_host(host, "-STOP")?;
             std::thread::sleep(REPAIR_AFTER);
-            for pid in &pids {
-                signal_pid("-CONT", u32::try_from(*pid)?)?;
-            }
+            signal_host(host, "-CONT")?;
             Ok(format!(
                 "paused {} PostgreSQL processes, then let them go on",
                 pids.len()
@@ -293,10 +285,7 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
         }
         Fault::KillMemcached => {
             let host = cluster.host(Role::Cache)?;
-            let pids = net::pids(&host.netns());
-            for pid in &pids {
-                signal_pid("-KILL", u32::try_from(*pid)?)?;
-            }
+            signal_host(host, "-KILL")?;
             std::thread::sleep(REPAIR_AFTER);
             let mut started = hosts::start_memcached(cluster, host)?;
             hosts::wait_listening(&mut started, host.socket(hosts::MEMCACHED_PORT))?;
@@ -304,10 +293,7 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
         }
         Fault::KillBalancer => {
             let host = cluster.host(Role::Balancer)?;
-            let pids = net::pids(&host.netns());
-            for pid in &pids {
-                signal_pid("-KILL", u32::try_from(*pid)?)?;
-            }
+            signal_host(host, "-KILL")?;
             std::thread::sleep(REPAIR_AFTER);
             let conf = hosts::configure_balancer(cluster, host)?;
             let mut started = hosts::start_balancer(cluster, host, &conf)?;
@@ -374,6 +360,15 @@ fn signal_pid(signal: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to every process in `host`'s namespace; returns their pids.
+fn signal_host(host: &net::Host, signal: &str) -> Result<Vec<i32>> {
+    let pids = net::pids(&host.netns());
+    for pid in &pids {
+        signal_pid(signal, u32::try_from(*pid)?)?;
+    }
+    Ok(pids)
+}
+
 /// Every chat node ready and every broker in the cluster again, before the next scenario.
 fn wait_healthy(cluster: &Cluster) -> Result<()> {
     brokers::wait_clustered(cluster, Duration::from_secs(120))?;
@@ -389,10 +384,15 @@ fn wait_healthy(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
-fn summary(report: &Report) -> String {
+fn millis(duration: Duration) -> String {
+    format!("{} ms", duration.as_millis())
+}
+
+/// A scenario's line of [`table`].
+fn row(fault: Fault, report: &Report) -> String {
     format!(
-        "accepted {}, refused {}, unanswered {}, stored {}, lost {}, duplicated {}, reordered {}, \
-         missing at members {}, reconnects {}",
+        "| {} | {RATE} msgs/s, {USERS} users × {ROOMS} rooms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |\n",
+        fault.name(),
         report.accepted,
         report.refused,
         report.unanswered,
@@ -401,12 +401,12 @@ fn summary(report: &Report) -> String {
         report.duplicated,
         report.reordered,
         report.missing_at_members,
-        report.reconnects
+        report.reconnects,
+        millis(report.reconnect_p50),
+        millis(report.reconnect_p99),
+        millis(report.worst_latency),
+        report.steady_after.map_or_else(|| "-".to_owned(), millis),
     )
-}
-
-fn millis(duration: Duration) -> String {
-    format!("{} ms", duration.as_millis())
 }
 
 fn table(reports: &[(Fault, Report)]) -> String {
@@ -417,23 +417,7 @@ fn table(reports: &[(Fault, Report)]) -> String {
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (fault, report) in reports {
-        text.push_str(&format!(
-            "| {} | {RATE} msgs/s, {USERS} users × {ROOMS} rooms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |\n",
-            fault.name(),
-            report.accepted,
-            report.refused,
-            report.unanswered,
-            report.stored,
-            report.lost,
-            report.duplicated,
-            report.reordered,
-            report.missing_at_members,
-            report.reconnects,
-            millis(report.reconnect_p50),
-            millis(report.reconnect_p99),
-            millis(report.worst_latency),
-            report.steady_after.map_or_else(|| "-".to_owned(), millis),
-        ));
+        text.push_str(&row(*fault, report));
     }
     text
 }

@@ -14,7 +14,6 @@ use chat_protocol::{ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
@@ -100,7 +99,6 @@ pub fn run(
     fault_at: Instant,
     stored: impl Fn(&[RoomId]) -> Result<BTreeMap<RoomId, Vec<(i64, String)>>>,
 ) -> Result<Report> {
-    let stop = Arc::new(AtomicBool::new(false));
     // Everyone connected before anyone sends.
     let ready = Arc::new(Barrier::new(sessions.len() + 1));
     let targets: Arc<Mutex<Option<BTreeMap<RoomId, i64>>>> = Arc::new(Mutex::new(None));
@@ -117,7 +115,6 @@ pub fn run(
             offset: interval.mul_f64(index as f64 / sessions.len() as f64),
             duration: load.duration,
             ready: ready.clone(),
-            stop: stop.clone(),
             targets: targets.clone(),
         };
         members.push(std::thread::spawn(move || member.run()));
@@ -160,7 +157,6 @@ pub fn run(
             Err(_) => bail!("a member's thread panicked"),
         }
     }
-    stop.store(true, Ordering::SeqCst);
     Ok(check(&records, &final_rows, &last_seqs, fault_at))
 }
 
@@ -254,7 +250,6 @@ struct Member {
     offset: Duration,
     duration: Duration,
     ready: Arc<Barrier>,
-    stop: Arc<AtomicBool>,
     /// Each room's last sequence number once the load is over: read until reached.
     targets: Arc<Mutex<Option<BTreeMap<RoomId, i64>>>>,
 }
@@ -273,9 +268,6 @@ impl Member {
         let mut disconnected_at: Option<Instant> = None;
         let mut caught_up_deadline: Option<Instant> = None;
         loop {
-            if self.stop.load(Ordering::SeqCst) {
-                break;
-            }
             let now = Instant::now();
             // Done once the load is over and every room is read to the end.
             if let Some(targets) = self.targets.lock().ok().and_then(|slot| slot.clone()) {
