@@ -174,6 +174,25 @@ impl ClientConnection {
     }
 
     /// Called with every transfer the peer takes part in.
+    /// A write's outcome: progress restarts the deadline; waiting past it fails the write.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(written)) => {
+                if written > 0 {
+                    self.progressed();
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     fn progressed(&mut self) {
         if !self.upgraded.is_marked() {
             let idle = self.idle;
@@ -220,17 +239,8 @@ impl AsyncWrite for ClientConnection {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
+        let written = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -239,17 +249,8 @@ impl AsyncWrite for ClientConnection {
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, data) {
-            Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    this.progressed();
-                }
-                Poll::Ready(Ok(written))
-            }
-            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
-            Poll::Pending => Poll::Pending,
-        }
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, data);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {

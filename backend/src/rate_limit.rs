@@ -211,11 +211,23 @@ impl RateLimits {
         key: &K,
         name: &str,
     ) -> Result<(), RetryAfter> {
-        limiter.check_key(key).map_err(|not_until| {
-            self.metrics.rate_limited.with_label_values(&[name]).inc();
-            RetryAfter(not_until.wait_time_from(self.clock.now()))
-        })
+        check_keyed(limiter, key, name, &self.metrics, &self.clock)
     }
+}
+
+/// One step of `limiter` for `key`; a refusal is counted under `name` and says how long to
+/// wait.
+fn check_keyed<K: Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    name: &str,
+    metrics: &Metrics,
+    clock: &DefaultClock,
+) -> Result<(), RetryAfter> {
+    limiter.check_key(key).map_err(|not_until| {
+        metrics.rate_limited.with_label_values(&[name]).inc();
+        RetryAfter(not_until.wait_time_from(clock.now()))
+    })
 }
 
 /// The account and REST-write limits.
@@ -388,10 +400,7 @@ impl FrameLimits {
         key: &K,
         name: &str,
     ) -> Result<(), RetryAfter> {
-        limiter.check_key(key).map_err(|not_until| {
-            self.metrics.rate_limited.with_label_values(&[name]).inc();
-            RetryAfter(not_until.wait_time_from(self.clock.now()))
-        })
+        check_keyed(limiter, key, name, &self.metrics, &self.clock)
     }
 }
 
