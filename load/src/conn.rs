@@ -23,6 +23,9 @@ pub type Socket = WebSocketStream<TcpStream>;
 /// How long the tool waits for one answer from a node (sign-in, join) before giving up.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an idle REST connection is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
 /// Picks a source address for each new connection, round robin.
 #[derive(Debug)]
 pub struct Dialer {
@@ -35,8 +38,14 @@ pub struct Dialer {
 impl Dialer {
     /// A dialer using 127.0.0.1 … 127.0.0.`count`.
     pub fn loopback(count: u8) -> Dialer {
-        let sources: Vec<Ipv4Addr> = (1..=count.max(1))
-            .map(|i| Ipv4Addr::new(127, 0, 0, i))
+        Dialer::from(Ipv4Addr::new(127, 0, 0, 1), count)
+    }
+
+    /// A dialer using `count` consecutive addresses from `first` (which must be this machine's).
+    pub fn from(first: Ipv4Addr, count: u8) -> Dialer {
+        let first = u32::from(first);
+        let sources: Vec<Ipv4Addr> = (0..u32::from(count.max(1)))
+            .map(|i| Ipv4Addr::from(first.wrapping_add(i)))
             .collect();
         let http = sources
             .iter()
@@ -44,6 +53,9 @@ impl Dialer {
                 reqwest::Client::builder()
                     .local_address(std::net::IpAddr::V4(source))
                     .timeout(ANSWER_TIMEOUT)
+                    // Idle connections go before a node's own cut (its header timeout may be
+                    // as short as 10 s), so a request never goes out on one the node closed.
+                    .pool_idle_timeout(POOL_IDLE)
                     .build()
                     .unwrap_or_default()
             })

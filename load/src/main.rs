@@ -28,9 +28,12 @@ struct Common {
     /// pipeline's stages are read there.
     #[arg(long = "metrics")]
     metrics: Vec<SocketAddr>,
-    /// Loopback source addresses to spread client sockets over (127.0.0.1 … 127.0.0.N).
+    /// Source addresses to spread client sockets over (`--first-source` and the N-1 after it).
     #[arg(long, default_value_t = 4)]
     sources: u8,
+    /// The first source address: this machine's, as are the ones after it.
+    #[arg(long, default_value_t = std::net::Ipv4Addr::LOCALHOST)]
+    first_source: std::net::Ipv4Addr,
     /// Name of the run in reports and tables.
     #[arg(long)]
     label: Option<String>,
@@ -104,6 +107,14 @@ enum Workload {
         /// PostgreSQL URL of the nodes' database, to check every accepted send is stored.
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
+        /// Users the clients are spread over (a node takes at most 20 WebSockets of a user by
+        /// default).
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        /// Index of a node (a load balancer in front of the others) that the clients reconnect
+        /// through, and no observer uses; without it they reconnect to the other nodes directly.
+        #[arg(long)]
+        reconnect_via: Option<usize>,
     },
     /// Prints the Markdown result tables of BENCHMARKS.md from JSON reports.
     Tables { reports: Vec<PathBuf> },
@@ -143,7 +154,7 @@ fn target(common: &Common) -> anyhow::Result<Target> {
     Ok(Target {
         nodes,
         accounts: Arc::new(accounts),
-        dialer: Arc::new(Dialer::loopback(common.sources)),
+        dialer: Arc::new(Dialer::from(common.first_source, common.sources)),
         progress: !common.quiet,
     })
 }
@@ -222,6 +233,8 @@ async fn main() -> anyhow::Result<()> {
             victim,
             rate,
             database_url,
+            users,
+            reconnect_via,
         } => {
             let config = StormConfig {
                 clients,
@@ -232,7 +245,8 @@ async fn main() -> anyhow::Result<()> {
                 after_resume: Duration::from_secs(2),
                 resume_timeout: Duration::from_secs(60),
                 setup_concurrency: 128,
-                accounts: 200,
+                accounts: users,
+                reconnect_via,
                 database_url,
             };
             let label = common.label.clone().unwrap_or_else(|| "storm".into());

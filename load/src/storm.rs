@@ -29,8 +29,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// Accounts the observers are spread over.
+/// Accounts the observers are spread over, at least; and at most this many observers to one
+/// (a stock node takes 20 WebSockets of a user).
 const OBSERVER_ACCOUNTS: usize = 20;
+const OBSERVERS_PER_ACCOUNT: usize = 16;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StormConfig {
@@ -48,6 +50,8 @@ pub struct StormConfig {
     pub setup_concurrency: usize,
     /// Users the clients are spread over (one connection per client).
     pub accounts: usize,
+    /// Index of the node the clients reconnect through (a load balancer); no observer uses it.
+    pub reconnect_via: Option<usize>,
     /// `postgres://…` of the nodes' database, to check that every accepted send is stored.
     pub database_url: Option<String>,
 }
@@ -107,14 +111,23 @@ pub async fn run_storm(
         .pid
         .context("storm needs the victim node's process id")?;
     let survivors: Vec<SocketAddr> = (target.nodes.iter().enumerate())
-        .filter(|(i, _)| *i != config.victim)
+        .filter(|(i, _)| *i != config.victim && Some(*i) != config.reconnect_via)
         .map(|(_, node)| node.addr)
         .collect();
     anyhow::ensure!(!survivors.is_empty(), "storm needs a second node");
+    // Where the clients go after the kill: through the balancer, or to the survivors.
+    let reconnect_to: Vec<SocketAddr> = match config.reconnect_via {
+        Some(index) => vec![target.nodes.get(index).context("no such node")?.addr],
+        None => survivors.clone(),
+    };
     let run = crate::run_id();
     let rooms = config.clients.div_ceil(config.members.max(1));
     let room_name = |room: usize| format!("{run}-s{room}");
 
+    let observer_accounts = OBSERVER_ACCOUNTS.max(rooms.div_ceil(OBSERVERS_PER_ACCOUNT));
+    // Every socket is read from the moment it has joined: setting up thousands may take longer
+    // than a node waits for a silent WebSocket to answer its ping.
+    let set_up = CancellationToken::new();
     // Observers first, on the survivors, so they see every message of their room.
     let mut observers = Vec::new();
     let mut room_ids = Vec::new();
@@ -125,12 +138,12 @@ pub async fn run_storm(
             &target.accounts,
             node,
             // Observers share a few accounts: each is still its own connection.
-            &format!("load-o{}", room % OBSERVER_ACCOUNTS),
+            &format!("load-o{}", room % observer_accounts),
         )
         .await?;
         let joined = identity::join(&target.dialer, &mut session, &room_name(room)).await?;
         room_ids.push(joined.room_id.0);
-        observers.push((session, joined));
+        observers.push((hold(session, set_up.clone()), joined));
     }
     // Clients share accounts (registering is slow on purpose): one connection each.
     let accounts: Vec<Account> =
@@ -149,15 +162,26 @@ pub async fn run_storm(
             let name = format!("{run}-c{n}");
             let room = room_name(n % rooms);
             let account = accounts[n % accounts.len()].clone();
+            let set_up = set_up.clone();
             async move {
                 let mut session = identity::connect(&target.dialer, victim.addr, &account).await?;
                 let joined = identity::join(&target.dialer, &mut session, &room).await?;
-                anyhow::Ok((n, name, session, joined))
+                let account = session.account.clone();
+                anyhow::Ok((n, name, account, hold(session, set_up.clone()), joined))
             }
         })
         .buffer_unordered(config.setup_concurrency.max(1))
         .try_collect()
         .await?;
+    set_up.cancel();
+    let mut observer_sockets = Vec::new();
+    for (held, joined) in observers {
+        observer_sockets.push((held.await??, joined));
+    }
+    let mut client_sockets = Vec::new();
+    for (n, name, account, held, joined) in clients {
+        client_sockets.push((n, name, account, held.await??, joined));
+    }
 
     let shared = Arc::new(Shared {
         recorder: Recorder::new(),
@@ -168,37 +192,30 @@ pub async fn run_storm(
     let stop = CancellationToken::new();
     let stop_sending = CancellationToken::new();
     let period = Duration::from_secs_f64(config.clients as f64 / config.rate.max(0.001));
-    let observer_tasks: Vec<_> = observers
+    let observer_tasks: Vec<_> = observer_sockets
         .into_iter()
-        .map(|(session, joined)| {
-            tokio::spawn(observe(
-                session.socket,
-                joined,
-                shared.clone(),
-                stop.clone(),
-            ))
-        })
+        .map(|(socket, joined)| tokio::spawn(observe(socket, joined, shared.clone(), stop.clone())))
         .collect();
     let started = Instant::now();
     let cpu = CpuMeter::start(target.watched());
     let host = HostMeter::start();
-    let client_tasks: Vec<_> = clients
+    let client_tasks: Vec<_> = client_sockets
         .into_iter()
-        .map(|(n, name, session, joined)| {
+        .map(|(n, name, account, socket, joined)| {
             let first_send = started + period.mul_f64(n as f64 / config.clients.max(1) as f64);
             let client = StormClient {
                 name,
                 room: n % rooms,
                 room_id: joined.room_id,
-                survivors: survivors.clone(),
-                account: session.account.clone(),
+                survivors: reconnect_to.clone(),
+                account,
                 shared: shared.clone(),
                 period,
                 first_send,
             };
             tokio::spawn(client.run(
                 target.dialer_handle(),
-                session.socket,
+                socket,
                 joined,
                 stop_sending.clone(),
                 stop.clone(),
@@ -328,6 +345,27 @@ pub async fn run_storm(
     report.extra = serde_json::to_value(result)?;
     report.host = Some(host);
     Ok(report)
+}
+
+/// Reads `session`'s socket until `release` (so that pings are answered), then gives it back.
+/// Nothing is sent before every socket is set up, so what it reads meanwhile is not needed.
+fn hold(
+    session: identity::Session,
+    release: CancellationToken,
+) -> tokio::task::JoinHandle<anyhow::Result<Socket>> {
+    let mut socket = session.socket;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = release.cancelled() => return Ok(socket),
+                frame = socket.next() => match frame {
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => return Err(error.into()),
+                    None => bail!("a socket closed while the others were set up"),
+                },
+            }
+        }
+    })
 }
 
 /// An observer on a surviving node: records what it sees of its room.
