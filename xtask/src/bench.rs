@@ -119,6 +119,9 @@ pub struct Options {
     pub only: Vec<String>,
     /// Another chat-server binary than this tree's release build.
     pub server: Option<PathBuf>,
+    /// Another database than a fresh `chat_bench` on this machine's PostgreSQL (an empty one:
+    /// a primary with a synchronous standby, say).
+    pub database_url: Option<String>,
 }
 
 pub fn bench(root: &Path, options: Options) -> Result<()> {
@@ -126,6 +129,7 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         quick,
         only,
         server,
+        database_url,
     } = options;
     let set: Vec<Run> = standard_set(quick)
         .into_iter()
@@ -143,7 +147,7 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         );
     }
     // Only the whole set, measured on this tree's build, goes into BENCHMARKS.md and its plots.
-    let records = only.is_empty() && server.is_none();
+    let records = only.is_empty() && server.is_none() && database_url.is_none();
     services::ensure_all()?;
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     // Read before anything is built, so the tables name the code they measured.
@@ -151,7 +155,9 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         Some(server) => format!("the binary `{}`", server.display()),
         None => code_version(root),
     };
-    recreate_database(DATABASE)?;
+    if database_url.is_none() {
+        recreate_database(DATABASE)?;
+    }
     crate::run(crate::cargo().current_dir(root).args([
         "build",
         "--release",
@@ -182,7 +188,9 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
     let prefix = format!("bench{}", std::process::id());
     // Plain TCP, as in the compose deployment (the postgres image has no TLS configured):
     // this machine's PostgreSQL offers TLS, which libpq would otherwise take on loopback.
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{DATABASE}?sslmode=disable");
+    let database_url = database_url.unwrap_or_else(|| {
+        format!("postgres://postgres@127.0.0.1:5432/{DATABASE}?sslmode=disable")
+    });
     let start_nodes = |count: u16| -> Result<Vec<NodeProcess>> {
         (0..count)
             .map(|index| start_node(&server, index, &prefix, &database_url, &reports))

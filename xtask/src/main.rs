@@ -58,6 +58,12 @@ enum Task {
         /// printed and BENCHMARKS.md is left as it is.
         #[arg(long)]
         server: Option<PathBuf>,
+        /// An empty database to run the nodes on instead of a fresh `chat_bench` on
+        /// 127.0.0.1:5432 (`cargo run -p e2e-tests --example postgres_pair` prints the URL of a
+        /// primary with a synchronous standby); the tables are printed and BENCHMARKS.md is left
+        /// as it is.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// Count the instructions each node executes per message, under callgrind: far steadier
     /// than time on a shared machine, for telling whether a change made messages cheaper.
@@ -103,6 +109,12 @@ enum Task {
         /// Leave the cluster up after the run, for a look at it.
         #[arg(long)]
         keep: bool,
+        /// Messages a second over all users (15 a second each, 4 users to a source address).
+        #[arg(long, default_value_t = cluster::chaos::SHORT_RATE)]
+        rate: f64,
+        /// Only these scenarios (`kill-node,stop-postgres`…); leaves RELIABILITY.md as it is.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Build the web client into web-client/dist.
     Web {
@@ -132,12 +144,14 @@ fn main() -> Result<()> {
             quick,
             only,
             server,
+            database_url,
         } => bench::bench(
             &root,
             bench::Options {
                 quick,
                 only,
                 server,
+                database_url,
             },
         ),
         Task::Instructions {
@@ -160,7 +174,19 @@ fn main() -> Result<()> {
             short,
             check_only,
             keep,
-        } => cluster::chaos::run(&root, None, short, !check_only && !short, keep),
+            rate,
+            only,
+        } => {
+            let write = !check_only && !short && only.is_empty();
+            let scope = if short {
+                cluster::chaos::Scope::Short
+            } else if only.is_empty() {
+                cluster::chaos::Scope::All
+            } else {
+                cluster::chaos::Scope::Only(only)
+            };
+            cluster::chaos::run(&root, None, rate, scope, write, keep)
+        }
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());
@@ -252,7 +278,14 @@ fn test(root: &Path, args: &[String]) -> Result<()> {
         return Ok(());
     }
     let binary = web::target_dir(root)?.join("debug").join("chat-server");
-    cluster::chaos::run(root, Some(binary), true, false, false)
+    cluster::chaos::run(
+        root,
+        Some(binary),
+        cluster::chaos::SHORT_RATE,
+        cluster::chaos::Scope::Short,
+        false,
+        false,
+    )
 }
 
 /// The metrics listener of `up`'s first node; the others follow.

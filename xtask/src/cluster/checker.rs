@@ -1,6 +1,7 @@
 //! The delivery checker of `cargo xtask chaos`, in the spirit of Jepsen's queue checkers.
 //!
-//! Users connect through the load balancer, join the same rooms and send at a steady rate,
+//! Users connect through the load balancer, each from one of a few source addresses (so that
+//! per-address limits see several clients), join their group's rooms and send at a steady rate,
 //! each on a thread of its own. Every send, every `accepted`, `stored` and refusal, and every
 //! message delivered to every member is recorded. A member whose connection drops reconnects
 //! through the balancer and resumes each room after the last sequence number it saw. When the
@@ -8,12 +9,12 @@
 //! checks the record against PostgreSQL: each accepted message stored exactly once, each room's
 //! sequence gapless, each member given every sequence number of its rooms once and in order.
 
-use super::smoke::{sign_in, Session};
+use super::smoke::{connect_from, sign_in_from, Session};
 use anyhow::{bail, Context, Result};
 use chat_protocol::{ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
@@ -71,6 +72,8 @@ impl Report {
 /// Everything one member saw.
 #[derive(Default)]
 struct Record {
+    /// The member's rooms.
+    rooms: Vec<RoomId>,
     sent: HashMap<String, Instant>,
     accepted: HashSet<String>,
     refused: HashMap<String, String>,
@@ -81,20 +84,30 @@ struct Record {
     reconnects: Vec<Duration>,
 }
 
-/// Signs in `users` users named `<prefix>-<n>` (registered on first use).
-pub fn sign_in_users(balancer: SocketAddr, prefix: &str, users: usize) -> Result<Vec<Session>> {
+/// Signs in `users` users named `<prefix>-<n>` (registered on first use), spread over the
+/// `sources` addresses (this machine's own when empty).
+pub fn sign_in_users(
+    balancer: SocketAddr,
+    prefix: &str,
+    users: usize,
+    sources: &[Ipv4Addr],
+) -> Result<Vec<Session>> {
     (0..users)
-        .map(|n| sign_in(balancer, &format!("{prefix}-{n}")))
+        .map(|n| {
+            let source = (!sources.is_empty()).then(|| sources[n % sources.len()]);
+            sign_in_from(source, balancer, &format!("{prefix}-{n}"))
+        })
         .collect()
 }
 
-/// Runs `load` from `sessions` in `rooms` (all members of all of them), then checks the record
-/// against the store (`stored`: each room's (seq, client message id) in sequence order).
-/// `fault_at` is when the caller's fault starts, for the time to steady state.
+/// Runs `load` from `sessions`, each a member of its `rooms_of` (and sending round robin in
+/// them), then checks the record against the store (`stored`: each room's (seq, client message
+/// id) in sequence order). `fault_at` is when the caller's fault starts, for the time to steady
+/// state.
 pub fn run(
     balancer: SocketAddr,
     sessions: &[Session],
-    rooms: &[RoomId],
+    rooms_of: &[Vec<RoomId>],
     load: Load,
     fault_at: Instant,
     stored: impl Fn(&[RoomId]) -> Result<BTreeMap<RoomId, Vec<(i64, String)>>>,
@@ -103,13 +116,25 @@ pub fn run(
     let ready = Arc::new(Barrier::new(sessions.len() + 1));
     let targets: Arc<Mutex<Option<BTreeMap<RoomId, i64>>>> = Arc::new(Mutex::new(None));
     let interval = Duration::from_secs_f64(sessions.len() as f64 / load.rate.max(0.1));
+    let rooms: Vec<RoomId> = rooms_of
+        .iter()
+        .flatten()
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rooms = rooms.as_slice();
     let mut members = Vec::new();
     for (index, session) in sessions.iter().enumerate() {
         let member = Member {
             balancer,
+            source: session.source,
             token: session.token.clone(),
             name: session.username.clone(),
-            rooms: rooms.to_vec(),
+            rooms: rooms_of
+                .get(index)
+                .cloned()
+                .context("a user without rooms")?,
             interval,
             // Spread over one interval, so the users do not send in step.
             offset: interval.mul_f64(index as f64 / sessions.len() as f64),
@@ -194,7 +219,8 @@ fn check(
             .iter()
             .filter(|id| !stored_ids.contains_key(id.as_str()))
             .count();
-        for (room, last) in last_seqs {
+        for room in &record.rooms {
+            let last = last_seqs.get(room).copied().unwrap_or(0);
             let seen = record.delivered.get(room).map(Vec::as_slice).unwrap_or(&[]);
             let mut expected = 1;
             for seq in seen {
@@ -204,7 +230,7 @@ fn check(
                 expected = seq + 1;
             }
             let distinct: HashSet<&i64> = seen.iter().collect();
-            report.missing_at_members += (1..=*last).filter(|seq| !distinct.contains(seq)).count();
+            report.missing_at_members += (1..=last).filter(|seq| !distinct.contains(seq)).count();
         }
         reconnects.extend(record.reconnects.iter().copied());
         latencies.extend(record.latencies.iter().copied());
@@ -242,6 +268,7 @@ fn percentile(sorted: &[Duration], at: f64) -> Duration {
 
 struct Member {
     balancer: SocketAddr,
+    source: Option<Ipv4Addr>,
     token: String,
     name: String,
     rooms: Vec<RoomId>,
@@ -256,7 +283,10 @@ struct Member {
 
 impl Member {
     fn run(self) -> Result<Record> {
-        let mut record = Record::default();
+        let mut record = Record {
+            rooms: self.rooms.clone(),
+            ..Record::default()
+        };
         let mut last: BTreeMap<RoomId, i64> = self.rooms.iter().map(|room| (*room, 0)).collect();
         let first = self.connect(&mut record, &mut last);
         self.ready.wait();
@@ -272,9 +302,9 @@ impl Member {
             // Done once the load is over and every room is read to the end.
             if let Some(targets) = self.targets.lock().ok().and_then(|slot| slot.clone()) {
                 let deadline = *caught_up_deadline.get_or_insert(now + PATIENCE);
-                let done = targets
-                    .iter()
-                    .all(|(room, target)| last.get(room).copied().unwrap_or(0) >= *target);
+                let done = self.rooms.iter().all(|room| {
+                    last.get(room).copied().unwrap_or(0) >= targets.get(room).copied().unwrap_or(0)
+                });
                 if done || now > deadline {
                     break;
                 }
@@ -374,7 +404,7 @@ impl Member {
         request
             .headers_mut()
             .insert("Authorization", format!("Bearer {}", self.token).parse()?);
-        let stream = TcpStream::connect_timeout(&self.balancer, PATIENCE)?;
+        let stream = connect_from(self.source, self.balancer, PATIENCE)?;
         // Long enough for the handshake and the joins; short once sends must go out on time.
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_nodelay(true)?;

@@ -165,21 +165,49 @@ pub fn start_postgres(cluster: &Cluster, host: &Host) -> Result<Started> {
     spawn(host, "postgres", &mut postgres, &dir.join("postgres.log"))
 }
 
+/// A PostgreSQL program run as `postgres` on the database's host.
+fn postgres_tool(cluster: &Cluster, host: &Host, name: &str) -> Command {
+    net::command_in(
+        host,
+        Some("postgres"),
+        &cluster.postgres_bin.join(name).to_string_lossy(),
+    )
+}
+
 /// Waits until PostgreSQL accepts connections, then creates the `chat` database.
 pub fn wait_postgres(cluster: &Cluster, host: &Host, started: &mut Started) -> Result<()> {
+    wait_postgres_ready(cluster, host, started)?;
+    net::output(
+        postgres_tool(cluster, host, "createdb")
+            .arg("-h")
+            .arg(cluster.dir(host))
+            .arg("chat"),
+    )
+    .context("cannot create the chat database")?;
+    Ok(())
+}
+
+/// Waits until PostgreSQL accepts connections.
+pub fn wait_postgres_ready(cluster: &Cluster, host: &Host, started: &mut Started) -> Result<()> {
     let dir = cluster.dir(host);
-    let tool = |name: &str| {
-        net::command_in(
-            host,
-            Some("postgres"),
-            &cluster.postgres_bin.join(name).to_string_lossy(),
-        )
-    };
     wait_until(started, Duration::from_secs(60), || {
-        net::quiet(tool("pg_isready").arg("-h").arg(&dir))
-    })?;
-    net::output(tool("createdb").arg("-h").arg(&dir).arg("chat"))
-        .context("cannot create the chat database")?;
+        net::quiet(
+            postgres_tool(cluster, host, "pg_isready")
+                .arg("-h")
+                .arg(&dir),
+        )
+    })
+}
+
+/// Shuts PostgreSQL down the way an operator would (`pg_ctl stop -m fast`: sessions are ended,
+/// nothing committed is lost) and waits until it has.
+pub fn stop_postgres(cluster: &Cluster, host: &Host) -> Result<()> {
+    net::output(
+        postgres_tool(cluster, host, "pg_ctl")
+            .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+            .arg(cluster.dir(host).join("data")),
+    )
+    .context("pg_ctl stop failed")?;
     Ok(())
 }
 

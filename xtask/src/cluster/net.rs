@@ -392,6 +392,70 @@ pub fn quiet(command: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
+/// Cuts `host` off from `peers`, both ways: a blackhole route to each peer in `host`'s
+/// namespace and one to `host` in each peer's, as a link down between them would (every packet
+/// either way is discarded before it leaves, and the sender's socket sees the error). Their
+/// other traffic passes. (This machine's kernel has no `tc` drop action and no netfilter.)
+pub fn cut(host: &Host, peers: &[&Host]) -> Result<()> {
+    for peer in peers {
+        blackhole(host, peer, "add")?;
+        blackhole(peer, host, "add")?;
+    }
+    Ok(())
+}
+
+/// Undoes [`cut`].
+pub fn uncut(host: &Host, peers: &[&Host]) -> Result<()> {
+    let mut outcome = Ok(());
+    for peer in peers {
+        for (from, to) in [(host, *peer), (*peer, host)] {
+            if let Err(error) = blackhole(from, to, "del") {
+                outcome = Err(error);
+            }
+        }
+    }
+    outcome
+}
+
+fn blackhole(from: &Host, to: &Host, verb: &str) -> Result<()> {
+    ip(&[
+        "-n",
+        &from.netns(),
+        "route",
+        verb,
+        "blackhole",
+        &format!("{}/32", to.address),
+    ])
+}
+
+/// The first of the addresses the chaos checker's clients connect from.
+const FIRST_CLIENT_OCTET: u8 = 100;
+/// At most this many client addresses.
+pub const MAX_CLIENT_ADDRESSES: usize = 150;
+
+/// More addresses of this machine's on the bridge (client address `first` on, `.100` being
+/// the first of all), for clients that must look like several machines to per-address limits.
+/// Two workloads that must not share a budget take ranges that do not overlap. They go with
+/// the bridge.
+pub fn add_client_addresses(first: usize, count: usize) -> Result<Vec<Ipv4Addr>> {
+    if first + count > MAX_CLIENT_ADDRESSES {
+        bail!(
+            "at most {MAX_CLIENT_ADDRESSES} client addresses, not {}",
+            first + count
+        );
+    }
+    let present = output(Command::new("ip").args(["-o", "-4", "addr", "show", "dev", BRIDGE]))?;
+    let mut addresses = Vec::new();
+    for index in first..first + count {
+        let address = subnet_address(FIRST_CLIENT_OCTET + u8::try_from(index)?);
+        if !present.contains(&format!("inet {address}/")) {
+            ip(&["addr", "add", &format!("{address}/32"), "dev", BRIDGE])?;
+        }
+        addresses.push(address);
+    }
+    Ok(addresses)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

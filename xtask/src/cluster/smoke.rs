@@ -9,7 +9,7 @@ use chat_protocol::api::{
 };
 use chat_protocol::{ClientFrame, ClientMsgId, RoomId, ServerFrame};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
@@ -193,23 +193,42 @@ impl Client {
 pub(super) struct Session {
     pub(super) username: String,
     pub(super) token: String,
+    /// The address the user's connections come from (this machine's own on the bridge when
+    /// `None`).
+    pub(super) source: Option<Ipv4Addr>,
 }
 
 /// Logs the user in, or registers it on the first run. Login first: registrations count
 /// against a per-address hourly limit, logins only against a per-minute one.
 pub(super) fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
+    sign_in_from(None, balancer, username)
+}
+
+/// [`sign_in`] from `source`, which the user's later requests and connections come from too.
+pub(super) fn sign_in_from(
+    source: Option<Ipv4Addr>,
+    balancer: SocketAddr,
+    username: &str,
+) -> Result<Session> {
     let login = LoginRequest {
         username: username.to_owned(),
         password: PASSWORD.to_owned(),
     };
-    let (status, body) = http(balancer, "POST", "/api/login", None, Some(&login))?;
+    let (status, body) = http_from(source, balancer, "POST", "/api/login", None, Some(&login))?;
     let (status, body) = if status == 401 {
         let register = RegisterRequest {
             username: username.to_owned(),
             password: PASSWORD.to_owned(),
             display_name: None,
         };
-        http(balancer, "POST", "/api/register", None, Some(&register))?
+        http_from(
+            source,
+            balancer,
+            "POST",
+            "/api/register",
+            None,
+            Some(&register),
+        )?
     } else {
         (status, body)
     };
@@ -221,6 +240,7 @@ pub(super) fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
     Ok(Session {
         username: username.to_owned(),
         token: session.token,
+        source,
     })
 }
 
@@ -259,12 +279,32 @@ fn shared_room(balancer: SocketAddr, owner: &Session, other: &Session) -> Result
     Ok(room)
 }
 
-/// One HTTP/1.0 request (so the answer is never chunked), its status and body.
+/// One HTTP/1.0 request (so the answer is never chunked), its status and body; as the
+/// session's user, from its address, when there is one.
 pub(super) fn http<T: serde::Serialize>(
     address: SocketAddr,
     method: &str,
     path: &str,
     session: Option<&Session>,
+    body: Option<&T>,
+) -> Result<(u16, String)> {
+    http_from(
+        session.and_then(|session| session.source),
+        address,
+        method,
+        path,
+        session.map(|session| session.token.as_str()),
+        body,
+    )
+}
+
+/// [`http`] from `source`, with `token` as its bearer token.
+fn http_from<T: serde::Serialize>(
+    source: Option<Ipv4Addr>,
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
     body: Option<&T>,
 ) -> Result<(u16, String)> {
     let body = body
@@ -276,12 +316,12 @@ pub(super) fn http<T: serde::Serialize>(
          Content-Length: {}\r\n",
         body.len()
     );
-    if let Some(session) = session {
-        request.push_str(&format!("Authorization: Bearer {}\r\n", session.token));
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     request.push_str("\r\n");
     request.push_str(&body);
-    let mut stream = TcpStream::connect_timeout(&address, PATIENCE)?;
+    let mut stream = connect_from(source, address, PATIENCE)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.write_all(request.as_bytes())?;
     let mut answer = Vec::new();
@@ -296,6 +336,27 @@ pub(super) fn http<T: serde::Serialize>(
         .and_then(|code| code.parse().ok())
         .with_context(|| format!("{method} {path}: not an HTTP answer: {head}"))?;
     Ok((status, body.to_owned()))
+}
+
+/// A TCP connection to `address`, from `source` when given.
+pub(super) fn connect_from(
+    source: Option<Ipv4Addr>,
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream> {
+    let Some(source) = source else {
+        return Ok(TcpStream::connect_timeout(&address, timeout)?);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .with_context(|| format!("cannot bind a socket to {source}"))?;
+    socket.connect_timeout(&address.into(), timeout)?;
+    Ok(socket.into())
 }
 
 fn balancer_address(url: &str) -> Result<SocketAddr> {

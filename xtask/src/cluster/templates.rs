@@ -181,7 +181,10 @@ pub fn cluster_formation(nodes: &[String]) -> String {
          # A broker that boots with an empty database joins the first reachable one of these.\n\
          cluster_formation.peer_discovery_backend = classic_config\n\
          # The name `rabbitmqctl cluster_status` and the management UI show.\n\
-         cluster_name = chat\n",
+         cluster_name = chat\n\
+         # A broker cut off from most of the cluster pauses (closing its clients' connections, so\n\
+         # the chat nodes move to a broker of the majority) until it reaches the majority again.\n\
+         cluster_partition_handling = pause_minority\n",
     );
     for (index, node) in nodes.iter().enumerate() {
         out.push_str(&format!(
@@ -195,7 +198,9 @@ pub fn cluster_formation(nodes: &[String]) -> String {
 /// `rabbitmq-env.conf` for one broker: read by `rabbitmq-server` and by the CLI tools instead
 /// of the machine's `/etc/rabbitmq/rabbitmq-env.conf`, so that neither sees the machine's own
 /// broker's settings. Erlang distribution and epmd listen on the broker's address only (epmd on
-/// the namespace's loopback too, for the CLI tools run inside it).
+/// the namespace's loopback too, for the CLI tools run inside it). The brokers notice a lost
+/// peer within 10 to 15 s (`net_ticktime` 10 rather than Erlang's 60), so that a partition is
+/// acted on (`pause_minority`) within a chaos scenario.
 pub fn rabbitmq_env(address: Ipv4Addr, dir: &Path) -> String {
     let octets = address.octets();
     format!(
@@ -207,7 +212,7 @@ pub fn rabbitmq_env(address: Ipv4Addr, dir: &Path) -> String {
          ENABLED_PLUGINS_FILE={dir}/enabled_plugins\n\
          PID_FILE={dir}/rabbitmq.pid\n\
          ERL_EPMD_ADDRESS={address},127.0.0.1\n\
-         export ERL_FLAGS=\"-kernel inet_dist_use_interface {{{},{},{},{}}}\"\n",
+         export ERL_FLAGS=\"-kernel inet_dist_use_interface {{{},{},{},{}}} -kernel net_ticktime 10\"\n",
         octets[0],
         octets[1],
         octets[2],
