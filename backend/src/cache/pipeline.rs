@@ -1,10 +1,16 @@
-//! Pipelined memcached commands on a connection of their own, without the blocking pool.
+//! Pipelined memcached commands on a connection of their own.
 //!
-//! The `memcache` crate sends a command and waits for its answer before the next one, on a
-//! blocking thread. Marking a batch's rooms out of date is one `incr` per room, in series with
-//! every message's delivery: a hundred rooms were a hundred round trips. Here the commands of a
-//! request are written at once (up to 512 per write) and the answers read in order, so a
-//! batch's bump is one round trip, on the node's own runtime.
+//! Marking a batch's rooms out of date is one `incr` per room, in series with every message's
+//! delivery, and a server that answers again after an outage is owed up to thousands of
+//! `delete`s. Here the commands of a request are written at once (up to 512 per write) and the
+//! answers read in order, so a batch's bump is one round trip.
+//!
+//! This stays beside `async_memcached` because the client cannot do it: its `incr` and
+//! `delete` each wait for their answer before the next command is written, and its pipelined
+//! forms are `set`/`add`/`get` of many keys, or `noreply` writes whose outcome is never known
+//! (and whose error lines, which memcached still sends, would be read as the next command's
+//! answer). An owed delete must be known done before it is forgotten, and a bump that failed
+//! must be known failed so that its entries are deleted instead.
 
 use std::io;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -1,32 +1,53 @@
 //! A pool of two Memcached servers shared by two nodes that list them in different orders:
 //! both nodes put every key on the same server, an edit on one node is what the other reads
-//! next, and with one server dead only its keys come from PostgreSQL, nothing stale.
+//! next, and with one server dead only its keys come from PostgreSQL, nothing stale. And the
+//! pool of one server: few connections for many requests, and a server that comes back is
+//! used again, after the deletes it missed.
 
 use super::profiles_cache::PrivateMemcached;
-use e2e_tests::{Api, TestEnv, TestNode, DEADLINE};
+use chat_backend::cache::{Cache, CacheKey};
+use chat_backend::metrics::Metrics;
+use chat_protocol::UserId;
+use e2e_tests::{eventually, Api, TestEnv, TestNode, DEADLINE};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PROFILE_LOADS: &str = r#"chat_directory_loads_total{kind="profile"}"#;
 const USERS: usize = 16;
 
-/// Whether the memcached on `port` holds `key`, asked over its text protocol.
-async fn holds(port: u16, key: &str) -> anyhow::Result<bool> {
+/// Sends `command` to the memcached on `port` over its text protocol, on a connection of its
+/// own, and returns the answer, read up to `last_line`.
+async fn ask(port: u16, command: &str, last_line: &[u8]) -> anyhow::Result<Vec<u8>> {
     let ask = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream
-            .write_all(format!("get {key}\r\n").as_bytes())
-            .await?;
+        stream.write_all(command.as_bytes()).await?;
         let mut answer = Vec::new();
         let mut chunk = [0_u8; 4096];
-        while !answer.ends_with(b"END\r\n") {
+        while !answer.ends_with(last_line) {
             let read = stream.read(&mut chunk).await?;
             anyhow::ensure!(read > 0, "memcached closed the connection");
             answer.extend_from_slice(&chunk[..read]);
         }
-        anyhow::Ok(answer.starts_with(b"VALUE "))
+        anyhow::Ok(answer)
     };
     tokio::time::timeout(DEADLINE, ask).await?
+}
+
+/// Whether the memcached on `port` holds `key`.
+async fn holds(port: u16, key: &str) -> anyhow::Result<bool> {
+    Ok(ask(port, &format!("get {key}\r\n"), b"END\r\n")
+        .await?
+        .starts_with(b"VALUE "))
+}
+
+/// Connections the memcached on `port` has accepted since it started, this one included.
+async fn connections_opened(port: u16) -> anyhow::Result<u64> {
+    let answer = String::from_utf8(ask(port, "stats\r\n", b"END\r\n").await?)?;
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix("STAT total_connections "))
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no total_connections in {answer:?}"))
 }
 
 struct User {
@@ -137,5 +158,75 @@ async fn nodes_agree_on_each_keys_server_and_a_dead_server_costs_only_its_keys(
 
     node_a.stop().await?;
     node_b.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_serves_bursts_on_few_connections_and_finds_a_restarted_server_after_its_deletes(
+) -> anyhow::Result<()> {
+    let mut memcached = PrivateMemcached::start()?;
+    memcached.wait_up().await?;
+    let port = memcached.port;
+    let metrics = Metrics::new();
+    let cache = Cache::new(&format!("127.0.0.1:{port}"), "pool", 60, metrics.clone());
+    let key = |n: i64| CacheKey::Profile(UserId(n));
+
+    // A thousand reads in bursts of two hundred share the pool's connections (16 at most).
+    let before = connections_opened(port).await?;
+    let entries: Vec<(CacheKey, i64)> = (0..200).map(|n| (key(n), n)).collect();
+    cache.set_many(&entries).await;
+    for _ in 0..5 {
+        let reads = futures::future::join_all((0..200).map(|n| cache.get::<i64>(key(n)))).await;
+        assert_eq!(reads, (0..200).map(Some).collect::<Vec<_>>());
+    }
+    // This count's own connection is the one after `before`'s.
+    let opened = connections_opened(port).await? - before - 1;
+    assert!(
+        (1..=16).contains(&opened),
+        "{opened} connections for 1,001 requests"
+    );
+
+    // The server dies: a read fails, and an invalidation meanwhile is owed to it.
+    memcached.stop();
+    assert_eq!(cache.get::<i64>(key(1)).await, None);
+    cache.delete(key(2)).await;
+    assert_eq!(
+        metrics
+            .cache_server_up
+            .with_label_values(&[&format!("127.0.0.1:{port}")])
+            .get(),
+        0
+    );
+
+    // It comes back, holding the invalidated entry (as a server cut off, not restarted, would).
+    // The cache asks nothing of it until a request comes after the pause.
+    let restarted = PrivateMemcached::start_on(port)?;
+    restarted.wait_up().await?;
+    let stored = ask(port, "set pool:profile:2 0 0 3\r\n999\r\n", b"\r\n").await?;
+    assert_eq!(stored, b"STORED\r\n");
+
+    // The cache uses it again, on new connections, and never serves the invalidated entry.
+    cache.set(key(3), &3_i64).await;
+    eventually("the restarted server in use again", || {
+        let cache = cache.clone();
+        async move {
+            assert_eq!(
+                cache.get::<i64>(key(2)).await,
+                None,
+                "an invalidated entry served"
+            );
+            cache.set(key(3), &3_i64).await;
+            (cache.get::<i64>(key(3)).await == Some(3)).then_some(())
+        }
+    })
+    .await?;
+    assert!(!holds(port, "pool:profile:2").await?);
+    assert_eq!(
+        metrics
+            .cache_server_up
+            .with_label_values(&[&format!("127.0.0.1:{port}")])
+            .get(),
+        1
+    );
     Ok(())
 }
