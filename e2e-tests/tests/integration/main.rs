@@ -22,6 +22,7 @@ mod moderation;
 mod names;
 mod node;
 mod openapi;
+mod ops_kit;
 mod persist_counters;
 mod pipeline_dead_letter;
 mod pipeline_dedup;
