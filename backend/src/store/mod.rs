@@ -14,7 +14,7 @@ mod rooms;
 pub mod schema;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
-pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow};
+pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow, READ_STATES_SQL};
 pub use persist::{MessageOutcome, SeqCounters};
 pub use rooms::{Removal, RoomRow};
 
