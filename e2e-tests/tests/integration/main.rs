@@ -11,6 +11,7 @@ mod bad_input;
 mod bus_failover;
 mod cache_pool;
 mod cache_versions;
+mod compose;
 mod connections;
 mod edits;
 mod fanout_gaps;
