@@ -7,6 +7,7 @@
 
 mod accounts;
 mod authorization;
+mod backup;
 mod bad_input;
 mod bus_failover;
 mod cache_pool;
