@@ -25,6 +25,11 @@ impl Access {
         }
     }
 
+    /// The span the request is answered in.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!("request", method = self.method, path = %self.path)
+    }
+
     /// Counts the answer and logs it. A WebSocket's request ends with its `101`, not its session.
     pub fn end(self, metrics: &Metrics, status: StatusCode) {
         let seconds = self.started.elapsed().as_secs_f64();

@@ -25,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
+use tracing::Instrument as _;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -117,13 +118,16 @@ pub async fn serve(
                 request.extensions_mut().insert(pending);
                 request.extensions_mut().insert(upgraded.clone());
             }
-            let answer = service.clone().call(request);
+            // What the handlers log carries the request's method and path.
+            let span = access.span();
+            let answer = span.in_scope(|| service.clone().call(request));
             async move {
                 let mut response = answer.await?;
                 web::add_security_headers(response.headers_mut(), https_only);
                 access.end(&metrics, response.status());
                 Ok::<_, Infallible>(response)
             }
+            .instrument(span)
         });
         connections.spawn(connection, handler);
     }
