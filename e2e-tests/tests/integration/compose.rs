@@ -464,7 +464,7 @@ fn the_brokers_definitions_declare_the_nodes_topology() -> anyhow::Result<()> {
             .as_array()
             .context("a broker without volumes")?;
         for volume in volumes.iter().filter_map(Value::as_str) {
-            if volume.contains(":/etc/rabbitmq/definitions.json") {
+            if volume.contains(":/etc/rabbitmq/definitions.template.json") {
                 mounted.insert(volume.split(':').next().unwrap_or(volume).to_owned());
             }
         }
