@@ -114,6 +114,61 @@ mod tests {
         }
     }
 
+    /// Log lines written under `level`, as the node writes them.
+    fn logged(level: tracing::Level, work: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                lines.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, work);
+        let bytes = lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn a_request_is_one_debug_line_with_its_latency_and_counted_by_route() {
+        let metrics = Metrics::new();
+        let answer = |metrics: &Metrics| {
+            let request = Request::get("/api/rooms/42").body(()).unwrap_or_default();
+            let access = Access::begin(&request);
+            access.end(metrics, StatusCode::OK);
+        };
+        let debug = logged(tracing::Level::DEBUG, || answer(&metrics));
+        let lines: Vec<&str> = debug.lines().collect();
+        assert_eq!(lines.len(), 1, "{debug}");
+        assert!(lines[0].contains("DEBUG"), "{debug}");
+        assert!(
+            lines[0].contains("route=\"/api/rooms/{room_id}\""),
+            "{debug}"
+        );
+        assert!(lines[0].contains("status=200"), "{debug}");
+        assert!(lines[0].contains("latency_ms="), "{debug}");
+        assert_eq!(logged(tracing::Level::INFO, || answer(&metrics)), "");
+        let text = metrics.render();
+        assert!(text.contains(
+            "chat_http_requests_total{method=\"GET\",route=\"/api/rooms/{room_id}\",status=\"200\"} 2"
+        ));
+        assert!(text.contains(
+            "chat_http_request_seconds_count{method=\"GET\",route=\"/api/rooms/{room_id}\"} 2"
+        ));
+    }
+
     #[test]
     fn unknown_methods_share_one_label() {
         let odd = Method::from_bytes(b"BREW").unwrap_or(Method::TRACE);
