@@ -1,6 +1,7 @@
 //! HTTP routes: the WebSocket endpoint, the REST API, health and readiness and the web client on
 //! the main listener; metrics, health and readiness on the operator's listener.
 
+use crate::access_log::Access;
 use crate::admission::WebSocketPermit;
 use crate::api::{self, Request, RequestError};
 use crate::app::App;
@@ -24,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service as _;
+use tracing::Instrument as _;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
@@ -93,6 +95,7 @@ pub async fn serve(
         app.config.trusted_proxies.0.clone(),
         timeouts,
     );
+    let metrics = app.metrics.clone();
     let service = warp::service(routes(app));
     let connections = Connections::new(timeouts.header);
     tokio::pin!(shutdown);
@@ -104,7 +107,10 @@ pub async fn serve(
         let peer = Peer(connection.peer());
         let upgraded = connection.upgraded();
         let service = service.clone();
+        let metrics = metrics.clone();
         let handler = service_fn(move |mut request: warp::http::Request<Incoming>| {
+            let access = Access::begin(&request);
+            let metrics = metrics.clone();
             request.extensions_mut().insert(peer);
             if request.headers().contains_key(header::UPGRADE) {
                 let upgrade = hyper::upgrade::on(&mut request);
@@ -112,12 +118,16 @@ pub async fn serve(
                 request.extensions_mut().insert(pending);
                 request.extensions_mut().insert(upgraded.clone());
             }
-            let answer = service.clone().call(request);
+            // What the handlers log carries the request's method and path.
+            let span = access.span();
+            let answer = span.in_scope(|| service.clone().call(request));
             async move {
                 let mut response = answer.await?;
                 web::add_security_headers(response.headers_mut(), https_only);
+                access.end(&metrics, response.status());
                 Ok::<_, Infallible>(response)
             }
+            .instrument(span)
         });
         connections.spawn(connection, handler);
     }
@@ -195,6 +205,7 @@ pub async fn serve_operator(
 ) {
     let header_timeout = Duration::from_millis(app.config.http_header_timeout_ms.max(1));
     let https_only = app.config.cookie_secure;
+    let metrics = app.metrics.clone();
     let routes = operator_routes(app).map(move |reply: warp::reply::Response| {
         let mut response = reply.into_response();
         web::add_security_headers(response.headers_mut(), https_only);
@@ -217,8 +228,17 @@ pub async fn serve_operator(
             }
         };
         let service = service.clone();
-        let handler =
-            service_fn(move |request: warp::http::Request<Incoming>| service.clone().call(request));
+        let metrics = metrics.clone();
+        let handler = service_fn(move |request: warp::http::Request<Incoming>| {
+            let access = Access::begin(&request);
+            let metrics = metrics.clone();
+            let answer = service.clone().call(request);
+            async move {
+                let response = answer.await?;
+                access.end(&metrics, response.status());
+                Ok::<_, Infallible>(response)
+            }
+        });
         connections.spawn(stream, handler);
     }
     connections.close().await;
@@ -233,13 +253,17 @@ fn operator_routes(
         warp::path("metrics")
             .and(warp::path::end())
             .and(warp::get())
-            .map(move || {
-                warp::reply::with_header(
-                    app.metrics.render(),
-                    "content-type",
-                    "text/plain; version=0.0.4",
-                )
-                .into_response()
+            .then(move || {
+                let app = app.clone();
+                async move {
+                    refresh_gauges(&app).await;
+                    warp::reply::with_header(
+                        app.metrics.render(),
+                        "content-type",
+                        "text/plain; version=0.0.4",
+                    )
+                    .into_response()
+                }
             })
     };
     metrics
@@ -285,7 +309,6 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Rej
         .or(health(app.clone()))
         .or(no_metrics)
         .or(web::routes(app.config.web_dir.clone()))
-        .with(warp::trace::request())
 }
 
 /// Upgrades to a WebSocket session for a signed-in user from an allowed origin; otherwise
@@ -393,19 +416,42 @@ fn handshake_accept(headers: &HeaderMap) -> Result<HeaderValue, RequestError> {
 }
 
 async fn readyz(app: Arc<App>) -> warp::reply::Response {
-    let postgres = app.store.ping().await.is_ok();
-    let rabbitmq = app.bus.is_ready();
-    let ready = postgres && rabbitmq && app.is_started() && !app.shutdown.is_cancelled();
-    let status = if ready {
+    let report = readiness(&app).await;
+    let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let report = Readiness {
+    warp::reply::with_status(warp::reply::json(&report), status).into_response()
+}
+
+async fn readiness(app: &App) -> Readiness {
+    let postgres = app.store.ping().await.is_ok();
+    let rabbitmq = app.bus.is_ready();
+    let ready = postgres && rabbitmq && app.is_started() && !app.shutdown.is_cancelled();
+    Readiness {
         ready,
         postgres: if postgres { "up" } else { "down" },
         rabbitmq: if rabbitmq { "up" } else { "down" },
         node_id: app.node_id().to_owned(),
-    };
-    warp::reply::with_status(warp::reply::json(&report), status).into_response()
+    }
+}
+
+/// Sets the gauges that are read rather than kept: readiness, the RabbitMQ connection and the
+/// PostgreSQL pools.
+async fn refresh_gauges(app: &App) {
+    let metrics = &app.metrics;
+    metrics.ready.set(i64::from(readiness(app).await.ready));
+    metrics.bus_connected.set(i64::from(app.bus.is_ready()));
+    for (pool, state) in app.store.pool_states() {
+        let set = |label: &str, value: u32| {
+            metrics
+                .db_pool_connections
+                .with_label_values(&[pool, label])
+                .set(i64::from(value));
+        };
+        set("idle", state.idle);
+        set("in_use", state.open.saturating_sub(state.idle));
+        set("max", state.max);
+    }
 }

@@ -10,8 +10,8 @@
 //!
 //! [`app`] wires them together; [`http`] serves the endpoints, through [`listener`] (which
 //! takes connections in under the limits of [`admission`] and closes silent ones) and [`web`]
-//! (the web client's files, security headers); [`config`], [`telemetry`] and [`metrics`] are
-//! the operator's side.
+//! (the web client's files, security headers); [`config`], [`telemetry`], [`metrics`] and
+//! [`access_log`] (each request counted by route and logged at debug) are the operator's side.
 //!
 //! Who may do what: [`auth`] (passwords, sessions, origins) and [`api`] (the REST API) sign users
 //! in; [`directory`] answers profile, room and membership questions through the [`cache`];
@@ -22,6 +22,7 @@
 //! tracks who is online across nodes and syncs read markers to each user's connections;
 //! [`watch`] tells connections of new messages in their user's rooms they have not joined.
 
+pub mod access_log;
 pub mod admission;
 pub mod api;
 pub mod app;

@@ -44,6 +44,22 @@ pub struct Metrics {
     pub messages_changed: IntCounterVec,
     pub presence_frames: IntCounter,
     pub presence_expired: IntCounter,
+    /// HTTP requests by route template, method and status (see [`crate::access_log`]).
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    /// Always 1, labelled with the version and commit the binary was built from.
+    pub build_info: IntGaugeVec,
+    /// PostgreSQL connections by pool (`requests`, `persist`) and state (`idle`, `in_use`,
+    /// `max`), read at every scrape.
+    pub db_pool_connections: IntGaugeVec,
+    /// 1 while the node has a working connection to RabbitMQ, read at every scrape.
+    pub bus_connected: IntGauge,
+    /// 1 while `/readyz` would answer 200, read at every scrape.
+    pub ready: IntGauge,
+    /// The process's own metrics (`process_open_fds`, `process_max_fds`,
+    /// `process_resident_memory_bytes`, `process_cpu_seconds_total`…), without the `chat_`
+    /// prefix, as every Prometheus exporter names them.
+    process: Registry,
 }
 
 impl Metrics {
@@ -284,6 +300,73 @@ impl Metrics {
                 "presence_expired_total",
                 "Users whose presence on another node expired because its snapshots stopped.",
             ),
+            http_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "http_requests_total",
+                        "HTTP requests answered, by route template (`/api/rooms/{room_id}`), \
+                         method and status. A WebSocket counts once, with its 101.",
+                    ),
+                    &["route", "method", "status"],
+                ),
+            ),
+            http_request_seconds: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_seconds",
+                        "Time from an HTTP request's arrival to its answer's head, by route \
+                         template and method.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                    &["route", "method"],
+                ),
+            ),
+            build_info: {
+                let info = register(
+                    &registry,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "build_info",
+                            "Always 1: the version and commit this node was built from.",
+                        ),
+                        &["version", "commit"],
+                    ),
+                );
+                info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CHAT_BUILD_COMMIT")])
+                    .set(1);
+                info
+            },
+            db_pool_connections: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "db_pool_connections",
+                        "PostgreSQL connections by pool (requests, persist) and state (idle, \
+                         in_use, max).",
+                    ),
+                    &["pool", "state"],
+                ),
+            ),
+            bus_connected: register(
+                &registry,
+                IntGauge::new(
+                    "bus_connected",
+                    "1 while the node has a working connection to RabbitMQ, 0 while it refuses \
+                     sends as unavailable.",
+                ),
+            ),
+            ready: register(
+                &registry,
+                IntGauge::new(
+                    "ready",
+                    "1 while the node is ready (/readyz answers 200), 0 otherwise.",
+                ),
+            ),
+            process: process_registry(),
             registry,
         }
     }
@@ -292,7 +375,9 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buffer) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = encoder.encode(&families, &mut buffer) {
             tracing::warn!(error = %e, "could not encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
@@ -319,6 +404,18 @@ fn register<M: Collector + Clone + 'static>(
     metric
 }
 
+/// A registry of the process's metrics, read from `/proc` at each scrape (Linux only).
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    if let Err(error) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(%error, "process metrics not available");
+    }
+    registry
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +428,21 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("chat_messages_accepted_total 1"));
         assert!(text.contains("chat_client_errors_total{code=\"bad_json\"} 1"));
+    }
+
+    #[test]
+    fn renders_build_info_and_process_metrics() {
+        let text = Metrics::new().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains("chat_build_info{commit=\""));
+        assert!(text.contains(&format!("version=\"{version}\"}} 1")));
+        #[cfg(target_os = "linux")]
+        for name in [
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
     }
 }

@@ -205,9 +205,7 @@ impl Api {
     /// The value of one Prometheus series on this node (`name{labels}` exactly as rendered),
     /// or 0 when the node has not rendered it yet.
     pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
-        let url = (self.metrics.as_deref())
-            .context("this client does not know where the node's metrics are")?;
-        let text = self.http.get(url).send().await?.text().await?;
+        let text = self.metrics_text().await?;
         Ok(text
             .lines()
             .find_map(|line| {
@@ -215,5 +213,12 @@ impl Api {
                 (name == series).then(|| value.parse().ok()).flatten()
             })
             .unwrap_or(0.0))
+    }
+
+    /// The node's whole `/metrics` page.
+    pub async fn metrics_text(&self) -> anyhow::Result<String> {
+        let url = (self.metrics.as_deref())
+            .context("this client does not know where the node's metrics are")?;
+        Ok(self.http.get(url).send().await?.text().await?)
     }
 }

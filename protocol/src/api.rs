@@ -203,7 +203,8 @@ pub struct Unread {
     pub last_seq: Seq,
     /// Everything up to here is read.
     pub last_read_seq: Seq,
-    /// Messages after `last_read_seq` from other members, not deleted.
+    /// Messages after `last_read_seq` from other members, not deleted, counted up to
+    /// [`crate::limits::MAX_UNREAD_COUNT`] (which means that many or more).
     pub count: i64,
 }
 

@@ -153,7 +153,8 @@ pub enum ServerFrame {
         deleted_by: UserId,
     },
     /// The user's read marker of a room moved (on this or another connection): everything up
-    /// to `seq` is read, `unread` messages from others are left.
+    /// to `seq` is read, `unread` messages from others are left (counted up to
+    /// [`crate::limits::MAX_UNREAD_COUNT`]).
     ReadMarker {
         room_id: RoomId,
         seq: Seq,

@@ -24,6 +24,9 @@ pub const MAX_INITIALS_CHARS: usize = 3;
 pub const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 /// Most rooms or messages in one REST answer.
 pub const MAX_PAGE: usize = 200;
+/// Unread counts stop here: a count of this many means this many or more (shown as "999+"), so
+/// reading them costs the same whatever the backlog.
+pub const MAX_UNREAD_COUNT: i64 = 1000;
 /// Most users in one answer of `GET /api/users?q=`.
 pub const MAX_USER_SEARCH: usize = 20;
 /// Longest `q` of `GET /api/users`: no user name or display name is longer.

@@ -5,8 +5,11 @@
 //! `room_activity` of another one moves the room's newest sequence number; messages of others
 //! above the highest number already counted add to the count (so the same message is never
 //! counted twice, whichever way it arrives), and `read_marker` sets the count to the server's.
+//! The server counts up to `MAX_UNREAD_COUNT`; [`count_label`] shows that many or more as
+//! "999+".
 
 use chat_protocol::api::{Room, RoomKind};
+use chat_protocol::limits::MAX_UNREAD_COUNT;
 use chat_protocol::{RoomId, Seq, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +110,18 @@ impl Rooms {
         };
         match self.total_unread() {
             0 => base,
-            n => format!("({n}) {base}"),
+            n => format!("({}) {base}", count_label(n)),
         }
+    }
+}
+
+/// An unread count as shown: the server stops counting at `MAX_UNREAD_COUNT`, so from there on
+/// it is "999+".
+pub fn count_label(count: i64) -> String {
+    if count >= MAX_UNREAD_COUNT {
+        format!("{}+", MAX_UNREAD_COUNT - 1)
+    } else {
+        count.to_string()
     }
 }
 
@@ -156,5 +169,17 @@ mod tests {
         assert_eq!(rooms.total_unread(), 0);
         // Unknown rooms are ignored until the list is reloaded.
         assert_eq!(rooms.activity(RoomId(99), Seq(1), UserId(9), me), 0);
+    }
+
+    #[test]
+    fn counts_at_the_servers_cap_show_as_more_than_999() {
+        assert_eq!(count_label(998), "998");
+        assert_eq!(count_label(999), "999");
+        assert_eq!(count_label(MAX_UNREAD_COUNT), "999+");
+        let mut rooms = Rooms::default();
+        rooms.load(vec![room(1, "A", 5_000, 0, MAX_UNREAD_COUNT)]);
+        // Messages that arrive later add to the capped count, which stays "999+".
+        rooms.activity(RoomId(1), Seq(5_001), UserId(9), UserId(1));
+        assert_eq!(rooms.title(None), "(999+) Chat");
     }
 }

@@ -1,8 +1,9 @@
 //! Build and run tasks: `cargo xtask up`, `cargo xtask test`, `cargo xtask bench`,
 //! `cargo xtask instructions`, `cargo xtask audit`, `cargo xtask web`, `cargo xtask web-bench`,
-//! `cargo xtask cluster`.
+//! `cargo xtask cluster`, `cargo xtask backup`, `cargo xtask restore`.
 
 mod audit;
+mod backup;
 mod bench;
 mod cluster;
 mod instructions;
@@ -116,6 +117,28 @@ enum Task {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Back up the chat database into one file (pg_dump, custom format), while it is in use.
+    Backup {
+        /// The database, as a libpq URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/chat"
+        )]
+        database_url: String,
+        /// The backup file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty database (pg_restore, in one transaction).
+    Restore {
+        /// The database to fill, created empty beforehand, as a libpq URL (never taken from
+        /// the environment: a restore names its target).
+        #[arg(long)]
+        database_url: String,
+        /// The backup file `cargo xtask backup` wrote.
+        file: PathBuf,
+    },
     /// Build the web client into web-client/dist.
     Web {
         #[arg(long)]
@@ -186,6 +209,16 @@ fn main() -> Result<()> {
                 cluster::chaos::Scope::Only(only)
             };
             cluster::chaos::run(&root, None, rate, scope, write, keep)
+        }
+        Task::Backup { database_url, out } => {
+            backup::backup(&database_url, &out)?;
+            println!("backup written to {}", out.display());
+            Ok(())
+        }
+        Task::Restore { database_url, file } => {
+            backup::restore(&database_url, &file)?;
+            println!("{} restored", file.display());
+            Ok(())
         }
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;

@@ -82,6 +82,37 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     Some(methods)
 }
 
+/// The route an `/api` path takes, as a template with `{room_id}` and `{user_id}` in place of
+/// ids (the paths of docs/openapi.yaml), or `None` for a path no route takes. Metrics label
+/// requests by it, so a label never carries a raw path.
+pub fn route_template(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let id = |segment: &str| segment.parse::<i64>().is_ok();
+    let template = match segments.as_slice() {
+        ["api", "register"] => "/api/register",
+        ["api", "login"] => "/api/login",
+        ["api", "logout"] => "/api/logout",
+        ["api", "password"] => "/api/password",
+        ["api", "direct"] => "/api/direct",
+        ["api", "me"] => "/api/me",
+        ["api", "me", "rooms"] => "/api/me/rooms",
+        ["api", "users"] => "/api/users",
+        ["api", "users", user] if id(user) => "/api/users/{user_id}",
+        ["api", "rooms"] => "/api/rooms",
+        ["api", "rooms", room] if id(room) => "/api/rooms/{room_id}",
+        ["api", "rooms", room, "join"] if id(room) => "/api/rooms/{room_id}/join",
+        ["api", "rooms", room, "leave"] if id(room) => "/api/rooms/{room_id}/leave",
+        ["api", "rooms", room, "invite"] if id(room) => "/api/rooms/{room_id}/invite",
+        ["api", "rooms", room, "members"] if id(room) => "/api/rooms/{room_id}/members",
+        ["api", "rooms", room, "messages"] if id(room) => "/api/rooms/{room_id}/messages",
+        ["api", "rooms", room, "members", user] if id(room) && id(user) => {
+            "/api/rooms/{room_id}/members/{user_id}"
+        }
+        _ => return None,
+    };
+    Some(template)
+}
+
 /// Everything a handler knows about the request besides its body and path.
 pub struct Request {
     pub app: Arc<App>,

@@ -1,6 +1,7 @@
 //! Storing batches of messages and reading them back.
 
 use super::{Store, StoreError};
+use chat_protocol::limits::MAX_UNREAD_COUNT;
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, UserId};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -325,14 +326,15 @@ impl Store {
                    FROM rooms r WHERE r.id = ms.room_id AND ms.room_id = $1 AND ms.user_id = $2 \
                    RETURNING ms.last_read_seq, r.last_seq) \
                  SELECT moved.last_seq, moved.last_read_seq, \
-                        (SELECT count(*) FROM messages m WHERE m.room_id = $1 \
+                        (SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = $1 \
                            AND m.seq > moved.last_read_seq AND m.sender_id <> $2 \
-                           AND m.deleted_at IS NULL) AS unread \
+                           AND m.deleted_at IS NULL LIMIT $4) capped) AS unread \
                  FROM moved",
             )
             .bind::<BigInt, _>(room_id.0)
             .bind::<BigInt, _>(user.0)
             .bind::<BigInt, _>(seq.0.max(0))
+            .bind::<BigInt, _>(MAX_UNREAD_COUNT)
             .get_result::<ReadState>(conn)
             .optional()?;
             Ok(state)
@@ -340,7 +342,9 @@ impl Store {
         .await
     }
 
-    /// The read state of every room the user is in, by room.
+    /// The read state of every room the user is in, by room. Each room's count stops at
+    /// [`MAX_UNREAD_COUNT`]: the index scan of `messages` behind it ends there, so the room list
+    /// costs the same whatever the backlog.
     pub async fn read_states(
         &self,
         user: UserId,
@@ -353,16 +357,10 @@ impl Store {
             state: ReadState,
         }
         self.run(move |conn| {
-            let rows = diesel::sql_query(
-                "SELECT ms.room_id, r.last_seq, ms.last_read_seq, \
-                        (SELECT count(*) FROM messages m WHERE m.room_id = ms.room_id \
-                           AND m.seq > ms.last_read_seq AND m.sender_id <> $1 \
-                           AND m.deleted_at IS NULL) AS unread \
-                 FROM memberships ms JOIN rooms r ON r.id = ms.room_id \
-                 WHERE ms.user_id = $1",
-            )
-            .bind::<BigInt, _>(user.0)
-            .load::<Row>(conn)?;
+            let rows = diesel::sql_query(READ_STATES_SQL)
+                .bind::<BigInt, _>(user.0)
+                .bind::<BigInt, _>(MAX_UNREAD_COUNT)
+                .load::<Row>(conn)?;
             Ok(rows
                 .into_iter()
                 .map(|row| (RoomId(row.room_id), row.state))
@@ -371,6 +369,15 @@ impl Store {
         .await
     }
 }
+
+/// The read state of each room of user `$1`, unread counts capped at `$2`; public so the tests
+/// can show its plan.
+pub const READ_STATES_SQL: &str = "SELECT ms.room_id, r.last_seq, ms.last_read_seq, \
+       (SELECT count(*) FROM (SELECT 1 FROM messages m WHERE m.room_id = ms.room_id \
+          AND m.seq > ms.last_read_seq AND m.sender_id <> $1 \
+          AND m.deleted_at IS NULL LIMIT $2) capped) AS unread \
+     FROM memberships ms JOIN rooms r ON r.id = ms.room_id \
+     WHERE ms.user_id = $1";
 
 /// In one transaction: locks the message, refuses a missing or deleted one and one `may` does
 /// not allow (given its sender), then applies `update`.

@@ -14,7 +14,7 @@ mod rooms;
 pub mod schema;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
-pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow};
+pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow, READ_STATES_SQL};
 pub use persist::{MessageOutcome, SeqCounters};
 pub use rooms::{Removal, RoomRow};
 
@@ -97,6 +97,16 @@ pub struct Store {
 pub struct Connections {
     pool: Pool<Manager>,
     generation: Arc<AtomicU64>,
+}
+
+/// A pool's connections at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolState {
+    /// Connections open, idle or in use.
+    pub open: u32,
+    pub idle: u32,
+    /// Most connections the pool opens.
+    pub max: u32,
 }
 
 /// The reads that are batched (see [`batch`]).
@@ -227,6 +237,15 @@ impl Store {
         .await
     }
 
+    /// How many connections each pool holds, for the metrics: the requests' pool, then the
+    /// persisters'.
+    pub fn pool_states(&self) -> [(&'static str, PoolState); 2] {
+        [
+            ("requests", self.connections.state()),
+            ("persist", self.persisting.state()),
+        ]
+    }
+
     /// Checks that PostgreSQL answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.run(|conn| {
@@ -252,6 +271,15 @@ impl Connections {
             .test_on_check_out(false)
             .build_unchecked(manager);
         Connections { pool, generation }
+    }
+
+    fn state(&self) -> PoolState {
+        let state = self.pool.state();
+        PoolState {
+            open: state.connections,
+            idle: state.idle_connections,
+            max: self.pool.max_size(),
+        }
     }
 
     /// Runs `work` with a pooled connection on the blocking pool.

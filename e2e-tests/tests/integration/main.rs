@@ -7,10 +7,12 @@
 
 mod accounts;
 mod authorization;
+mod backup;
 mod bad_input;
 mod bus_failover;
 mod cache_pool;
 mod cache_versions;
+mod compose;
 mod connections;
 mod edits;
 mod fanout_gaps;
@@ -22,6 +24,7 @@ mod moderation;
 mod names;
 mod node;
 mod openapi;
+mod ops_kit;
 mod persist_counters;
 mod pipeline_dead_letter;
 mod pipeline_dedup;

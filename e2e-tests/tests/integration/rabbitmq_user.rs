@@ -22,6 +22,8 @@ struct PrivateBroker {
     node: String,
     port: u16,
     dir: PathBuf,
+    /// The `chat` user's password in the definitions it loaded.
+    chat_password: String,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -32,6 +34,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl PrivateBroker {
     fn start(definitions: &str) -> anyhow::Result<PrivateBroker> {
+        PrivateBroker::start_with(definitions, "chat")
+    }
+
+    fn start_with(definitions: &str, chat_password: &str) -> anyhow::Result<PrivateBroker> {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let dir = std::env::temp_dir().join(format!("chat-rabbit-{id}"));
         std::fs::create_dir_all(dir.join("mnesia"))?;
@@ -60,6 +66,7 @@ impl PrivateBroker {
             node: format!("chat-test-{id}@localhost"),
             port,
             dir,
+            chat_password: chat_password.to_owned(),
         };
         let started = Command::new("rabbitmq-server")
             .arg("-detached")
@@ -82,7 +89,7 @@ impl PrivateBroker {
 
     /// Waits until the `chat` user can connect (the definitions are loaded by then).
     async fn wait_up(&self) -> anyhow::Result<()> {
-        let url = self.url("chat", "chat");
+        let url = self.url("chat", &self.chat_password);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await
@@ -219,4 +226,69 @@ async fn a_quorum_node_runs_on_a_broker_of_the_shipped_quorum_definitions() -> a
     let _ = chat.close(200, "done".into()).await;
     node.stop().await?;
     Ok(())
+}
+
+/// The compose brokers' definitions: `docker/rabbitmq-definitions.sh` puts the password of
+/// `RABBITMQ_CHAT_PASSWORD` in place of the shipped hash, so `chat` opens the broker with it and
+/// no longer with `chat`; a password that cannot go into AMQP_URL is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_brokers_take_the_chat_password_from_the_environment() -> anyhow::Result<()> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docker/rabbitmq-definitions.sh"
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "chat-definitions-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let written = dir.join("definitions.json");
+    let write = |password: &str| {
+        Command::new("sh")
+            .arg(script)
+            .arg(QUORUM_DEFINITIONS)
+            .arg(&written)
+            .env("CHAT_RABBITMQ_PASSWORD", password)
+            .output()
+    };
+    let refused = write("not a url: password")?;
+    anyhow::ensure!(
+        !refused.status.success(),
+        "a password with spaces went through"
+    );
+    let made = write("s3cret-Hex_42")?;
+    anyhow::ensure!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let definitions = written.to_string_lossy().into_owned();
+
+    let broker = PrivateBroker::start_with(&definitions, "s3cret-Hex_42")?;
+    broker.wait_up().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let shipped =
+        Connection::connect(&broker.url("chat", "chat"), ConnectionProperties::default()).await;
+    assert!(
+        shipped.is_err(),
+        "the shipped password still opens the broker"
+    );
+
+    let env = TestEnv::new().await?;
+    let mut config = env.config("compose-password");
+    config.amqp_url = chat_backend::config::Secret(broker.url("chat", "s3cret-Hex_42"));
+    config.amqp_prefix = "chat".into();
+    config.ingest_shards = 2;
+    config.queue_type = chat_backend::config::QueueType::Quorum;
+    let node = TestNode::start(config).await?;
+    let mut ada = node.user("ada").await?;
+    let (room, _) = ada.join("password").await?;
+    ada.send_message(room, "c1", "with the deployment's password")
+        .await?;
+    assert_eq!(
+        ada.next_message(room).await?.body,
+        "with the deployment's password"
+    );
+    drop(ada);
+    node.stop().await
 }

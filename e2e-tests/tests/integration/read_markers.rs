@@ -148,3 +148,100 @@ async fn a_new_member_has_read_what_the_room_held_before_they_came() -> anyhow::
     assert_eq!(unread(&carol_api, room).await?, (4, 3, 1));
     Ok(())
 }
+
+/// A room with 100,000 messages its member has not read: the room list still answers, with the
+/// count stopped at the cap, and the plan behind it stops scanning `messages` there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unread_counts_stop_at_the_cap_whatever_the_backlog() -> anyhow::Result<()> {
+    use chat_backend::store::READ_STATES_SQL;
+    use chat_protocol::limits::MAX_UNREAD_COUNT;
+    use diesel::sql_types::{BigInt, Text};
+    use diesel::RunQueryDsl;
+
+    const BACKLOG: i64 = 100_000;
+    let env = TestEnv::new().await?;
+    let node = env.start_node("unread-cap").await?;
+    let ada = node.sign_in("ada").await?;
+    let bob = node.sign_in("bob").await?;
+    let room = ada.public_room("backlog").await?;
+    let joined = bob.post_empty(&format!("/api/rooms/{room}/join")).await?;
+    anyhow::ensure!(joined.status == 200, "{} {}", joined.status, joined.body);
+
+    // Ada's messages, written straight into the table as a persister would have stored them.
+    let bob_id = env
+        .db
+        .with_conn(move |conn| {
+            #[derive(diesel::QueryableByName)]
+            struct Id {
+                #[diesel(sql_type = BigInt)]
+                id: i64,
+            }
+            diesel::sql_query(
+                "INSERT INTO messages (room_id, seq, sender_id, client_msg_id, body, sent_at) \
+                 SELECT $1, n, (SELECT id FROM users WHERE username = 'ada'), 'bulk-' || n, \
+                        'message ' || n, now() \
+                 FROM generate_series(1, $2) n",
+            )
+            .bind::<BigInt, _>(room.0)
+            .bind::<BigInt, _>(BACKLOG)
+            .execute(conn)?;
+            diesel::sql_query("UPDATE rooms SET last_seq = $2 WHERE id = $1")
+                .bind::<BigInt, _>(room.0)
+                .bind::<BigInt, _>(BACKLOG)
+                .execute(conn)?;
+            diesel::sql_query("ANALYZE messages").execute(conn)?;
+            let bob = diesel::sql_query("SELECT id FROM users WHERE username = 'bob'")
+                .get_result::<Id>(conn)?;
+            Ok(bob.id)
+        })
+        .await?;
+
+    assert_eq!(
+        unread(&bob, room).await?,
+        (BACKLOG, 0, MAX_UNREAD_COUNT),
+        "the count stops at the cap"
+    );
+
+    // The plan: the count reads at most the cap's rows of `messages` per room.
+    let plan = env
+        .db
+        .with_conn(move |conn| {
+            #[derive(diesel::QueryableByName)]
+            struct Line {
+                #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+                line: String,
+            }
+            let lines = diesel::sql_query(format!("EXPLAIN ANALYZE {READ_STATES_SQL}"))
+                .bind::<BigInt, _>(bob_id)
+                .bind::<BigInt, _>(MAX_UNREAD_COUNT)
+                .load::<Line>(conn)?;
+            Ok(lines
+                .into_iter()
+                .map(|l| l.line)
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+        .await?;
+    let scan = plan
+        .lines()
+        .find(|line| line.contains("on messages"))
+        .ok_or_else(|| anyhow::anyhow!("no scan of messages in\n{plan}"))?;
+    anyhow::ensure!(
+        scan.contains(&format!("rows={MAX_UNREAD_COUNT} ")),
+        "the scan of messages reads more than the cap:\n{plan}"
+    );
+    anyhow::ensure!(plan.contains("Limit"), "no limit in\n{plan}");
+
+    // Below the cap the count is exact again.
+    let mut bob_ws = WsClient::connect_as(&node.ws_url(), bob.clone()).await?;
+    bob_ws
+        .send(&ClientFrame::MarkRead {
+            room_id: room,
+            seq: Seq(BACKLOG - 5),
+        })
+        .await?;
+    assert_eq!(next_marker(&mut bob_ws, room).await?, (BACKLOG - 5, 5));
+    assert_eq!(unread(&bob, room).await?, (BACKLOG, BACKLOG - 5, 5));
+    drop(bob_ws);
+    node.stop().await
+}

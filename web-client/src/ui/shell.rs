@@ -6,7 +6,7 @@ use super::app;
 use super::dialogs::Dialogs;
 use super::messages::{Composer, MessageList};
 use crate::state::{App, Dialog, Link};
-use crate::unread::RoomEntry;
+use crate::unread::{count_label, RoomEntry};
 use crate::words;
 use chat_protocol::api::{Role, RoomKind};
 use chat_protocol::PresenceStatus;
@@ -228,8 +228,8 @@ fn RoomItem(entry: RoomEntry) -> impl IntoView {
                 <span class="room-name">{title}</span>
                 {private.then(|| view! { <span class="visually-hidden">", private"</span> })}
                 {(unread > 0).then(|| view! {
-                    <span class="badge" aria-hidden="true">{unread.to_string()}</span>
-                    <span class="visually-hidden">{format!(", {unread} unread")}</span>
+                    <span class="badge" aria-hidden="true">{count_label(unread)}</span>
+                    <span class="visually-hidden">{format!(", {} unread", count_label(unread))}</span>
                 })}
             </button>
         </li>
