@@ -7,7 +7,8 @@
 //!
 //! The old release is built in a git worktree of its own under
 //! `target/upgrade-check/<commit>/src`, into `target/upgrade-check/<commit>/target`, first
-//! seeded with hard links to this tree's debug build; a later run of the same commit reuses it.
+//! seeded with a copy of this tree's compiled dependencies; a later run of the same commit
+//! reuses it.
 
 mod delivery;
 mod scenario;
@@ -185,18 +186,24 @@ fn build_old(root: &Path, target: &Path, work: &Path, old: &OldRelease) -> Resul
     }
     let seed = target.join("debug");
     if !old_target.exists() && seed.is_dir() {
-        // The dependencies that did not change are not compiled again. The workspace's own
-        // crates are another package in another directory, so their files get other names;
-        // files cargo rebuilds are replaced, never written into.
-        std::fs::create_dir_all(&old_target)?;
+        // The dependencies that did not change are not compiled again. A copy, not hard links:
+        // the workspace's crates have the same file names in both trees, and cargo and rustc
+        // write some files in place (fingerprints, dep-info), which would change this tree's.
+        let debug = old_target.join("debug");
+        std::fs::create_dir_all(&debug)?;
+        println!("seeding {} from {}", debug.display(), seed.display());
         crate::run(
             Command::new("cp")
-                .arg("-al")
-                .arg(&seed)
-                .arg(old_target.join("debug")),
+                .arg("-a")
+                .arg("--reflink=auto")
+                .args(
+                    ["deps", "build", ".fingerprint"]
+                        .map(|dir| seed.join(dir))
+                        .iter()
+                        .filter(|dir| dir.is_dir()),
+                )
+                .arg(&debug),
         )?;
-        // Cargo's lock of the build directory: a hard link would be the same lock.
-        let _ = std::fs::remove_file(old_target.join("debug").join(".cargo-lock"));
     }
     crate::run(
         crate::cargo()
