@@ -294,6 +294,32 @@ fn start_node(
     )
 }
 
+/// What the benchmark sets on its nodes beyond a stock node's settings.
+const BENCH_SETTINGS: &[(&str, &str)] = &[
+    // One ingest shard: with every process on two shared cores, two persisters working at
+    // once made each message slower than one (BENCHMARKS.md, section 6); one shard's
+    // persister stores large batches in two lanes of rooms at once.
+    ("CHAT_INGEST_SHARDS", "1"),
+    // The load comes from four addresses and shares a few accounts: lift the per-user and
+    // per-address limits, which would otherwise be what is measured.
+    ("CHAT_SEND_RATE_PER_USER", "1000000"),
+    ("CHAT_SEND_BURST_PER_USER", "1000000"),
+    ("CHAT_SEND_RATE_PER_IP", "1000000"),
+    ("CHAT_SEND_BURST_PER_IP", "1000000"),
+    ("CHAT_LOGIN_ATTEMPTS_PER_IP", "1000000"),
+    ("CHAT_LOGIN_ATTEMPTS_PER_USER", "1000000"),
+    ("CHAT_LOGIN_ATTEMPTS_PER_USER_IP", "1000000"),
+    ("CHAT_REGISTRATIONS_PER_IP", "1000000"),
+    ("CHAT_REST_WRITES_PER_MINUTE_PER_USER", "1000000"),
+    ("CHAT_REST_WRITE_BURST_PER_USER", "1000000"),
+    ("CHAT_ROOMS_PER_USER_PER_HOUR", "1000000"),
+    // Thousands of sockets share those accounts and addresses; the node's own cap, from its
+    // open-file limit, stays.
+    ("CHAT_WEBSOCKETS_PER_USER", "0"),
+    ("CHAT_WEBSOCKETS_PER_IP", "0"),
+    ("CHAT_CONNECTIONS_PER_IP", "0"),
+];
+
 /// Starts node `index` of a cluster with the benchmark's settings, run by `wrapper` (a program
 /// and its arguments, such as valgrind's) when there is one, and waits until it is ready.
 pub(crate) fn start_node_under(
@@ -305,58 +331,84 @@ pub(crate) fn start_node_under(
     logs: &Path,
     ready_within: Duration,
 ) -> Result<NodeProcess> {
-    let name = format!("node-{}", index + 1);
-    let addr = format!("127.0.0.1:{}", FIRST_PORT + index);
-    let log_path = logs.join(format!("{name}.log"));
+    let node = LocalNode {
+        server,
+        name: format!("node-{}", index + 1),
+        addr: format!("127.0.0.1:{}", FIRST_PORT + index),
+        metrics_addr: metrics_addr(index),
+        prefix,
+        database_url,
+        logs,
+        settings: BENCH_SETTINGS,
+    };
+    launch_node(wrapper, &node, ready_within)
+}
+
+/// A chat node run as a process on this machine, beside others of its deployment.
+pub(crate) struct LocalNode<'a> {
+    pub(crate) server: &'a Path,
+    /// Its node id, and the name of its log file.
+    pub(crate) name: String,
+    pub(crate) addr: String,
+    pub(crate) metrics_addr: String,
+    /// The deployment's RabbitMQ prefix, also its Memcached prefix.
+    pub(crate) prefix: &'a str,
+    pub(crate) database_url: &'a str,
+    /// The directory of its log file.
+    pub(crate) logs: &'a Path,
+    /// Environment variables set beyond a stock node's.
+    pub(crate) settings: &'a [(&'a str, &'a str)],
+}
+
+/// Starts `node`, run by `wrapper` when there is one, and waits until it is ready.
+pub(crate) fn launch_node(
+    wrapper: &[&str],
+    node: &LocalNode,
+    ready_within: Duration,
+) -> Result<NodeProcess> {
+    // Another process answering there would pass for this node.
+    if TcpStream::connect(&node.addr).is_ok() {
+        bail!("{} is in use: cannot start {} there", node.addr, node.name);
+    }
+    let log_path = node.logs.join(format!("{}.log", node.name));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     // `exec` keeps the pid, so the pid the load tool reports on is the node's. The open-file
     // limit is raised to the hard limit first: the idle workload needs thousands of sockets.
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .args(["-c", "ulimit -n \"$(ulimit -Hn)\"; exec \"$0\" \"$@\""])
         .args(wrapper)
-        .arg(server)
-        .env("CHAT_NODE_ID", &name)
-        .env("CHAT_LISTEN", &addr)
-        .env("CHAT_AMQP_PREFIX", prefix)
+        .arg(node.server)
+        .env("CHAT_NODE_ID", &node.name)
+        .env("CHAT_LISTEN", &node.addr)
+        .env("CHAT_AMQP_PREFIX", node.prefix)
         // The database is new for every run; cached entries of an earlier run must not be seen.
-        .env("CHAT_CACHE_PREFIX", prefix)
-        .env("DATABASE_URL", database_url)
+        .env("CHAT_CACHE_PREFIX", node.prefix)
+        .env("DATABASE_URL", node.database_url)
         .env("RUST_LOG", "warn")
-        // One ingest shard: with every process on two shared cores, two persisters working at
-        // once made each message slower than one (BENCHMARKS.md, section 6); one shard's
-        // persister stores large batches in two lanes of rooms at once.
-        .env("CHAT_INGEST_SHARDS", "1")
-        // The load comes from four addresses and shares a few accounts: lift the per-user and
-        // per-address limits, which would otherwise be what is measured.
-        .env("CHAT_SEND_RATE_PER_USER", "1000000")
-        .env("CHAT_SEND_BURST_PER_USER", "1000000")
-        .env("CHAT_SEND_RATE_PER_IP", "1000000")
-        .env("CHAT_SEND_BURST_PER_IP", "1000000")
-        .env("CHAT_LOGIN_ATTEMPTS_PER_IP", "1000000")
-        .env("CHAT_LOGIN_ATTEMPTS_PER_USER", "1000000")
-        .env("CHAT_LOGIN_ATTEMPTS_PER_USER_IP", "1000000")
-        .env("CHAT_REGISTRATIONS_PER_IP", "1000000")
-        .env("CHAT_REST_WRITES_PER_MINUTE_PER_USER", "1000000")
-        .env("CHAT_REST_WRITE_BURST_PER_USER", "1000000")
-        .env("CHAT_ROOMS_PER_USER_PER_HOUR", "1000000")
-        // Thousands of sockets share those accounts and addresses; the node's own cap, from its
-        // open-file limit, stays.
-        .env("CHAT_WEBSOCKETS_PER_USER", "0")
-        .env("CHAT_WEBSOCKETS_PER_IP", "0")
-        .env("CHAT_CONNECTIONS_PER_IP", "0")
-        .env("CHAT_METRICS_LISTEN", metrics_addr(index))
+        .env("CHAT_METRICS_LISTEN", &node.metrics_addr)
+        .envs(node.settings.iter().copied())
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
-        .with_context(|| format!("cannot start {}", server.display()))?;
-    wait_ready(&addr, ready_within)?;
+        .with_context(|| format!("cannot start {}", node.server.display()))?;
+    if let Err(error) = wait_ready(&node.addr, &mut child, ready_within) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(error.context(format!("{} (log {})", node.name, log_path.display())));
+    }
     println!(
-        "{name} ready on {addr} (pid {}, log {})",
+        "{} ready on {} (pid {}, log {})",
+        node.name,
+        node.addr,
         child.id(),
         log_path.display()
     );
-    Ok(NodeProcess { name, addr, child })
+    Ok(NodeProcess {
+        name: node.name.clone(),
+        addr: node.addr.clone(),
+        child,
+    })
 }
 
 /// Where node `index` of a benchmark cluster serves its metrics.
@@ -517,9 +569,12 @@ pub(crate) fn delete_topology(prefix: &str) {
     }
 }
 
-fn wait_ready(addr: &str, within: Duration) -> Result<()> {
+fn wait_ready(addr: &str, node: &mut Child, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
+        if let Some(status) = node.try_wait()? {
+            bail!("node for {addr} exited ({status}) before it was ready");
+        }
         if http_status(addr, "/readyz").is_some_and(|status| status == 200) {
             return Ok(());
         }

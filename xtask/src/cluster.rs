@@ -13,7 +13,7 @@ pub mod chaos;
 mod checker;
 mod hosts;
 mod net;
-mod smoke;
+pub(crate) mod smoke;
 mod state;
 mod status;
 mod teardown;

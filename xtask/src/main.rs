@@ -1,6 +1,7 @@
 //! Build and run tasks: `cargo xtask up`, `cargo xtask test`, `cargo xtask bench`,
 //! `cargo xtask instructions`, `cargo xtask audit`, `cargo xtask web`, `cargo xtask web-bench`,
-//! `cargo xtask cluster`, `cargo xtask backup`, `cargo xtask restore`.
+//! `cargo xtask cluster`, `cargo xtask backup`, `cargo xtask restore`,
+//! `cargo xtask upgrade-check`.
 
 mod audit;
 mod backup;
@@ -8,6 +9,7 @@ mod bench;
 mod cluster;
 mod instructions;
 mod services;
+mod upgrade_check;
 mod web;
 mod web_bench;
 
@@ -139,6 +141,16 @@ enum Task {
         /// The backup file `cargo xtask backup` wrote.
         file: PathBuf,
     },
+    /// A rolling upgrade's mixed cluster, checked: a node of `<commit>` and a node of this tree
+    /// on one fresh database and RabbitMQ prefix, two users, one on each, in one room; fails
+    /// on any message lost, doubled or out of order, live, in history or in a resume.
+    UpgradeCheck {
+        /// The release upgraded from (any commit git knows, e.g. `127507b`).
+        commit: String,
+        /// Write the result into UPGRADING.md (between its `upgrade-check` markers).
+        #[arg(long)]
+        write: bool,
+    },
     /// Build the web client into web-client/dist.
     Web {
         #[arg(long)]
@@ -220,6 +232,7 @@ fn main() -> Result<()> {
             println!("{} restored", file.display());
             Ok(())
         }
+        Task::UpgradeCheck { commit, write } => upgrade_check::upgrade_check(&root, &commit, write),
         Task::Web { release } => {
             let dist = web::build_web_client(&root, release)?;
             println!("web client built in {}", dist.display());

@@ -774,7 +774,7 @@ fn write_reliability(root: &Path, rate: f64, reports: &[(Fault, Report)]) -> Res
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn machine_class() -> String {
+pub(crate) fn machine_class() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
         .lines()

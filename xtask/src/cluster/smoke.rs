@@ -111,23 +111,26 @@ fn send_and_receive(from: &mut Client, to: &mut Client, room: RoomId) -> Result<
 }
 
 /// A signed-in WebSocket.
-struct Client {
-    user: String,
-    node: String,
+pub(crate) struct Client {
+    pub(crate) user: String,
+    /// The node id its `welcome` named.
+    pub(crate) node: String,
     socket: WebSocket<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
-    fn connect(balancer: SocketAddr, session: &Session) -> Result<Client> {
-        let mut request = format!("ws://{balancer}/ws").into_client_request()?;
+    /// A WebSocket to `address` (a node, or a balancer in front of nodes) as the session's
+    /// user, once its `welcome` has arrived.
+    pub(crate) fn connect(address: SocketAddr, session: &Session) -> Result<Client> {
+        let mut request = format!("ws://{address}/ws").into_client_request()?;
         request.headers_mut().insert(
             "Authorization",
             format!("Bearer {}", session.token).parse()?,
         );
-        let stream = TcpStream::connect_timeout(&balancer, PATIENCE)?;
+        let stream = TcpStream::connect_timeout(&address, PATIENCE)?;
         stream.set_read_timeout(Some(Duration::from_millis(200)))?;
         let (socket, _) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
-            .map_err(|e| anyhow::anyhow!("WebSocket handshake through {balancer}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("WebSocket handshake through {address}: {e}"))?;
         let mut client = Client {
             user: session.username.clone(),
             node: String::new(),
@@ -140,7 +143,7 @@ impl Client {
         Ok(client)
     }
 
-    fn join(&mut self, room: RoomId) -> Result<()> {
+    pub(crate) fn join(&mut self, room: RoomId) -> Result<()> {
         self.send(&ClientFrame::Join {
             room_id: room,
             after: None,
@@ -151,25 +154,45 @@ impl Client {
         })
     }
 
-    fn send(&mut self, frame: &ClientFrame) -> Result<()> {
+    pub(crate) fn send(&mut self, frame: &ClientFrame) -> Result<()> {
         self.socket
             .send(Message::text(serde_json::to_string(frame)?))
             .context("cannot send a frame")
     }
 
     /// Reads frames until `pick` returns something, for at most [`PATIENCE`].
-    fn wait_for<T>(
+    pub(crate) fn wait_for<T>(
         &mut self,
         what: &str,
         mut pick: impl FnMut(&ServerFrame) -> Option<T>,
     ) -> Result<T> {
-        let deadline = Instant::now() + PATIENCE;
+        let mut found = None;
+        self.read_for(PATIENCE, |frame| {
+            found = pick(frame);
+            found.is_none()
+        })?;
+        found.with_context(|| {
+            format!(
+                "{} ({}) got no {what} within {PATIENCE:?}",
+                self.user, self.node
+            )
+        })
+    }
+
+    /// Hands every frame that arrives within `within` to `take`, until it answers false.
+    /// Frames that are not JSON server frames are skipped; a closed connection is an error.
+    pub(crate) fn read_for(
+        &mut self,
+        within: Duration,
+        mut take: impl FnMut(&ServerFrame) -> bool,
+    ) -> Result<()> {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             match self.socket.read() {
                 Ok(Message::Text(text)) => {
                     if let Ok(frame) = serde_json::from_str::<ServerFrame>(&text) {
-                        if let Some(found) = pick(&frame) {
-                            return Ok(found);
+                        if !take(&frame) {
+                            return Ok(());
                         }
                     }
                 }
@@ -182,17 +205,19 @@ impl Client {
                 Err(e) => bail!("{} ({}): {e}", self.user, self.node),
             }
         }
-        bail!(
-            "{} ({}) got no {what} within {PATIENCE:?}",
-            self.user,
-            self.node
-        )
+        Ok(())
+    }
+
+    /// Closes the connection, as a client leaving does.
+    pub(crate) fn close(mut self) {
+        let _ = self.socket.close(None);
+        let _ = self.socket.flush();
     }
 }
 
-pub(super) struct Session {
-    pub(super) username: String,
-    pub(super) token: String,
+pub(crate) struct Session {
+    pub(crate) username: String,
+    pub(crate) token: String,
     /// The address the user's connections come from (this machine's own on the bridge when
     /// `None`).
     pub(super) source: Option<Ipv4Addr>,
@@ -200,7 +225,7 @@ pub(super) struct Session {
 
 /// Logs the user in, or registers it on the first run. Login first: registrations count
 /// against a per-address hourly limit, logins only against a per-minute one.
-pub(super) fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
+pub(crate) fn sign_in(balancer: SocketAddr, username: &str) -> Result<Session> {
     sign_in_from(None, balancer, username)
 }
 
@@ -281,7 +306,7 @@ fn shared_room(balancer: SocketAddr, owner: &Session, other: &Session) -> Result
 
 /// One HTTP/1.0 request (so the answer is never chunked), its status and body; as the
 /// session's user, from its address, when there is one.
-pub(super) fn http<T: serde::Serialize>(
+pub(crate) fn http<T: serde::Serialize>(
     address: SocketAddr,
     method: &str,
     path: &str,
