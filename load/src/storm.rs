@@ -359,6 +359,9 @@ fn hold(
             tokio::select! {
                 _ = release.cancelled() => return Ok(socket),
                 frame = socket.next() => match frame {
+                    Some(Ok(Message::Close(close))) => {
+                        bail!("the node closed a socket while the others were set up: {close:?}")
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return Err(error.into()),
                     None => bail!("a socket closed while the others were set up"),

@@ -146,6 +146,9 @@ impl Fault {
     }
 }
 
+/// Each scenario's figures, and the scenarios that did not run to their end (with why).
+type Outcome = (Vec<(Fault, Report)>, Vec<(Fault, String)>);
+
 /// Which scenarios a run makes.
 pub enum Scope {
     All,
@@ -192,7 +195,9 @@ pub fn run(
     super::up_with(root, false, false, false, Some(&binary))?;
     let outcome = scenarios(root, &binary, rate, &faults);
     let failed = match &outcome {
-        Ok(reports) => reports.iter().any(|(_, report)| !report.holds()),
+        Ok((reports, unfinished)) => {
+            !unfinished.is_empty() || reports.iter().any(|(_, report)| !report.holds())
+        }
         Err(_) => true,
     };
     if failed {
@@ -202,11 +207,14 @@ pub fn run(
         println!("the cluster stays up (`cargo xtask cluster status`, `cargo xtask cluster down`)");
     }
     let down = if keep { Ok(()) } else { teardown::down(root) };
-    let reports = outcome?;
+    let (reports, unfinished) = outcome?;
     down?;
     println!("\n{}", table(rate, &reports));
     if write {
-        write_reliability(root, rate, &reports)?;
+        write_reliability(root, rate, &reports, &unfinished)?;
+    }
+    if let Some((fault, error)) = unfinished.first() {
+        bail!("{} did not run to its end: {error}", fault.name());
     }
     let broken: Vec<&str> = reports
         .iter()
@@ -219,12 +227,7 @@ pub fn run(
     Ok(())
 }
 
-fn scenarios(
-    root: &Path,
-    binary: &Path,
-    rate: f64,
-    faults: &[Fault],
-) -> Result<Vec<(Fault, Report)>> {
+fn scenarios(root: &Path, binary: &Path, rate: f64, faults: &[Fault]) -> Result<Outcome> {
     let state = State::load(&state_path(root)?)?;
     let cluster = state.cluster(root);
     let balancer: SocketAddr = cluster.host(Role::Balancer)?.socket(BALANCER_PORT).into();
@@ -236,12 +239,21 @@ fn scenarios(
     let sessions = checker::sign_in_users(balancer, "chaos", users, &sources)?;
     let database_url = cluster.database_url()?;
     let mut reports = Vec::new();
+    let mut unfinished = Vec::new();
     for (number, fault) in faults.iter().copied().enumerate() {
         if let Fault::ReconnectStorm = fault {
             println!("==> scenario: {}", fault.name());
-            let report = storm(&cluster, binary)?;
-            println!("{}", storm_row(&report));
-            reports.push((fault, report));
+            // A workload of its own: when it fails, the other scenarios' figures still count.
+            match storm(&cluster, binary) {
+                Ok(report) => {
+                    println!("{}", storm_row(&report));
+                    reports.push((fault, report));
+                }
+                Err(error) => {
+                    println!("    did not run to its end: {error:#}");
+                    unfinished.push((fault, format!("{error:#}")));
+                }
+            }
             wait_healthy(&cluster)?;
             continue;
         }
@@ -277,7 +289,7 @@ fn scenarios(
         reports.push((fault, report));
         wait_healthy(&cluster)?;
     }
-    Ok(reports)
+    Ok((reports, unfinished))
 }
 
 /// Copies every host's logs to `target/chaos-logs/` before the cluster (and its run directory)
@@ -756,7 +768,12 @@ const BEGIN: &str = "<!-- cargo xtask chaos: begin -->";
 const END: &str = "<!-- cargo xtask chaos: end -->";
 
 /// Replaces the chaos section of RELIABILITY.md with this run's table.
-fn write_reliability(root: &Path, rate: f64, reports: &[(Fault, Report)]) -> Result<()> {
+fn write_reliability(
+    root: &Path,
+    rate: f64,
+    reports: &[(Fault, Report)],
+    unfinished: &[(Fault, String)],
+) -> Result<()> {
     let path = root.join("RELIABILITY.md");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -764,8 +781,16 @@ fn write_reliability(root: &Path, rate: f64, reports: &[(Fault, Report)]) -> Res
         bail!("{} has no chaos section ({BEGIN} … {END})", path.display());
     };
     let date = net::output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let mut notes = String::new();
+    for (fault, error) in unfinished {
+        let error = error.lines().next().unwrap_or_default();
+        notes.push_str(&format!(
+            "\nNot run to its end in this run: {} ({error}).\n",
+            fault.name()
+        ));
+    }
     let section = format!(
-        "{BEGIN}\nRun of {} on {} (`cargo xtask chaos`):\n\n{}{END}",
+        "{BEGIN}\nRun of {} on {} (`cargo xtask chaos`):\n\n{}{notes}{END}",
         date.trim(),
         machine_class(),
         table(rate, reports)
