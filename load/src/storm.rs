@@ -362,6 +362,8 @@ fn hold(
                     Some(Ok(Message::Close(close))) => {
                         bail!("the node closed a socket while the others were set up: {close:?}")
                     }
+                    // The pong the WebSocket layer queued goes out now, not with the next frame.
+                    Some(Ok(Message::Ping(_))) => socket.flush().await?,
                     Some(Ok(_)) => {}
                     Some(Err(error)) => return Err(error.into()),
                     None => bail!("a socket closed while the others were set up"),
