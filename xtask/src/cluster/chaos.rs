@@ -402,9 +402,7 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
                 std::thread::sleep(Duration::from_millis(100));
             }
             std::thread::sleep(REPAIR_AFTER);
-            let web_dir = cluster.root.join("web-client/dist");
-            let mut started = hosts::start_node(cluster, host, 2, binary, &web_dir)?;
-            hosts::wait_node(&mut started, host)?;
+            restart_node(cluster, host, 2, binary)?;
             Ok(format!(
                 "sent {signal} to {} ({pids:?}), restarted it",
                 host.name
@@ -469,13 +467,10 @@ fn inject(cluster: &Cluster, fault: Fault, binary: &Path, at: Instant) -> Result
             Ok("stopped PostgreSQL (fast shutdown), started it again".to_owned())
         }
         Fault::RollingNodes => {
-            let web_dir = cluster.root.join("web-client/dist");
             for (index, host) in cluster.nodes().into_iter().enumerate() {
                 signal_host(host, "-TERM")?;
                 wait_exited(host, Duration::from_secs(30))?;
-                let index = u8::try_from(index + 1)?;
-                let mut started = hosts::start_node(cluster, host, index, binary, &web_dir)?;
-                hosts::wait_node(&mut started, host)?;
+                restart_node(cluster, host, u8::try_from(index + 1)?, binary)?;
             }
             Ok("drained and restarted every chat node in turn".to_owned())
         }
@@ -584,10 +579,7 @@ fn storm(cluster: &Cluster, binary: &Path) -> Result<Report> {
     // The storm kills the node; when it failed before, the node is killed here.
     signal_host(victim, "-KILL")?;
     wait_exited(victim, Duration::from_secs(30))?;
-    let web_dir = cluster.root.join("web-client/dist");
-    let index = u8::try_from(nodes.len().min(2))?;
-    let mut started = hosts::start_node(cluster, victim, index, binary, &web_dir)?;
-    hosts::wait_node(&mut started, victim)?;
+    restart_node(cluster, victim, u8::try_from(nodes.len().min(2))?, binary)?;
     ran.context("chat-load storm failed")?;
     let text = std::fs::read_to_string(&json)
         .with_context(|| format!("cannot read {}", json.display()))?;
@@ -643,6 +635,14 @@ fn storm_row(report: &Report) -> String {
         "{STORM_CLIENTS} clients ({STORM_ACCOUNTS} users) in rooms of 10, {STORM_RATE} msgs/s"
     );
     row_with(Fault::ReconnectStorm, &load, report)
+}
+
+/// Starts chat node number `index` on `host` again, with the web client `up` built, and waits
+/// until it is ready.
+fn restart_node(cluster: &Cluster, host: &net::Host, index: u8, binary: &Path) -> Result<()> {
+    let web_dir = cluster.root.join("web-client/dist");
+    let mut started = hosts::start_node(cluster, host, index, binary, &web_dir)?;
+    hosts::wait_node(&mut started, host)
 }
 
 /// Waits until nothing runs in `host`'s namespace.
