@@ -313,6 +313,12 @@ const BENCH_SETTINGS: &[(&str, &str)] = &[
     ("CHAT_REST_WRITES_PER_MINUTE_PER_USER", "1000000"),
     ("CHAT_REST_WRITE_BURST_PER_USER", "1000000"),
     ("CHAT_ROOMS_PER_USER_PER_HOUR", "1000000"),
+    // The storm's 10,000 clients join their rooms again at once, a few accounts and addresses
+    // for all of them.
+    ("CHAT_JOIN_RATE_PER_USER", "1000000"),
+    ("CHAT_JOIN_BURST_PER_USER", "1000000"),
+    ("CHAT_JOIN_RATE_PER_IP", "1000000"),
+    ("CHAT_JOIN_BURST_PER_IP", "1000000"),
     // Thousands of sockets share those accounts and addresses; the node's own cap, from its
     // open-file limit, stays.
     ("CHAT_WEBSOCKETS_PER_USER", "0"),
