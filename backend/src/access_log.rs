@@ -121,7 +121,7 @@ mod tests {
         struct Lines(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Lines {
             fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+                let mut lines = crate::locks::lock(&self.0);
                 lines.extend_from_slice(bytes);
                 Ok(bytes.len())
             }
@@ -137,7 +137,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, work);
-        let bytes = lines.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let bytes = crate::locks::lock(&lines.0).clone();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 

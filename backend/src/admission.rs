@@ -18,7 +18,7 @@ use chat_protocol::{ErrorCode, UserId};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use warp::http::StatusCode;
 
 /// The connection limits in force, with the defaults that depend on the machine resolved.
@@ -245,7 +245,7 @@ impl Admission {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         // The counts are updated in single statements; a panic elsewhere cannot leave them torn.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::lock(&self.open)
     }
 }
 

@@ -330,20 +330,10 @@ pub async fn run_with_operator(
         }));
     }
 
-    if let Some(events) = app
-        .fanout_events
-        .lock()
-        .ok()
-        .and_then(|mut slot| slot.take())
-    {
+    if let Some(events) = crate::locks::lock(&app.fanout_events).take() {
         tokio::spawn(fanout::run(app.clone(), events));
     }
-    if let Some(events) = app
-        .presence_events
-        .lock()
-        .ok()
-        .and_then(|mut slot| slot.take())
-    {
+    if let Some(events) = crate::locks::lock(&app.presence_events).take() {
         tokio::spawn(presence::run(app.clone(), events));
     }
 

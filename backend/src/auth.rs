@@ -244,10 +244,7 @@ fn password_queue() -> &'static Mutex<std::sync::mpsc::Sender<PasswordJob>> {
             let spawned = std::thread::Builder::new()
                 .name(format!("password-{index}"))
                 .spawn(move || loop {
-                    let job = match receiver.lock() {
-                        Ok(receiver) => receiver.recv(),
-                        Err(_) => return,
-                    };
+                    let job = crate::locks::lock(&receiver).recv();
                     match job {
                         Ok(job) => job(),
                         Err(_) => return,
@@ -270,7 +267,8 @@ async fn on_password_thread<T: Send + 'static>(
         let _entered = span.enter();
         let _ = answer.send(work());
     });
-    if let Ok(queue) = password_queue().lock() {
+    {
+        let queue = crate::locks::lock(password_queue());
         // A send fails only when every password thread failed to start; the dropped answer
         // then reports the failure below.
         let _ = queue.send(job);

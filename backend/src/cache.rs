@@ -566,12 +566,11 @@ impl Cache {
         let Some(entry) = self.inner.servers.get(server) else {
             return;
         };
-        if let Ok(mut state) = entry.state.lock() {
-            for key in sent {
-                state.pending_deletes.remove(key);
-            }
-            state.failures = 0;
+        let mut state = crate::locks::lock(&entry.state);
+        for key in sent {
+            state.pending_deletes.remove(key);
         }
+        state.failures = 0;
     }
 
     /// Keys of `server` to delete before anything else once it answers again.
@@ -579,11 +578,10 @@ impl Cache {
         let Some(entry) = self.inner.servers.get(server) else {
             return;
         };
-        if let Ok(mut state) = entry.state.lock() {
-            for key in keys {
-                if state.pending_deletes.len() < MAX_PENDING_DELETES {
-                    state.pending_deletes.insert(key);
-                }
+        let mut state = crate::locks::lock(&entry.state);
+        for key in keys {
+            if state.pending_deletes.len() < MAX_PENDING_DELETES {
+                state.pending_deletes.insert(key);
             }
         }
     }
@@ -646,7 +644,7 @@ impl Cache {
     /// The deletes to send `server` before anything else, or `None` while it is paused.
     fn checkout(&self, server: usize) -> Option<Vec<String>> {
         let entry = self.inner.servers.get(server)?;
-        let mut state = entry.state.lock().ok()?;
+        let mut state = crate::locks::lock(&entry.state);
         if state.probing {
             return None;
         }
@@ -673,11 +671,11 @@ impl Cache {
             let Some(entry) = cache.inner.servers.get(server) else {
                 return;
             };
-            let owed: Vec<String> = entry
-                .state
-                .lock()
-                .map(|state| state.pending_deletes.iter().cloned().collect())
-                .unwrap_or_default();
+            let owed: Vec<String> = crate::locks::lock(&entry.state)
+                .pending_deletes
+                .iter()
+                .cloned()
+                .collect();
             let check = async {
                 let mut client = entry.connections.connect().await?;
                 client.version().await?;
@@ -691,7 +689,8 @@ impl Cache {
             };
             entry.connections.adopt(client);
             cache.count(Op::Probe, "ok");
-            if let Ok(mut state) = entry.state.lock() {
+            {
+                let mut state = crate::locks::lock(&entry.state);
                 for key in &owed {
                     state.pending_deletes.remove(key);
                 }
@@ -727,14 +726,13 @@ impl Cache {
             .set(0);
         entry.pipeline.reset();
         entry.connections.clear();
-        if let Ok(mut state) = entry.state.lock() {
-            state.probing = false;
-            let pause = PAUSE_AFTER_FAILURE
-                .saturating_mul(1 << state.failures.min(8))
-                .min(MAX_PAUSE);
-            state.failures = state.failures.saturating_add(1);
-            state.paused_until = Some(Instant::now() + pause);
-        }
+        let mut state = crate::locks::lock(&entry.state);
+        state.probing = false;
+        let pause = PAUSE_AFTER_FAILURE
+            .saturating_mul(1 << state.failures.min(8))
+            .min(MAX_PAUSE);
+        state.failures = state.failures.saturating_add(1);
+        state.paused_until = Some(Instant::now() + pause);
     }
 }
 
@@ -869,11 +867,9 @@ mod tests {
         let Some(entry_server) = cache.server_of(&entry) else {
             panic!("no server for {entry}");
         };
-        let owed = cache.inner.servers[entry_server]
-            .state
-            .lock()
-            .map(|state| state.pending_deletes.clone())
-            .unwrap_or_default();
+        let owed = crate::locks::lock(&cache.inner.servers[entry_server].state)
+            .pending_deletes
+            .clone();
         assert_eq!(owed, HashSet::from([entry]));
         Ok(())
     }
@@ -883,13 +879,7 @@ mod tests {
             .inner
             .servers
             .iter()
-            .flat_map(|server| {
-                server
-                    .state
-                    .lock()
-                    .map(|state| state.pending_deletes.clone())
-                    .unwrap_or_default()
-            })
+            .flat_map(|server| crate::locks::lock(&server.state).pending_deletes.clone())
             .collect()
     }
 

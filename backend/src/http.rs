@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -58,7 +58,7 @@ struct PendingUpgrade(Arc<Mutex<Option<OnUpgrade>>>);
 
 impl PendingUpgrade {
     fn claim(&self) -> Option<OnUpgrade> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        crate::locks::lock(&self.0).take()
     }
 }
 

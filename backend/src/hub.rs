@@ -5,12 +5,13 @@
 //! keep up; it is disconnected rather than allowed to hold memory or stall the room
 //! (`connection::Outbox`).
 
+use crate::locks::{lock, read, write};
 use chat_protocol::bus::{DuplicateReceipt, Origin};
 use chat_protocol::frame::MessageFrame;
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::auth::SessionKey;
 use crate::connection::Ending;
@@ -69,22 +70,6 @@ enum CatchUp {
     /// delivered live here: live frames up to it were already sent and are skipped. Dropped once
     /// the live stream passes it.
     Floor(i64),
-}
-
-/// The hub's lock policy. Its locks guard plain maps, and every change made under one is a
-/// single insert, removal or counter step, so a panic while one was held leaves the data whole:
-/// it is used as it is. Skipping the work instead would strand a connection (never registered,
-/// never removed) or a room (bound with nobody in it), and hide the panic's cause for good.
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Room membership locks kept, at least, before those nobody holds are forgotten.
@@ -534,12 +519,7 @@ mod membership_lock_tests {
         for room in 2..=MEMBERSHIP_LOCKS_KEPT as i64 + 1 {
             drop(hub.membership_lock(RoomId(room)));
         }
-        let kept = |hub: &Hub| {
-            hub.membership_locks
-                .lock()
-                .map(|m| m.locks.len())
-                .unwrap_or(0)
-        };
+        let kept = |hub: &Hub| lock(&hub.membership_locks).locks.len();
         // The pruning at the threshold kept the held lock only, then added the new room.
         assert_eq!(kept(&hub), 2);
         assert!(Arc::ptr_eq(&held, &hub.membership_lock(RoomId(1))));

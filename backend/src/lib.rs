@@ -38,6 +38,7 @@ pub mod history;
 pub mod http;
 pub mod hub;
 pub mod listener;
+pub mod locks;
 pub mod membership;
 pub mod metrics;
 pub mod persister;

@@ -20,7 +20,7 @@
 use crate::app::App;
 use crate::watch;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
@@ -98,9 +98,8 @@ impl Confirmation {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // The state is three plain fields, each write complete: a panic elsewhere while the
-        // lock was held leaves nothing half done.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        // The node's lock policy (`crate::locks`): three plain fields, each write complete.
+        crate::locks::lock(&self.state)
     }
 }
 

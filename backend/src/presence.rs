@@ -111,10 +111,7 @@ impl Presence {
 
     /// A user's presence as this node knows it.
     pub fn status(&self, user: UserId) -> PresenceStatus {
-        self.state
-            .lock()
-            .map(|state| state.status(user, Instant::now()))
-            .unwrap_or(PresenceStatus::Offline)
+        crate::locks::lock(&self.state).status(user, Instant::now())
     }
 
     /// Sets one local connection's state (`Offline` removes it). Returns the user's new state on
@@ -125,7 +122,7 @@ impl Presence {
         conn: ConnId,
         status: PresenceStatus,
     ) -> Option<PresenceStatus> {
-        let mut state = self.state.lock().ok()?;
+        let mut state = crate::locks::lock(&self.state);
         let before = state.local_status(user);
         if status == PresenceStatus::Offline {
             if let Some(conns) = state.local.get_mut(&user) {
@@ -143,47 +140,35 @@ impl Presence {
 
     /// Every local user with their state here.
     pub fn snapshot(&self) -> Vec<(UserId, PresenceStatus)> {
-        self.state
-            .lock()
-            .map(|state| {
-                state
-                    .local
-                    .keys()
-                    .map(|user| (*user, state.local_status(*user)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let state = crate::locks::lock(&self.state);
+        state
+            .local
+            .keys()
+            .map(|user| (*user, state.local_status(*user)))
+            .collect()
     }
 
     /// Other nodes alive by their presence snapshots (each sends one every heartbeat, and one
     /// at once when another node connects); they count until their last one expires.
     pub fn peer_nodes(&self) -> usize {
         let now = Instant::now();
-        self.state
-            .lock()
-            .map(|state| {
-                state
-                    .peers
-                    .values()
-                    .filter(|expires| **expires > now)
-                    .count()
-            })
-            .unwrap_or(0)
+        crate::locks::lock(&self.state)
+            .peers
+            .values()
+            .filter(|expires| **expires > now)
+            .count()
     }
 
     /// Records another node's report on one user.
     fn apply_report(&self, node: &str, user: UserId, status: PresenceStatus) {
-        if let Ok(mut state) = self.state.lock() {
-            let expires = Instant::now() + self.ttl;
-            state.set_remote(node, user, status, expires);
-        }
+        let mut state = crate::locks::lock(&self.state);
+        let expires = Instant::now() + self.ttl;
+        state.set_remote(node, user, status, expires);
     }
 
     /// Replaces everything a node reported with its snapshot; returns the users it touched.
     fn apply_snapshot(&self, node: &str, users: &[(UserId, PresenceStatus)]) -> Vec<UserId> {
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = crate::locks::lock(&self.state);
         let expires = Instant::now() + self.ttl;
         state.peers.insert(node.to_owned(), expires);
         let listed: HashSet<UserId> = users.iter().map(|(user, _)| *user).collect();
@@ -203,9 +188,7 @@ impl Presence {
 
     /// Drops expired reports; returns the users they were about.
     fn expire(&self, now: Instant) -> Vec<UserId> {
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = crate::locks::lock(&self.state);
         state.peers.retain(|_, expires| *expires > now);
         let mut expired = Vec::new();
         for (user, nodes) in state.remote.iter_mut() {
@@ -233,9 +216,7 @@ impl Presence {
     /// The users among `users` whose state differs from what was last announced, with their
     /// new state; records it as announced.
     fn changes(&self, users: impl IntoIterator<Item = UserId>) -> Vec<(UserId, PresenceStatus)> {
-        let Ok(mut state) = self.state.lock() else {
-            return Vec::new();
-        };
+        let mut state = crate::locks::lock(&self.state);
         let now = Instant::now();
         let mut changed = Vec::new();
         for user in users {

@@ -19,7 +19,7 @@ use crate::hub::{self, Hub};
 use chat_protocol::{RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Who watches which rooms on this node, and which rooms the node queue is bound to.
 #[derive(Default)]
@@ -199,18 +199,17 @@ impl Watching {
         }
     }
 
-    // Every write below completes before the lock is released: a panic elsewhere leaves
-    // nothing half done, so a poisoned lock is used as it is.
+    // The node's lock policy (`crate::locks`).
     fn read(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::read(&self.state)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::write(&self.state)
     }
 
     fn bound(&self) -> MutexGuard<'_, HashSet<RoomId>> {
-        self.bound.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::lock(&self.bound)
     }
 }
 

@@ -47,7 +47,7 @@ impl Connections {
             .acquire()
             .await
             .map_err(|_| Error::ConnectionClosed)?;
-        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let idle = crate::locks::lock(&self.idle).pop();
         let client = match idle {
             Some(client) => client,
             None => self.connect().await?,
@@ -69,19 +69,17 @@ impl Connections {
         if client.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.size {
-                idle.push(client);
-            }
+        let mut idle = crate::locks::lock(&self.idle);
+        if idle.len() < self.size {
+            idle.push(client);
         }
     }
 
     /// Closes the idle connections: after the server failed they may lead to a process that is
     /// gone. Those checked out come back only if their request succeeds.
     pub fn clear(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
-        }
+        let mut idle = crate::locks::lock(&self.idle);
+        idle.clear();
     }
 }
 
@@ -95,8 +93,7 @@ impl Connection<'_> {
         if self.client.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(self.client);
-        }
+        let mut idle = crate::locks::lock(self.idle);
+        idle.push(self.client);
     }
 }

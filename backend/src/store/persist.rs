@@ -43,9 +43,7 @@ pub struct SeqCounters(Arc<Mutex<HashMap<i64, i64>>>);
 impl SeqCounters {
     /// Takes the counters of these rooms out; rooms without one are absent from the result.
     fn check_out(&self, rooms: &[i64]) -> HashMap<i64, i64> {
-        let Ok(mut counters) = self.0.lock() else {
-            return HashMap::new();
-        };
+        let mut counters = crate::locks::lock(&self.0);
         rooms
             .iter()
             .filter_map(|room| counters.remove(room).map(|seq| (*room, seq)))
@@ -54,9 +52,8 @@ impl SeqCounters {
 
     /// Returns counters taken out with [`SeqCounters::check_out`], moved by a committed batch.
     fn check_in(&self, moved: HashMap<i64, i64>) {
-        if let Ok(mut counters) = self.0.lock() {
-            counters.extend(moved);
-        }
+        let mut counters = crate::locks::lock(&self.0);
+        counters.extend(moved);
     }
 }
 
