@@ -22,7 +22,7 @@ use chat_protocol::{ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame, UserId};
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -82,7 +82,14 @@ struct Shared {
     killed_at: AtomicU64,
     resumed: AtomicUsize,
     attempts: AtomicU64,
+    /// The highest sequence number each observer (by room) has seen.
+    observed: Vec<AtomicI64>,
+    /// The highest sequence number each client (by client number) has seen.
+    seen: Vec<AtomicI64>,
 }
+
+/// How long the readers may take, once the sends stop, to receive everything stored.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct ClientOutcome {
     name: String,
@@ -188,13 +195,18 @@ pub async fn run_storm(
         killed_at: AtomicU64::new(0),
         resumed: AtomicUsize::new(0),
         attempts: AtomicU64::new(0),
+        observed: (0..rooms).map(|_| AtomicI64::new(0)).collect(),
+        seen: (0..config.clients).map(|_| AtomicI64::new(0)).collect(),
     });
     let stop = CancellationToken::new();
     let stop_sending = CancellationToken::new();
     let period = Duration::from_secs_f64(config.clients as f64 / config.rate.max(0.001));
     let observer_tasks: Vec<_> = observer_sockets
         .into_iter()
-        .map(|(socket, joined)| tokio::spawn(observe(socket, joined, shared.clone(), stop.clone())))
+        .enumerate()
+        .map(|(room, (socket, joined))| {
+            tokio::spawn(observe(room, socket, joined, shared.clone(), stop.clone()))
+        })
         .collect();
     let started = Instant::now();
     let cpu = CpuMeter::start(target.watched());
@@ -204,6 +216,7 @@ pub async fn run_storm(
         .map(|(n, name, account, socket, joined)| {
             let first_send = started + period.mul_f64(n as f64 / config.clients.max(1) as f64);
             let client = StormClient {
+                number: n,
                 name,
                 room: n % rooms,
                 room_id: joined.room_id,
@@ -244,8 +257,8 @@ pub async fn run_storm(
     stop_sending.cancel();
     let cpu = cpu.finish();
     let host = host.finish();
-    // Let the last sends be stored and delivered.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The last sends are stored and delivered before the readers stop.
+    settle(config.database_url.as_deref(), &room_ids, &shared).await?;
     stop.cancel();
 
     let mut outcomes = Vec::new();
@@ -373,8 +386,66 @@ fn hold(
     })
 }
 
+/// Waits until every reader has received its room's last stored message (the store quiet
+/// first), or [`SETTLE_TIMEOUT`]: what a reader lacks then is counted lost. Without a database
+/// to ask, until nobody received anything for a second.
+async fn settle(
+    database_url: Option<&str>,
+    room_ids: &[i64],
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let Some(url) = database_url else {
+        let mut last = u64::MAX;
+        while Instant::now() < deadline {
+            let delivered = shared.recorder.counters.delivered.load(Relaxed);
+            if delivered == last {
+                break;
+            }
+            last = delivered;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        return Ok(());
+    };
+    let mut last: Option<HashMap<i64, i64>> = None;
+    let finals = loop {
+        let now = stored_messages(url, room_ids).await?.max_seq;
+        if last.as_ref() == Some(&now) || Instant::now() >= deadline {
+            break now;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let target = |room: usize| {
+        room_ids
+            .get(room)
+            .and_then(|id| finals.get(id))
+            .copied()
+            .unwrap_or(0)
+    };
+    let rooms = room_ids.len().max(1);
+    while Instant::now() < deadline {
+        let observers = shared
+            .observed
+            .iter()
+            .enumerate()
+            .all(|(room, seen)| seen.load(Relaxed) >= target(room));
+        let clients = shared
+            .seen
+            .iter()
+            .enumerate()
+            .all(|(n, seen)| seen.load(Relaxed) >= target(n % rooms));
+        if observers && clients {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// An observer on a surviving node: records what it sees of its room.
 async fn observe(
+    room: usize,
     mut socket: Socket,
     joined: JoinedRoom,
     shared: Arc<Shared>,
@@ -404,6 +475,9 @@ async fn observe(
                 samples.deliver(now, now.saturating_sub(sent_at), true);
             }
             view.record(message.seq.0);
+            if let Some(seen) = shared.observed.get(room) {
+                seen.fetch_max(message.seq.0, Relaxed);
+            }
             samples.maybe_flush(&shared.recorder, now);
         }
     }
@@ -412,6 +486,8 @@ async fn observe(
 }
 
 struct StormClient {
+    /// The client's number, `n`.
+    number: usize,
     name: String,
     /// Index of the room (`n % rooms` for client `n`).
     room: usize,
@@ -469,6 +545,9 @@ impl StormClient {
                                     self.shared.recorder.counters.delivered.fetch_add(1, Relaxed);
                                     view.record(message.seq.0);
                                     last_seen = last_seen.max(message.seq);
+                                    if let Some(seen) = self.shared.seen.get(self.number) {
+                                        seen.fetch_max(message.seq.0, Relaxed);
+                                    }
                                 }
                                 _ => {}
                             }

@@ -317,7 +317,7 @@ fn print_summary(root: &Path, state: &State) -> Result<()> {
     Ok(())
 }
 
-fn build_server(root: &Path, release: bool) -> Result<PathBuf> {
+pub fn build_server(root: &Path, release: bool) -> Result<PathBuf> {
     let mut build = crate::cargo();
     build
         .current_dir(root)

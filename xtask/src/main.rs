@@ -118,6 +118,9 @@ enum Task {
         /// Only these scenarios (`kill-node,stop-postgres`…); leaves RELIABILITY.md as it is.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Run the cluster's nodes on a release build of chat-server (a debug build by default).
+        #[arg(long)]
+        release: bool,
     },
     /// Back up the chat database into one file (pg_dump, custom format), while it is in use.
     Backup {
@@ -211,6 +214,7 @@ fn main() -> Result<()> {
             keep,
             rate,
             only,
+            release,
         } => {
             let write = !check_only && !short && only.is_empty();
             let scope = if short {
@@ -220,7 +224,12 @@ fn main() -> Result<()> {
             } else {
                 cluster::chaos::Scope::Only(only)
             };
-            cluster::chaos::run(&root, None, rate, scope, write, keep)
+            let binary = if release {
+                Some(cluster::build_server(&root, true)?)
+            } else {
+                None
+            };
+            cluster::chaos::run(&root, binary, rate, scope, write, keep)
         }
         Task::Backup { database_url, out } => {
             backup::backup(&database_url, &out)?;

@@ -531,13 +531,24 @@ const STORM_RATE: f64 = 200.0;
 /// second chat node (observers on the others), the node SIGKILLed, every client reconnecting
 /// through the balancer and resuming its room; then the node is started again.
 fn storm(cluster: &Cluster, binary: &Path) -> Result<Report> {
-    crate::run(
-        crate::cargo()
-            .current_dir(&cluster.root)
-            .args(["build", "-p", "chat-load"]),
-    )?;
+    // chat-load of the same profile as the nodes': a debug one holding 10,000 sockets beside
+    // release nodes on two cores falls behind their pings.
+    let release = binary
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|dir| dir == "release");
+    let mut build = crate::cargo();
+    build
+        .current_dir(&cluster.root)
+        .args(["build", "-p", "chat-load"]);
+    if release {
+        build.arg("--release");
+    }
+    crate::run(&mut build)?;
     let target = crate::web::target_dir(&cluster.root)?;
-    let load = target.join("debug").join("chat-load");
+    let load = target
+        .join(if release { "release" } else { "debug" })
+        .join("chat-load");
     let json = target.join("chaos-storm.json");
     let nodes = cluster.nodes();
     let victim = nodes.get(1).copied().context("no second chat node")?;
@@ -625,6 +636,7 @@ fn storm_report(json: &serde_json::Value) -> Result<Report> {
             json["deliver_latency"]["max"].as_f64().unwrap_or(0.0) / 1000.0,
         ),
         steady_after: extra["all_resumed_s"].as_f64().map(Duration::from_secs_f64),
+        ..Report::default()
     };
     Ok(report)
 }
@@ -743,12 +755,29 @@ fn row_with(fault: Fault, load: &str, report: &Report) -> String {
         report.duplicated,
         report.reordered,
         report.missing_at_members,
-        report.reconnects,
+        reconnects(report),
         millis(report.reconnect_p50),
         millis(report.reconnect_p99),
         millis(report.worst_latency),
         report.steady_after.map_or_else(|| "-".to_owned(), millis),
     )
+}
+
+/// The reconnects, with the close codes that caused them and the resumes made up over REST.
+fn reconnects(report: &Report) -> String {
+    let mut notes: Vec<String> = report
+        .closes
+        .iter()
+        .map(|(code, count)| format!("{count}× close {code}"))
+        .collect();
+    if report.reloads > 0 {
+        notes.push(format!("{} history reloads", report.reloads));
+    }
+    if notes.is_empty() {
+        report.reconnects.to_string()
+    } else {
+        format!("{} ({})", report.reconnects, notes.join(", "))
+    }
 }
 
 fn table(rate: f64, reports: &[(Fault, Report)]) -> String {
@@ -790,9 +819,11 @@ fn write_reliability(
         ));
     }
     let section = format!(
-        "{BEGIN}\nRun of {} on {} (`cargo xtask chaos`):\n\n{}{notes}{END}",
+        "{BEGIN}\nRun of {} on {} (`cargo xtask {}`):\n\n{}{notes}{END}",
         date.trim(),
         machine_class(),
+        // The command as given (`chaos --rate 2000 --release`).
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
         table(rate, reports)
     );
     let text = format!("{}{section}{}", &text[..begin], &text[end + END.len()..]);

@@ -4,13 +4,16 @@
 //! per-address limits see several clients), join their group's rooms and send at a steady rate,
 //! each on a thread of its own. Every send, every `accepted`, `stored` and refusal, and every
 //! message delivered to every member is recorded. A member whose connection drops reconnects
-//! through the balancer and resumes each room after the last sequence number it saw. When the
+//! through the balancer and resumes each room after the last sequence number it saw; a resume
+//! answered incomplete (too much missed) is made up from the history over REST, as the protocol
+//! tells clients to do. When the
 //! load ends the checker waits until the store is quiet and every member has caught up, then
 //! checks the record against PostgreSQL: each accepted message stored exactly once, each room's
 //! sequence gapless, each member given every sequence number of its rooms once and in order.
 
-use super::smoke::{connect_from, sign_in_from, Session};
+use super::smoke::{connect_from, http_from, sign_in_from, Session};
 use anyhow::{bail, Context, Result};
+use chat_protocol::api::MessagePage;
 use chat_protocol::{ClientFrame, ClientMsgId, RoomId, Seq, ServerFrame};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::ErrorKind;
@@ -50,6 +53,11 @@ pub struct Report {
     pub reordered: usize,
     pub missing_at_members: usize,
     pub reconnects: usize,
+    /// Why the nodes closed members' connections: close code and count (`none` for a connection
+    /// that broke without a close frame).
+    pub closes: BTreeMap<String, usize>,
+    /// Resumes answered `complete: false`, whose missed messages were read over REST.
+    pub reloads: usize,
     /// Disconnection to every room resumed, per reconnect.
     pub reconnect_p50: Duration,
     pub reconnect_p99: Duration,
@@ -82,6 +90,8 @@ struct Record {
     /// Own messages: when each came back.
     latencies: Vec<(Instant, Duration)>,
     reconnects: Vec<Duration>,
+    closes: BTreeMap<String, usize>,
+    reloads: usize,
 }
 
 /// Signs in `users` users named `<prefix>-<n>` (registered on first use), spread over the
@@ -233,6 +243,10 @@ fn check(
             report.missing_at_members += (1..=last).filter(|seq| !distinct.contains(seq)).count();
         }
         reconnects.extend(record.reconnects.iter().copied());
+        for (code, count) in &record.closes {
+            *report.closes.entry(code.clone()).or_default() += count;
+        }
+        report.reloads += record.reloads;
         latencies.extend(record.latencies.iter().copied());
     }
     report.reconnects = reconnects.len();
@@ -334,6 +348,7 @@ impl Member {
                 sent += 1;
                 next_send += self.interval;
                 if send(ws, &frame).is_err() {
+                    *record.closes.entry("none".to_owned()).or_default() += 1;
                     socket = None;
                     disconnected_at = Some(Instant::now());
                     continue;
@@ -346,7 +361,10 @@ impl Member {
                         self.observe(frame, &mut record, &mut last);
                     }
                 }
-                Ok(Message::Close(_)) => {
+                Ok(Message::Close(close)) => {
+                    let code =
+                        close.map_or_else(|| "none".to_owned(), |c| u16::from(c.code).to_string());
+                    *record.closes.entry(code).or_default() += 1;
                     socket = None;
                     disconnected_at = Some(Instant::now());
                 }
@@ -354,6 +372,7 @@ impl Member {
                 Err(tungstenite::Error::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(_) => {
+                    *record.closes.entry("none".to_owned()).or_default() += 1;
                     socket = None;
                     disconnected_at = Some(Instant::now());
                 }
@@ -375,21 +394,83 @@ impl Member {
                 record.refused.insert(id.0, format!("{code:?}"));
             }
             ServerFrame::Message(message) => {
-                let seq = message.seq.0;
-                record
-                    .delivered
-                    .entry(message.room_id)
-                    .or_default()
-                    .push(seq);
-                if let Some(last) = last.get_mut(&message.room_id) {
-                    *last = (*last).max(seq);
-                }
-                if let Some(sent) = record.sent.get(&message.client_msg_id.0) {
-                    record.latencies.push((*sent, sent.elapsed()));
+                self.delivered(
+                    message.room_id,
+                    message.seq.0,
+                    &message.client_msg_id.0,
+                    record,
+                    last,
+                );
+            }
+            ServerFrame::Joined {
+                room_id,
+                last_seq,
+                resume: Some(resume),
+                ..
+            } if !resume.complete => {
+                // The live stream starts after `last_seq`: read the missed ones before it.
+                record.reloads += 1;
+                if let Err(error) = self.reload(room_id, resume.after.0, last_seq.0, record, last) {
+                    eprintln!("{}: reloading room {}: {error:#}", self.name, room_id.0);
                 }
             }
             _ => {}
         }
+    }
+
+    fn delivered(
+        &self,
+        room: RoomId,
+        seq: i64,
+        client_msg_id: &str,
+        record: &mut Record,
+        last: &mut BTreeMap<RoomId, i64>,
+    ) {
+        record.delivered.entry(room).or_default().push(seq);
+        if let Some(last) = last.get_mut(&room) {
+            *last = (*last).max(seq);
+        }
+        if let Some(sent) = record.sent.get(client_msg_id) {
+            record.latencies.push((*sent, sent.elapsed()));
+        }
+    }
+
+    /// The messages of `room` after `after` up to `until`, from the history over REST.
+    fn reload(
+        &self,
+        room: RoomId,
+        mut after: i64,
+        until: i64,
+        record: &mut Record,
+        last: &mut BTreeMap<RoomId, i64>,
+    ) -> Result<()> {
+        while after < until {
+            let path = format!("/api/rooms/{}/messages?after={after}&limit=200", room.0);
+            let (status, body) = http_from::<()>(
+                self.source,
+                self.balancer,
+                "GET",
+                &path,
+                Some(&self.token),
+                None,
+            )?;
+            if status != 200 {
+                bail!("GET {path}: HTTP {status}: {body}");
+            }
+            let page: MessagePage = serde_json::from_str(&body).context("a history page")?;
+            let Some(newest) = page.messages.last().map(|message| message.seq.0) else {
+                bail!("GET {path}: no messages up to {until}");
+            };
+            for message in page
+                .messages
+                .iter()
+                .filter(|message| message.seq.0 <= until)
+            {
+                self.delivered(room, message.seq.0, &message.client_msg_id.0, record, last);
+            }
+            after = newest;
+        }
+        Ok(())
     }
 
     /// A WebSocket through the balancer with every room joined and resumed after the last
@@ -428,8 +509,9 @@ impl Member {
             }
             match ws.read() {
                 Ok(Message::Text(text)) => match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(ServerFrame::Joined { room_id, .. }) => {
+                    Ok(frame @ ServerFrame::Joined { room_id, .. }) => {
                         joined.insert(room_id);
+                        self.observe(frame, record, last);
                     }
                     Ok(ServerFrame::Error {
                         code,

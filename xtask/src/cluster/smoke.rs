@@ -324,7 +324,7 @@ pub(crate) fn http<T: serde::Serialize>(
 }
 
 /// [`http`] from `source`, with `token` as its bearer token.
-fn http_from<T: serde::Serialize>(
+pub(crate) fn http_from<T: serde::Serialize>(
     source: Option<Ipv4Addr>,
     address: SocketAddr,
     method: &str,
