@@ -15,6 +15,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod names;
+pub mod search;
 
 pub use frame::{ChatMessage, ClientFrame, ErrorCode, FrameError, PresenceStatus, ServerFrame};
 pub use ids::{ClientMsgId, RoomId, Seq, UserId};

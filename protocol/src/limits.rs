@@ -43,3 +43,10 @@ pub const CLOSE_SESSION_ENDED: u16 = 4001;
 /// WebSocket close code: the connection was silent (no frame, no answer to the server's pings)
 /// for longer than the node's timeout. The client reconnects.
 pub const CLOSE_SILENT: u16 = 4002;
+/// Longest `q` of `GET /api/search`, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 200;
+/// Most words a search may look for.
+pub const MAX_SEARCH_TERMS: usize = 8;
+/// Most messages in one page of `GET /api/search` (and the default).
+pub const MAX_SEARCH_RESULTS: usize = 50;
+pub const DEFAULT_SEARCH_RESULTS: usize = 20;

@@ -1,4 +1,4 @@
-//! The REST API under `/api`: accounts, profiles and rooms, one file per resource.
+//! The REST API under `/api`: accounts, profiles, rooms and search, one file per resource.
 //!
 //! Every handler takes a [`Request`] (the node, the caller's credentials and address) and
 //! returns `Result<Response, E>` where `E` is the resource's own error enum. [`ApiFailure`] maps
@@ -10,6 +10,7 @@
 mod accounts;
 mod profiles;
 mod rooms;
+mod search;
 
 use crate::app::App;
 use crate::auth::{self, Credentials, Identity};
@@ -38,7 +39,9 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let api = accounts::routes(app.clone())
         .or(profiles::routes(app.clone()))
         .unify()
-        .or(rooms::routes(app))
+        .or(rooms::routes(app.clone()))
+        .unify()
+        .or(search::routes(app))
         .unify()
         .recover(rejection)
         .unify();
@@ -62,7 +65,7 @@ pub fn with_allow(path: &str, mut response: Response) -> Response {
 }
 
 /// The methods each path of the API takes (as routed in `accounts.rs`, `profiles.rs`,
-/// `rooms.rs`; `tests/integration/openapi.rs` checks them against docs/openapi.yaml).
+/// `rooms.rs`, `search.rs`; `tests/integration/openapi.rs` checks them against docs/openapi.yaml).
 fn allowed_methods(path: &str) -> Option<&'static str> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let id = |segment: &str| segment.parse::<i64>().is_ok();
@@ -70,7 +73,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         ["api", "register" | "login" | "logout" | "password" | "direct"] => "POST",
         ["api", "me"] => "GET, PATCH",
         ["api", "me", "rooms"] => "GET",
-        ["api", "users"] => "GET",
+        ["api", "users" | "search"] => "GET",
         ["api", "users", user] if id(user) => "GET",
         ["api", "rooms"] => "GET, POST",
         ["api", "rooms", room] if id(room) => "GET, PATCH",

@@ -12,11 +12,13 @@ mod names;
 mod persist;
 mod rooms;
 pub mod schema;
+mod search;
 
 pub use accounts::{NewUser, SessionUser, UserRow};
 pub use messages::{CatchUp, CatchUpRequest, ChangeOutcome, ReadState, StoredRow, READ_STATES_SQL};
 pub use persist::{MessageOutcome, SeqCounters};
 pub use rooms::{Removal, RoomRow};
+pub use search::SearchRequest;
 
 use batch::{BatchFailed, Batched, Limits};
 use chat_protocol::{RoomId, Seq, UserId};

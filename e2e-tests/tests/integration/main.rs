@@ -43,6 +43,7 @@ mod room_frame_limits;
 mod room_frames;
 mod rooms;
 mod rooms_cache;
+mod search;
 mod session_revocation;
 mod shard_balance;
 mod slow_clients;

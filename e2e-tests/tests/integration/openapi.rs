@@ -27,6 +27,7 @@ const SERVED_ROUTES: &[(&str, &str)] = &[
     ("patch", "/api/me"),
     ("get", "/api/users/{user_id}"),
     ("get", "/api/users"),
+    ("get", "/api/search"),
     // rooms.rs
     ("get", "/api/rooms"),
     ("post", "/api/rooms"),
@@ -65,6 +66,7 @@ fn calls() -> Vec<Call> {
         Call::new("patch", "/api/me").body(json!({"status_text": "reading the spec"})),
         Call::new("get", "/api/users/{user_id}"),
         Call::new("get", "/api/users").query("q=bo"),
+        Call::new("get", "/api/search").query("q=spec%20words&limit=5"),
         Call::new("get", "/api/rooms").query("q=open&limit=10"),
         Call::new("post", "/api/rooms").body(json!({"name": "spec", "visibility": "private"})),
         Call::new("get", "/api/me/rooms"),
