@@ -1,9 +1,8 @@
 //! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
 
-use super::{
-    batch_payload, check_confirmation, has_content_type, persistent_json, transient_json, wire,
-    BusError, Names,
-};
+use super::consume::has_content_type;
+use super::publish::{batch_payload, check_confirmation, persistent_json, transient_json};
+use super::{wire, BusError, Names};
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
