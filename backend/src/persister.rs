@@ -12,7 +12,7 @@ use crate::history::History;
 use crate::metrics::Metrics;
 use crate::store::{MessageOutcome, SeqCounters, Store};
 use chat_protocol::bus::{
-    Delivery, DuplicateReceipt, IngestMessage, Origin, RoomMessages, StoredMessage,
+    Delivery, DuplicateReceipt, IngestBatch, IngestMessage, Origin, RoomMessages, StoredMessage,
 };
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq};
 use futures::future::BoxFuture;
@@ -283,8 +283,12 @@ async fn store_batch(
                     });
             }
             MessageOutcome::Rejected(reason) => {
-                // Not acknowledged if it cannot even be encoded: the batch comes back.
-                let payload = serde_json::to_vec(&*ingest)?;
+                // As an ingest batch of one, a payload the ingest queues take. Not acknowledged
+                // if it cannot even be encoded: the batch comes back.
+                let batch = IngestBatch {
+                    messages: vec![ingest.clone()],
+                };
+                let payload = serde_json::to_vec(&batch)?;
                 publisher.dead_letter(&payload, false, &reason).await?;
                 metrics.messages_dead_lettered.inc();
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");

@@ -245,8 +245,7 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
             .iter()
             .map(|room| Names::room_key(room.room_id))
             .collect(),
-        Delivery::Room { room_id, .. }
-        | Delivery::Typing { room_id, .. }
+        Delivery::Typing { room_id, .. }
         | Delivery::MemberLeft { room_id, .. }
         | Delivery::MessageChanged { room_id, .. } => vec![Names::room_key(*room_id)],
         Delivery::ReadMarker { .. }
