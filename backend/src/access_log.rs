@@ -88,6 +88,7 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::logged;
 
     #[test]
     fn routes_are_templates() {
@@ -112,33 +113,6 @@ mod tests {
         for (path, template) in cases {
             assert_eq!(route_template(path), template, "{path}");
         }
-    }
-
-    /// Log lines written under `level`, as the node writes them.
-    fn logged(level: tracing::Level, work: impl FnOnce()) -> String {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                let mut lines = crate::locks::lock(&self.0);
-                lines.extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, work);
-        let bytes = crate::locks::lock(&lines.0).clone();
-        String::from_utf8_lossy(&bytes).into_owned()
     }
 
     #[test]

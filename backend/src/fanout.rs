@@ -71,10 +71,6 @@ fn handle(app: &Arc<App>, lines: &mut RoomLines, event: FanoutEvent) {
                 }
             }
         }
-        FanoutEvent::Delivery(Delivery::Room { room_id, messages }) => {
-            announce_stored(app, room_id, &messages);
-            lines.messages(room_id, delivered(messages));
-        }
         FanoutEvent::Delivery(Delivery::Rooms { rooms }) => {
             for room in &rooms {
                 announce_stored(app, room.room_id, &room.messages);

@@ -6,13 +6,19 @@
 //! never be stored, mark the rooms' cached history out of date, publish the stored messages,
 //! wait for the confirms, and only then acknowledge the batch. A crash anywhere before the acknowledgement means the
 //! batch comes back; the client message ids make storing it again a no-op, and it is delivered.
+//!
+//! Each batch has a tracing span, `persist_batch` (its shard and size; once stored, how many
+//! messages it stored, answered as duplicates, delivered again and dead-lettered), that goes
+//! with it through the three stages, so every log line about one batch carries the same fields.
+//! The span is at `info`; warnings and errors name their shard themselves as well, for a filter
+//! that leaves the span out.
 
 use crate::bus::{BusError, DeliveryConfirms, IngestItem, IngestShard, ShardPublisher};
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::store::{MessageOutcome, SeqCounters, Store};
 use chat_protocol::bus::{
-    Delivery, DuplicateReceipt, IngestMessage, Origin, RoomMessages, StoredMessage,
+    Delivery, DuplicateReceipt, IngestBatch, IngestMessage, Origin, RoomMessages, StoredMessage,
 };
 use chat_protocol::{ChatMessage, ClientMsgId, RoomId, Seq};
 use futures::future::BoxFuture;
@@ -21,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Most rooms in one delivery message (each adds its routing key to the message's header).
 const MAX_ROOMS_PER_DELIVERY: usize = 200;
@@ -81,8 +88,11 @@ pub async fn run_shard(
             break;
         };
         let taken = Instant::now();
+        let span = batch_span(shard.shard, &batch);
         observe_ingest(&metrics, &batch);
-        let stored = store_batch(&publisher, &store, &metrics, &counters, batch, &stop).await;
+        let stored = store_batch(&publisher, &store, &metrics, &counters, batch, &stop)
+            .instrument(span.clone())
+            .await;
         match stored {
             Ok(Some(stored)) => {
                 metrics
@@ -99,7 +109,7 @@ pub async fn run_shard(
             Err(error) => {
                 // Unacknowledged messages return to the queue; the bus reconnects and starts a
                 // new consumer for the shard.
-                tracing::warn!(shard = shard.shard, %error, "persister stopped");
+                tracing::warn!(parent: &span, shard = shard.shard, %error, "persister stopped");
                 shard.report_lost();
                 break;
             }
@@ -119,12 +129,61 @@ struct StoredBatch {
     /// Messages it stored or delivers again, and when it was stored (for the stage metrics).
     messages: u64,
     stored_at: Instant,
+    /// The batch's `persist_batch` span, for the later stages' log lines.
+    span: tracing::Span,
 }
 
 /// A published batch waiting for its confirms.
 struct PublishedBatch {
     confirms: DeliveryConfirms,
     last_tag: u64,
+    span: tracing::Span,
+}
+
+/// The span of one batch taken from `shard`: `size` is the sends it carries (in `items` AMQP
+/// messages, those that could be read); `stored`, `duplicates`, `delivered_again` and
+/// `dead_lettered` are recorded once it is stored ([`BatchCounts::record`]).
+fn batch_span(shard: u16, batch: &[IngestItem]) -> tracing::Span {
+    let size: usize = batch
+        .iter()
+        .filter_map(|item| item.messages.as_ref().ok())
+        .map(Vec::len)
+        .sum();
+    tracing::info_span!(
+        "persist_batch",
+        shard,
+        size,
+        items = batch.len(),
+        stored = tracing::field::Empty,
+        duplicates = tracing::field::Empty,
+        delivered_again = tracing::field::Empty,
+        dead_lettered = tracing::field::Empty,
+    )
+}
+
+/// What became of a batch's messages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct BatchCounts {
+    /// Stored now, with new sequence numbers.
+    stored: u64,
+    /// Resends of stored messages, answered with their sequence numbers.
+    duplicates: u64,
+    /// Already stored by an earlier attempt or delivery of the batch: published again.
+    delivered_again: u64,
+    /// Sent to the dead-letter queue (an undecodable payload counts once).
+    dead_lettered: u64,
+}
+
+impl BatchCounts {
+    /// Records the counts on the current span (the batch's) and logs them there at `debug`.
+    fn record(&self) {
+        let span = tracing::Span::current();
+        span.record("stored", self.stored);
+        span.record("duplicates", self.duplicates);
+        span.record("delivered_again", self.delivered_again);
+        span.record("dead_lettered", self.dead_lettered);
+        tracing::debug!("batch stored");
+    }
 }
 
 async fn publish_stage(
@@ -138,24 +197,33 @@ async fn publish_stage(
     let (published_tx, published_rx) = mpsc::channel::<PublishedBatch>(BATCHES_IN_FLIGHT);
     let acknowledging = tokio::spawn(acknowledge_stage(publisher.clone(), published_rx));
     while let Some(batch) = stored.recv().await {
-        // Cached history pages of these rooms are out of date before anyone hears of them.
-        let picked = Instant::now();
-        queue.observe_each(batch.messages, picked.duration_since(batch.stored_at));
-        history.changed(batch.rooms).await;
-        let invalidated = Instant::now();
-        invalidate.observe_each(batch.messages, invalidated.duration_since(picked));
-        let confirms = match publisher.publish_deliveries(&batch.deliveries).await {
-            Ok(confirms) => confirms,
-            Err(error) => {
-                tracing::warn!(shard = publisher.shard, %error, "publishing deliveries failed");
-                publisher.report_lost();
-                break;
-            }
-        };
-        publish.observe_each(batch.messages, invalidated.elapsed());
-        let published = PublishedBatch {
-            confirms,
-            last_tag: batch.last_tag,
+        let span = batch.span.clone();
+        let published = async {
+            // Cached history pages of these rooms are out of date before anyone hears of them.
+            let picked = Instant::now();
+            queue.observe_each(batch.messages, picked.duration_since(batch.stored_at));
+            history.changed(batch.rooms).await;
+            let invalidated = Instant::now();
+            invalidate.observe_each(batch.messages, invalidated.duration_since(picked));
+            let confirms = match publisher.publish_deliveries(&batch.deliveries).await {
+                Ok(confirms) => confirms,
+                Err(error) => {
+                    tracing::warn!(shard = publisher.shard, %error, "publishing deliveries failed");
+                    publisher.report_lost();
+                    return None;
+                }
+            };
+            publish.observe_each(batch.messages, invalidated.elapsed());
+            Some(PublishedBatch {
+                confirms,
+                last_tag: batch.last_tag,
+                span: batch.span,
+            })
+        }
+        .instrument(span)
+        .await;
+        let Some(published) = published else {
+            break;
         };
         if published_tx.send(published).await.is_err() {
             // The acknowledge stage failed and has reported it.
@@ -172,15 +240,25 @@ async fn acknowledge_stage(
     mut published: mpsc::Receiver<PublishedBatch>,
 ) {
     while let Some(batch) = published.recv().await {
+        let PublishedBatch {
+            confirms,
+            last_tag,
+            span,
+        } = batch;
         let acknowledged = async {
-            batch.confirms.confirmed().await?;
-            if batch.last_tag > 0 {
-                publisher.ack_through(batch.last_tag).await?;
+            confirms.confirmed().await?;
+            if last_tag > 0 {
+                publisher.ack_through(last_tag).await?;
             }
             Ok::<(), BusError>(())
         };
-        if let Err(error) = acknowledged.await {
-            tracing::warn!(shard = publisher.shard, %error, "delivery confirms failed");
+        if let Err(error) = acknowledged.instrument(span.clone()).await {
+            tracing::warn!(
+                parent: &span,
+                shard = publisher.shard,
+                %error,
+                "delivery confirms failed"
+            );
             publisher.report_lost();
             return;
         }
@@ -188,7 +266,7 @@ async fn acknowledge_stage(
 }
 
 /// Stores a batch and makes its deliveries. `None` when the node stops while PostgreSQL is
-/// unreachable.
+/// unreachable. Runs in the batch's span, which the stored batch takes along.
 async fn store_batch(
     publisher: &ShardPublisher,
     store: &Store,
@@ -204,8 +282,10 @@ async fn store_batch(
             last_tag: 0,
             messages: 0,
             stored_at: Instant::now(),
+            span: tracing::Span::current(),
         }));
     };
+    let mut counts = BatchCounts::default();
     // Every send of the batch (taken out of its item), and whether its item was redelivered.
     let mut sends: Vec<IngestMessage> = Vec::with_capacity(batch.len());
     let mut redelivered: Vec<bool> = Vec::with_capacity(batch.len());
@@ -223,17 +303,20 @@ async fn store_batch(
                     .dead_letter(&item.raw, item.binary, &reason)
                     .await?;
                 metrics.messages_dead_lettered.inc();
+                counts.dead_lettered += 1;
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }
         }
     }
     if sends.is_empty() {
+        counts.record();
         return Ok(Some(StoredBatch {
             rooms: Vec::new(),
             deliveries: Vec::new(),
             last_tag,
             messages: 0,
             stored_at: Instant::now(),
+            span: tracing::Span::current(),
         }));
     }
 
@@ -253,6 +336,7 @@ async fn store_batch(
         match outcome {
             MessageOutcome::Stored(seq) => {
                 metrics.messages_persisted.inc();
+                counts.stored += 1;
                 let stored = take_stored(ingest, seq);
                 rooms
                     .entry(stored.message.room_id)
@@ -264,6 +348,7 @@ async fn store_batch(
             // whose answer was lost with the connection): deliver again; nodes drop sequence
             // numbers they have already shown.
             MessageOutcome::Duplicate(message) if redelivered || uncertain => {
+                counts.delivered_again += 1;
                 let origin = ingest.origin.clone();
                 rooms
                     .entry(message.room_id)
@@ -272,6 +357,7 @@ async fn store_batch(
             }
             MessageOutcome::Duplicate(original) => {
                 metrics.messages_duplicate.inc();
+                counts.duplicates += 1;
                 receipts
                     .entry(ingest.origin.node_id.clone())
                     .or_default()
@@ -283,10 +369,15 @@ async fn store_batch(
                     });
             }
             MessageOutcome::Rejected(reason) => {
-                // Not acknowledged if it cannot even be encoded: the batch comes back.
-                let payload = serde_json::to_vec(&*ingest)?;
+                // As an ingest batch of one, a payload the ingest queues take. Not acknowledged
+                // if it cannot even be encoded: the batch comes back.
+                let batch = IngestBatch {
+                    messages: vec![ingest.clone()],
+                };
+                let payload = serde_json::to_vec(&batch)?;
                 publisher.dead_letter(&payload, false, &reason).await?;
                 metrics.messages_dead_lettered.inc();
+                counts.dead_lettered += 1;
                 tracing::error!(shard = publisher.shard, %reason, "ingest message dead-lettered");
             }
         }
@@ -315,12 +406,14 @@ async fn store_batch(
             .into_values()
             .map(|receipts| Delivery::Duplicates { receipts }),
     );
+    counts.record();
     Ok(Some(StoredBatch {
         rooms: changed,
         deliveries,
         last_tag,
         messages,
         stored_at: Instant::now(),
+        span: tracing::Span::current(),
     }))
 }
 
@@ -577,5 +670,58 @@ mod tests {
     fn a_large_batch_of_one_room_stays_one_lane() {
         let batch = sends(&vec![5; PARALLEL_STORE_FROM * 2]);
         assert_eq!(lanes_of(&batch).len(), 1);
+    }
+
+    /// What a log reader sees of one batch: every line, from the store stage's to the
+    /// acknowledge stage's, names the batch's shard and size and, once stored, its counts; at
+    /// `info` a batch that goes well writes nothing.
+    #[test]
+    fn the_log_lines_of_a_batch_carry_its_shard_size_and_counts() {
+        let items = vec![
+            IngestItem {
+                tag: 1,
+                redelivered: false,
+                messages: Ok(sends(&[1, 2, 1])),
+                raw: Vec::new(),
+                binary: true,
+            },
+            IngestItem {
+                tag: 2,
+                redelivered: false,
+                messages: Err("undecodable ingest payload".into()),
+                raw: Vec::new(),
+                binary: false,
+            },
+        ];
+        let counts = BatchCounts {
+            stored: 2,
+            duplicates: 1,
+            delivered_again: 0,
+            dead_lettered: 1,
+        };
+        let batch = |fails: bool| {
+            let span = batch_span(4, &items);
+            span.in_scope(|| counts.record());
+            if fails {
+                tracing::warn!(parent: &span, "delivery confirms failed");
+            }
+        };
+        let debug = crate::telemetry::logged(tracing::Level::DEBUG, || batch(true));
+        let lines: Vec<&str> = debug.lines().collect();
+        assert_eq!(lines.len(), 2, "{debug}");
+        for line in &lines {
+            for field in [
+                "persist_batch{shard=4 size=3 items=2",
+                "stored=2 duplicates=1 delivered_again=0 dead_lettered=1}",
+            ] {
+                assert!(line.contains(field), "{field} not in {line}");
+            }
+        }
+        assert!(lines[0].contains("DEBUG") && lines[0].ends_with("batch stored"));
+        assert!(lines[1].contains("WARN") && lines[1].ends_with("delivery confirms failed"));
+        assert_eq!(
+            crate::telemetry::logged(tracing::Level::INFO, || batch(false)),
+            ""
+        );
     }
 }

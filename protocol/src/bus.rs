@@ -3,6 +3,10 @@
 //! A node publishes its accepted sends as [`IngestBatch`]es to the ingest exchange; the persister
 //! that owns the room's shard stores it and publishes a [`Delivery`] to the delivery exchange,
 //! from where every node with members in the room receives it.
+//!
+//! These are the JSON forms; the two batches also have binary layouts (the backend's
+//! `bus::wire`), chosen by `CHAT_BUS_FORMAT`. A form is retired only once no supported release
+//! writes it (UPGRADING.md, "Bus formats").
 
 use crate::frame::{ChatMessage, PresenceStatus};
 use crate::ids::{ClientMsgId, RoomId, Seq, UserId};
@@ -36,16 +40,10 @@ pub struct IngestBatch {
 }
 
 impl IngestBatch {
-    /// Decodes an ingest payload: a batch, or a single message as published by other tools.
+    /// Decodes an ingest payload in JSON. Only a batch is read: a single `IngestMessage` object,
+    /// which no node writes, is refused like any other payload that is not a batch.
     pub fn decode(payload: &[u8]) -> Result<IngestBatch, serde_json::Error> {
-        match serde_json::from_slice::<IngestBatch>(payload) {
-            Ok(batch) => Ok(batch),
-            Err(batch_error) => serde_json::from_slice::<IngestMessage>(payload)
-                .map(|message| IngestBatch {
-                    messages: vec![message],
-                })
-                .map_err(|_| batch_error),
-        }
+        serde_json::from_slice(payload)
     }
 }
 
@@ -76,12 +74,6 @@ pub struct DuplicateReceipt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Delivery {
-    /// New messages of one room, in sequence order, routed by the room's key. Published by
-    /// earlier versions; still understood.
-    Room {
-        room_id: RoomId,
-        messages: Vec<StoredMessage>,
-    },
     /// New messages of several rooms, each room's in sequence order: one persister batch. Routed
     /// by the key of every room in it (the first as routing key, the others in the `BCC`
     /// header), so a node queue bound to any of them gets one copy and keeps the rooms it has.
@@ -228,17 +220,15 @@ mod tests {
     }
 
     #[test]
-    fn ingest_payloads_are_batches_or_single_messages() {
+    fn ingest_payloads_are_batches_and_nothing_else() {
         let batch = IngestBatch {
             messages: vec![message("a"), message("b")],
         };
         let encoded = serde_json::to_vec(&batch).unwrap_or_default();
         assert_eq!(IngestBatch::decode(&encoded).ok(), Some(batch));
+        // The single-message form is retired: no node writes it, so none reads it.
         let single = serde_json::to_vec(&message("c")).unwrap_or_default();
-        assert_eq!(
-            IngestBatch::decode(&single).ok().map(|b| b.messages),
-            Some(vec![message("c")])
-        );
+        assert!(IngestBatch::decode(&single).is_err());
         assert!(IngestBatch::decode(b"{}").is_err());
     }
 
@@ -280,10 +270,6 @@ mod tests {
                 ],
             },
             Delivery::Rooms { rooms: Vec::new() },
-            Delivery::Room {
-                room_id: RoomId(1),
-                messages: vec![stored(1, 9)],
-            },
             Delivery::MemberLeft {
                 room_id: RoomId(1),
                 user_id: UserId(2),
@@ -320,6 +306,8 @@ mod tests {
         );
         for refused in [
             &br#"{"kind":"rooms"}"#[..],
+            // The single-room form is retired: no node writes it, so none reads it.
+            br#"{"kind":"room","room_id":1,"messages":[]}"#,
             br#"{"kind":"nope","rooms":[]}"#,
             br#"{"rooms":[]}"#,
             br#"[]"#,

@@ -1,9 +1,8 @@
 //! One ingest shard as its persister sees it: batches in, deliveries out, acks and dead letters.
 
-use super::{
-    batch_payload, check_confirmation, has_content_type, persistent_json, transient_json, wire,
-    BusError, Names,
-};
+use super::consume::has_content_type;
+use super::publish::{batch_payload, check_confirmation, persistent_json, transient_json};
+use super::{wire, BusError, Names};
 use chat_protocol::bus::{Delivery, IngestBatch, IngestMessage};
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicPublishOptions};
@@ -246,8 +245,7 @@ fn routing_keys(delivery: &Delivery) -> Vec<String> {
             .iter()
             .map(|room| Names::room_key(room.room_id))
             .collect(),
-        Delivery::Room { room_id, .. }
-        | Delivery::Typing { room_id, .. }
+        Delivery::Typing { room_id, .. }
         | Delivery::MemberLeft { room_id, .. }
         | Delivery::MessageChanged { room_id, .. } => vec![Names::room_key(*room_id)],
         Delivery::ReadMarker { .. }

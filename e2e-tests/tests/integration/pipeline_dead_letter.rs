@@ -4,7 +4,7 @@
 
 use chat_backend::bus::{topology, wire, Names};
 use chat_backend::config::QueueType;
-use chat_protocol::bus::{IngestMessage, Origin};
+use chat_protocol::bus::{IngestBatch, IngestMessage, Origin};
 use chat_protocol::{ClientMsgId, RoomId, UserId};
 use e2e_tests::checks::stored_messages;
 use e2e_tests::services::{amqp_url, TEST_SHARDS};
@@ -32,8 +32,24 @@ fn message(room_id: RoomId, sender_id: UserId, id: &str, body: &str) -> IngestMe
     }
 }
 
-/// A JSON ingest payload (published without a content type, as other tools may).
+/// A JSON ingest batch of one message (published without a content type, as other tools may).
 fn ingest(room_id: RoomId, sender_id: UserId, id: &str, body: &str) -> (Vec<u8>, BasicProperties) {
+    let batch = IngestBatch {
+        messages: vec![message(room_id, sender_id, id, body)],
+    };
+    (
+        serde_json::to_vec(&batch).unwrap_or_default(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+}
+
+/// A single message as a JSON object, a form nodes no longer read (UPGRADING.md).
+fn retired_single(
+    room_id: RoomId,
+    sender_id: UserId,
+    id: &str,
+    body: &str,
+) -> (Vec<u8>, BasicProperties) {
     (
         serde_json::to_vec(&message(room_id, sender_id, id, body)).unwrap_or_default(),
         BasicProperties::default().with_delivery_mode(2),
@@ -81,6 +97,7 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
         ),
         binary(&message(room, ada_id, "good-binary", "binary"), 0),
         binary(&message(room, ada_id, "cut-short", "lost"), 3),
+        retired_single(room, ada_id, "single", "not a batch"),
         ingest(room, ada_id, "good-2", "also fine"),
     ];
     for (payload, properties) in payloads {
@@ -114,8 +131,10 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
     let dead_queue = format!("{}.dead", env.bus.prefix);
     let mut reasons = Vec::new();
     let mut binary_letters = 0;
+    // The client message ids in the JSON dead letters that read as ingest batches.
+    let mut batch_letters = Vec::new();
     let deadline = tokio::time::Instant::now() + e2e_tests::DEADLINE;
-    while reasons.len() < 4 {
+    while reasons.len() < 5 {
         match channel
             .basic_get(dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await?
@@ -130,6 +149,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
                     // Dead-lettered as it came, in its own layout.
                     assert_eq!(wire::decode_ingest(&message.data).ok(), None);
                     binary_letters += 1;
+                } else if let Ok(batch) = IngestBatch::decode(&message.data) {
+                    batch_letters.extend(batch.messages.into_iter().map(|m| m.client_msg_id.0));
                 }
                 let reason = message
                     .properties
@@ -147,11 +168,12 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
             None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
-    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
     assert_eq!(binary_letters, 1, "{reasons:?}");
+    // The garbage, the cut-short binary batch and the single message (a retired form).
     assert_eq!(
         reasons.iter().filter(|r| r.contains("undecodable")).count(),
-        2,
+        3,
         "{reasons:?}"
     );
     assert!(
@@ -159,10 +181,14 @@ async fn poison_messages_are_dead_lettered_with_their_reason() -> anyhow::Result
         "{reasons:?}"
     );
     assert!(reasons.iter().any(|r| r.contains("0x00")), "{reasons:?}");
+    // A message PostgreSQL refused is dead-lettered as an ingest batch of one, a payload the
+    // ingest queues take again; the undecodable ones as they came.
+    batch_letters.sort();
+    assert_eq!(batch_letters, vec!["no-room", "nul-byte"], "{reasons:?}");
 
     let metrics = reqwest::get(node.metrics_url()).await?.text().await?;
     assert!(
-        metrics.contains("chat_messages_dead_lettered_total 4"),
+        metrics.contains("chat_messages_dead_lettered_total 5"),
         "{metrics}"
     );
     let _ = connection.close(200, "done".into()).await;

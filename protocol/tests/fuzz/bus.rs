@@ -151,8 +151,6 @@ fn delivery() -> impl Strategy<Value = Delivery> {
     let seq = || any::<i64>().prop_map(Seq);
     prop_oneof![
         4 => prop::collection::vec(room_messages(), 0..4).prop_map(|rooms| Delivery::Rooms { rooms }),
-        1 => (room(), prop::collection::vec(stored_message(), 0..4))
-            .prop_map(|(room_id, messages)| Delivery::Room { room_id, messages }),
         1 => prop::collection::vec(
             (room(), text(16), seq(), origin()).prop_map(|(room_id, id, seq, origin)| {
                 DuplicateReceipt {
@@ -231,12 +229,12 @@ proptest! {
         prop_assert_eq!(IngestBatch::decode(&encoded(&batch)).ok(), Some(batch));
     }
 
+    /// The single-message form is retired (UPGRADING.md): refused like anything else.
     #[test]
-    fn a_single_ingest_message_reads_as_a_batch_of_one(message in ingest_message()) {
-        prop_assert_eq!(
-            IngestBatch::decode(&encoded(&message)).ok(),
-            Some(IngestBatch { messages: vec![message] })
-        );
+    fn a_single_ingest_message_is_refused(message in ingest_message()) {
+        let payload = encoded(&message);
+        prop_assert!(IngestBatch::decode(&payload).is_err());
+        check_ingest(&payload)?;
     }
 
     #[test]
