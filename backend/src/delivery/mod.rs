@@ -16,6 +16,11 @@ pub mod reads;
 pub mod resume;
 pub mod room_line;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use hub::{frame, ConnId, DeliveredMessage, Frame, Hub};
 pub use reads::RoomReads;
 pub use resume::{Joining, MAX_RESUME_MESSAGES};
