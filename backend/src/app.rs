@@ -7,11 +7,11 @@ use crate::bus::wire::DeliveredRoom;
 use crate::bus::{Bus, BusEvents, BusMetrics, IngestShard, Names, PublishPacing};
 use crate::cache::Cache;
 use crate::config::{BusFormat, Config, QueueType};
+use crate::delivery::{ConnId, Hub};
 use crate::directory::Directory;
 use crate::fanout::{self, FanoutEvent};
 use crate::history::History;
 use crate::http;
-use crate::hub::{ConnId, Hub};
 use crate::membership;
 use crate::metrics::Metrics;
 use crate::persister;
@@ -42,7 +42,7 @@ pub struct App {
     pub config: Config,
     pub store: Store,
     pub bus: Bus,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     pub metrics: Metrics,
     /// Cancelled when the node starts shutting down; every connection watches it.
     pub shutdown: CancellationToken,
@@ -101,7 +101,7 @@ impl App {
                 dead_letters: metrics.dead_letter_queue_messages.clone(),
             },
         );
-        let hub = Hub::new(config.node_id.clone(), metrics.clone());
+        let hub = Arc::new(Hub::new(config.node_id.clone(), metrics.clone()));
         let (fanout, fanout_events) = mpsc::channel(fanout::FANOUT_QUEUE);
         let cache = Cache::new(
             &config.memcached_servers,

@@ -13,7 +13,7 @@
 //! to ping it or to give up on it.
 
 use crate::auth::SessionKey;
-use crate::hub::Frame;
+use crate::delivery::Frame;
 use chat_protocol::limits::{CLOSE_SESSION_ENDED, CLOSE_SILENT};
 use chat_protocol::UserId;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};

@@ -5,8 +5,9 @@
 //!   publishes it to the room's ingest shard and waits for RabbitMQ's confirm (`accepted`);
 //! - [`persister`] (on whichever node is the shard's active consumer) stores it with the
 //!   [`store`] under the room's next sequence number and publishes it for delivery;
-//! - the [`bus`] hands each delivery from this node's queue to [`fanout`], which fills any gap
-//!   from the store, and to the [`hub`], which queues it to every local member's connection.
+//! - the [`bus`] hands each delivery from this node's queue to [`fanout`], which passes it to
+//!   the [`delivery`] core: per room in order, gaps filled from the store, queued by the hub to
+//!   every local member's connection (and a joining connection gets what it missed first).
 //!
 //! [`app`] wires them together; [`http`] serves the endpoints, through [`listener`] (which
 //! takes connections in under the limits of [`admission`] and closes silent ones) and [`web`]
@@ -31,12 +32,12 @@ pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod connection;
+pub mod delivery;
 pub mod directory;
 pub mod fanout;
 pub mod forwarded;
 pub mod history;
 pub mod http;
-pub mod hub;
 pub mod listener;
 pub mod locks;
 pub mod membership;
@@ -52,3 +53,5 @@ pub mod web;
 
 pub use app::{run, run_with_operator, App};
 pub use config::Config;
+/// The hub under its own name too, as `bus::wire` names the frames it decodes for it.
+pub use delivery::hub;

@@ -11,7 +11,7 @@
 //! changed users share a room with a local connection.
 
 use crate::app::App;
-use crate::hub::{self, ConnId};
+use crate::delivery::hub::{self, ConnId};
 use crate::watch;
 use chat_protocol::bus::Delivery;
 use chat_protocol::{PresenceStatus, ServerFrame, UserId};

@@ -8,23 +8,21 @@
 use crate::app::App;
 use crate::auth::Identity;
 use crate::bus::IngestAnswer;
-use crate::connection::{
-    Ending, Liveness, Outbox, OutboxReceiver, Outgoing, Silence, FRAME_OVERHEAD_BYTES,
-};
+use crate::connection::{Ending, Liveness, Outbox, OutboxReceiver, Outgoing, Silence};
+use crate::delivery::hub::{self, ConnId};
+use crate::delivery::Joining;
 use crate::directory::Access;
 use crate::http::Socket;
-use crate::hub::{self, ConnId, Frame};
 use crate::membership::{Confirmation, Trust};
 use crate::presence::PresenceEvent;
 use crate::rate_limit::{FrameWrite, RetryAfter};
-use crate::store::{CatchUp, CatchUpRequest, ChangeOutcome};
+use crate::store::ChangeOutcome;
 use crate::watch;
 use chat_protocol::api::Role;
 use chat_protocol::bus::{Delivery, IngestMessage, Origin};
-use chat_protocol::frame::Resume;
 use chat_protocol::{
-    ChatMessage, ClientFrame, ClientMsgId, ErrorCode, FrameError, PresenceStatus, RoomId, Seq,
-    ServerFrame, UserId,
+    ClientFrame, ClientMsgId, ErrorCode, FrameError, PresenceStatus, RoomId, Seq, ServerFrame,
+    UserId,
 };
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -43,10 +41,6 @@ pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::Away;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written before a flush is forced, even if more are queued.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
-/// Most missed messages a resume sends; beyond it the client reloads recent history instead.
-/// A resume also sends nothing when its messages would take more than half the connection's
-/// outbox, so a resume never trips the slow-client rule.
-pub const MAX_RESUME_MESSAGES: i64 = 1_000;
 /// Least time between two typing indicators forwarded for one room and connection.
 const TYPING_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -334,9 +328,8 @@ impl Session {
     /// missed since `after` when asked. Rooms that do not exist and rooms the user is not in get
     /// the same answer.
     ///
-    /// Gap-free: the connection is added to the room (its live frames held back) before the
-    /// room's newest sequence number is read, so every message is either at or below that number
-    /// (read from the store) or arrives live after it (held, then released in order).
+    /// Gap-free (`delivery::resume`): the connection is in the room, its live frames held back,
+    /// before what it missed is read.
     async fn join(&mut self, room_id: RoomId, after: Option<Seq>) -> Result<(), FrameError> {
         self.limit(FrameWrite::Join)?;
         let most = self.app.config.room_frames.max_rooms_per_connection;
@@ -361,10 +354,9 @@ impl Session {
             self.leave_room(room_id).await;
             self.rooms.remove(&room_id);
         }
-        let starting_seq = self
-            .app
-            .store
-            .last_seq(room_id)
+        let joining = Joining::new(&self.app.hub, &self.app.store, room_id, self.conn);
+        let starting_seq = joining
+            .starting_seq()
             .await
             .map_err(|error| internal("could not load the room", &error))?;
         {
@@ -374,64 +366,16 @@ impl Session {
                 tracing::warn!(%error, %room_id, "binding the node queue failed");
                 return Err(unavailable(None));
             }
-            self.app
-                .hub
-                .join_catching_up(room_id, self.conn, starting_seq);
+            joining.enter(starting_seq);
             self.rooms.insert(room_id, Confirmation::new(checked_at));
         }
-        match self.catch_up(room_id, after).await {
-            Ok((last_seq, missed, resume)) => {
-                let joined = hub::frame(&ServerFrame::Joined {
-                    room_id,
-                    room: info.name,
-                    last_seq,
-                    resume,
-                });
-                let live_after = Seq(last_seq.0.max(after.map_or(0, |a| a.0)));
-                self.app
-                    .hub
-                    .finish_catch_up(room_id, self.conn, joined, missed, live_after);
-                Ok(())
-            }
-            Err(error) => {
-                self.rooms.remove(&room_id);
-                self.leave_room(room_id).await;
-                Err(error)
-            }
+        let budget = self.app.config.ws_outbox_budget();
+        if let Err(error) = joining.catch_up(info.name, after, budget).await {
+            self.rooms.remove(&room_id);
+            self.leave_room(room_id).await;
+            return Err(internal("could not read missed messages", &error));
         }
-    }
-
-    /// The room's newest sequence number, and what the client missed after `after` (one read,
-    /// batched with the other joins of the moment).
-    async fn catch_up(
-        &self,
-        room_id: RoomId,
-        after: Option<Seq>,
-    ) -> Result<(Seq, Vec<(Seq, Frame)>, Option<Resume>), FrameError> {
-        let CatchUp {
-            last_seq,
-            missed: messages,
-        } = self
-            .app
-            .store
-            .catch_up(CatchUpRequest {
-                room: room_id,
-                after,
-                max_missed: MAX_RESUME_MESSAGES,
-            })
-            .await
-            .map_err(|error| internal("could not read missed messages", &error))?;
-        let Some(after) = after else {
-            return Ok((last_seq, Vec::new(), None));
-        };
-        let missed = (last_seq.0 - after.0).max(0);
-        let frames = missed_frames(messages, self.app.config.ws_outbox_budget() / 2);
-        let resume = Resume {
-            after,
-            missed,
-            complete: missed <= MAX_RESUME_MESSAGES && frames.is_some(),
-        };
-        Ok((last_seq, frames.unwrap_or_default(), Some(resume)))
+        Ok(())
     }
 
     /// Forwards a typing indicator to the room's other members, at most one per interval.
@@ -761,23 +705,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// The missed messages' frames, or `None` when together they would take more than `budget`
-/// bytes of the outbox (the client then reloads recent history, as after a long absence).
-fn missed_frames(messages: Vec<ChatMessage>, budget: usize) -> Option<Vec<(Seq, Frame)>> {
-    let mut bytes = 0;
-    let mut frames = Vec::with_capacity(messages.len());
-    for message in messages {
-        let seq = message.seq;
-        let frame = hub::frame(&ServerFrame::Message(message));
-        bytes += frame.len() + FRAME_OVERHEAD_BYTES;
-        if bytes > budget {
-            return None;
-        }
-        frames.push((seq, frame));
-    }
-    Some(frames)
 }
 
 fn not_member(room_id: RoomId, client_msg_id: Option<ClientMsgId>) -> FrameError {

@@ -15,7 +15,7 @@
 
 use crate::app::App;
 use crate::bus::BusError;
-use crate::hub::{self, Hub};
+use crate::delivery::hub::{self, Hub};
 use chat_protocol::{RoomId, Seq, ServerFrame, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};

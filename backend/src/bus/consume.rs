@@ -31,9 +31,7 @@ pub const DEAD_LETTER_CHECK_EVERY: Duration = Duration::from_secs(2);
 impl Bus {
     /// Binds the node queue to a room. Remembered, so a reconnect binds it again.
     pub async fn bind_room(&self, room: RoomId) -> Result<(), BusError> {
-        if let Ok(mut rooms) = self.inner.rooms.lock() {
-            rooms.insert(room);
-        }
+        crate::locks::lock(&self.inner.rooms).insert(room);
         // Taken after the room is recorded: either this binds on the current connection, or the
         // next reconnect sees the room and binds it.
         let session = self.session().ok_or(BusError::NotConnected)?;
@@ -43,9 +41,7 @@ impl Bus {
 
     /// Unbinds the node queue from a room.
     pub async fn unbind_room(&self, room: RoomId) -> Result<(), BusError> {
-        if let Ok(mut rooms) = self.inner.rooms.lock() {
-            rooms.remove(&room);
-        }
+        crate::locks::lock(&self.inner.rooms).remove(&room);
         let session = self.session().ok_or(BusError::NotConnected)?;
         let names = &self.inner.names;
         session
@@ -62,12 +58,10 @@ impl Bus {
 
     /// Binds the node queue to every room it must be bound to: after a reconnect.
     pub(super) async fn bind_rooms(&self, control: &Channel) -> Result<(), BusError> {
-        let rooms: Vec<RoomId> = self
-            .inner
-            .rooms
-            .lock()
-            .map(|rooms| rooms.iter().copied().collect())
-            .unwrap_or_default();
+        let rooms: Vec<RoomId> = crate::locks::lock(&self.inner.rooms)
+            .iter()
+            .copied()
+            .collect();
         for room in rooms {
             bind(control, &self.inner.names, room).await?;
         }

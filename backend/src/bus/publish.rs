@@ -167,12 +167,7 @@ impl PublishPacer {
 impl Bus {
     /// Starts the task that publishes submitted sends (once: later calls find it started).
     pub(super) fn start_ingest_publisher(&self) {
-        let queue = self
-            .inner
-            .ingest_queue
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
+        let queue = crate::locks::lock(&self.inner.ingest_queue).take();
         if let Some(queue) = queue {
             tokio::spawn(self.clone().publish_ingest_batches(queue));
         }

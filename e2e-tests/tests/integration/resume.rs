@@ -90,7 +90,7 @@ async fn a_resume_after_too_much_says_so_and_goes_live() -> anyhow::Result<()> {
     let node = env.start_node("resume-far").await?;
     let mut sender = node.user("chatty").await?;
     let (room, _) = sender.join("far").await?;
-    let total = chat_backend::session::MAX_RESUME_MESSAGES as usize + 5;
+    let total = chat_backend::delivery::MAX_RESUME_MESSAGES as usize + 5;
     let mut sent = Observed::default();
     // In batches whose answers and copies fit the sender's outbox while it is still sending.
     for batch in 0..total.div_ceil(100) {
