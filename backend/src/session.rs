@@ -34,6 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Close code sent when the node shuts down (RFC 6455 "going away", 1001).
 pub const CLOSE_GOING_AWAY: CloseCode = CloseCode::Away;
@@ -60,9 +61,28 @@ struct Session {
 }
 
 /// Serves one upgraded WebSocket of a signed-in user until either side closes it or the node
-/// stops.
+/// stops. Everything the connection logs, its writer's lines included, is in its `connection`
+/// span: the connection's number, its user and the node.
 pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Option<IpAddr>) {
     let conn = app.next_conn_id();
+    let span = tracing::info_span!(
+        "connection",
+        conn,
+        user = %identity.user.user_id,
+        node = %app.node_id()
+    );
+    serve_connection(conn, socket, app, identity, peer)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_connection(
+    conn: ConnId,
+    socket: Socket,
+    app: Arc<App>,
+    identity: Identity,
+    peer: Option<IpAddr>,
+) {
     let kick = app.shutdown.child_token();
     let (outbox, frames_rx) = Outbox::new(
         app.config.ws_outbox_budget(),
@@ -76,13 +96,9 @@ pub async fn serve(socket: Socket, app: Arc<App>, identity: Identity, peer: Opti
     let (sink, mut stream) = socket.split();
     // The reader tells the writer it is done, with the close frame it wants sent if any.
     let (end, ended) = oneshot::channel();
-    let writer = tokio::spawn(write_frames(
-        sink,
-        frames_rx,
-        kick.clone(),
-        ended,
-        app.shutdown.clone(),
-    ));
+    let writer = tokio::spawn(
+        write_frames(sink, frames_rx, kick.clone(), ended, app.shutdown.clone()).in_current_span(),
+    );
 
     let mut session = Session {
         app: app.clone(),
