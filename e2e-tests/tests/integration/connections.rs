@@ -328,7 +328,10 @@ async fn a_connection_silent_between_requests_is_closed_after_the_idle_timeout(
 async fn a_node_refuses_connections_before_its_open_file_limit_and_keeps_working(
 ) -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let config = env.config("fd-limit");
+    let mut config = env.config("fd-limit");
+    // The held connections never send a byte: they must not time out while the extra ones are
+    // tried, however slowly a loaded machine runs the loop.
+    config.http_header_timeout_ms = 120_000;
     // 1,100 descriptors, 1,000 of them kept for the node's own use: 100 client connections.
     let node = ProcessNode::start_limited(&config, Some(1_100)).await?;
 
