@@ -1,5 +1,5 @@
 //! Message search: the words of the messages of a user's rooms, through the `messages_words`
-//! index (migration `message_search`).
+//! and `messages_by_time` indexes (migrations `message_search`, `message_search_by_time`).
 
 use super::messages::{StoredRow, MESSAGE_COLUMNS};
 use super::{Store, StoreError};
@@ -24,7 +24,8 @@ pub struct SearchRequest {
 }
 
 /// Newest first by time, then room and sequence number (the cursor's order). The expression
-/// and the `deleted_at` condition are the index's, so the planner can use it.
+/// is `messages_words`'s and the order `messages_by_time`'s, so the planner can take either:
+/// the words index for a rare word, the newest messages in order for a common one.
 const SEARCH_SQL: &str = "FROM messages m \
      JOIN memberships ms ON ms.room_id = m.room_id AND ms.user_id = $1 \
      JOIN users u ON u.id = m.sender_id \
