@@ -35,6 +35,8 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 
 /// Key of the advisory lock that serialises migrations when several nodes start together.
 const MIGRATION_LOCK_KEY: i64 = 0x0063_6861_746d_6967; // "chatmig" in ASCII
+/// Between tries for that lock.
+const MIGRATION_LOCK_RETRY: Duration = Duration::from_millis(100);
 
 pub type DbConnection = PgConnection;
 
@@ -220,10 +222,26 @@ impl Store {
     }
 
     /// Applies pending migrations, holding an advisory lock so concurrent nodes take turns.
+    ///
+    /// The lock is tried, not waited for: a node waiting inside `pg_advisory_lock` keeps a
+    /// statement open that a `CREATE INDEX CONCURRENTLY` of the node holding the lock must wait
+    /// out, while that node holds the lock: a deadlock, which PostgreSQL breaks by failing one
+    /// of them.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.run(|conn| {
-            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
-                .execute(conn)?;
+            #[derive(diesel::QueryableByName)]
+            struct Locked {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                locked: bool,
+            }
+            while !diesel::sql_query(format!(
+                "SELECT pg_try_advisory_lock({MIGRATION_LOCK_KEY}) AS locked"
+            ))
+            .get_result::<Locked>(conn)?
+            .locked
+            {
+                std::thread::sleep(MIGRATION_LOCK_RETRY);
+            }
             let applied = conn
                 .run_pending_migrations(MIGRATIONS)
                 .map(|versions| versions.len())

@@ -20,6 +20,7 @@ mod history;
 mod ingest_pacing;
 mod leave_across_nodes;
 mod membership_recheck;
+mod migrations;
 mod moderation;
 mod names;
 mod node;
