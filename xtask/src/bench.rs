@@ -237,6 +237,11 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         );
     }
     let tables = String::from_utf8_lossy(&output.stdout);
+    // BENCHMARKS.md keeps the targets' table; the per-run tables stay beside the reports.
+    let full_tables = reports.join("tables.md");
+    std::fs::write(&full_tables, tables.as_bytes())
+        .with_context(|| format!("cannot write {}", full_tables.display()))?;
+    let targets = tables.split("\n### ").next().unwrap_or_default();
     let mut section =
         format!(
         "Command: `cargo xtask bench{}` — {}, {}\n\nMachine: {}; load average before the run: {}; \
@@ -249,7 +254,11 @@ pub fn bench(root: &Path, options: Options) -> Result<()> {
         machine(),
         load_before.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     );
-    section.push_str(&tables);
+    section.push_str(targets.trim_end());
+    section.push_str(
+        "\n\nThe per-run tables (each rate, each stage, the slowest seconds, the machine, idle, \
+         storm) are printed by the run and kept in `target/bench/tables.md`.\n",
+    );
     if !failures.is_empty() {
         section.push_str("\nRuns that failed:\n\n");
         for failure in &failures {
