@@ -170,6 +170,16 @@ impl Api {
         &self.http
     }
 
+    /// A new private room with this name, owned by this user.
+    pub async fn private_room(&self, name: &str) -> anyhow::Result<RoomId> {
+        let created = self
+            .post("/api/rooms", json!({"name": name, "visibility": "private"}))
+            .await?;
+        anyhow::ensure!(created.status == 201, "room not created: {}", created.body);
+        let room: Room = created.into()?;
+        Ok(room.room_id)
+    }
+
     /// The public room with exactly this name, created if there is none.
     pub async fn public_room(&self, name: &str) -> anyhow::Result<RoomId> {
         for _ in 0..5 {

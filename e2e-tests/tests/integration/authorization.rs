@@ -56,17 +56,7 @@ async fn non_members_are_refused_everywhere_and_learn_nothing() -> anyhow::Resul
     let mallory_api = node.sign_in("mallory").await?;
     let mut mallory = node.user("mallory").await?;
 
-    let private = RoomId(
-        ada_api
-            .post(
-                "/api/rooms",
-                json!({"name": "plans", "visibility": "private"}),
-            )
-            .await?
-            .body["room_id"]
-            .as_i64()
-            .unwrap_or(-1),
-    );
+    let private = ada_api.private_room("plans").await?;
     ada.subscribe(private).await?;
     ada.send_message(private, "p1", "the secret plan").await?;
     ada.next_message(private).await?;

@@ -22,14 +22,6 @@ async fn user_id(api: &Api) -> anyhow::Result<UserId> {
     ))
 }
 
-async fn private_room(owner: &Api, name: &str) -> anyhow::Result<RoomId> {
-    let created = owner
-        .post("/api/rooms", json!({"name": name, "visibility": "private"}))
-        .await?;
-    anyhow::ensure!(created.status == 201, "{}", created.body);
-    Ok(room_id(&created.body))
-}
-
 async fn invite(by: &Api, room: RoomId, username: &str) -> anyhow::Result<e2e_tests::api::Reply> {
     by.post(
         &format!("/api/rooms/{room}/invite"),
@@ -94,7 +86,7 @@ async fn an_owner_removes_a_member_whose_socket_is_on_another_node() -> anyhow::
     let node_b = env.start_node("remove-b").await?;
     let ada = node_a.sign_in("ada").await?;
     let mut bob = node_b.user("bob").await?;
-    let crew = private_room(&ada, "crew").await?;
+    let crew = ada.private_room("crew").await?;
     assert_eq!(invite(&ada, crew, "bob").await?.status, 204);
     bob.subscribe(crew).await?;
     bob.send_message(crew, "bob-1", "hello crew").await?;
@@ -130,7 +122,7 @@ async fn only_owners_remove_members_and_choose_who_invites() -> anyhow::Result<(
     let bob = node.sign_in("bob").await?;
     let carol = node.sign_in("carol").await?;
     let (ada_id, carol_id) = (user_id(&ada).await?, user_id(&carol).await?);
-    let crew = private_room(&ada, "crew").await?;
+    let crew = ada.private_room("crew").await?;
     let shown = ada.get(&format!("/api/rooms/{crew}")).await?;
     assert_eq!(shown.body["invite_policy"], "owners");
     assert_eq!(invite(&ada, crew, "bob").await?.status, 204);
@@ -251,7 +243,7 @@ async fn every_change_to_a_room_list_reaches_the_users_sockets_on_other_nodes() 
     let mut ada_socket = WsClient::connect_as(&node_b.ws_url(), ada.clone()).await?;
     let mut bob_socket = WsClient::connect_as(&node_b.ws_url(), bob.clone()).await?;
 
-    let crew = private_room(&ada, "crew").await?;
+    let crew = ada.private_room("crew").await?;
     rooms_changed(&mut ada_socket, "creating a room").await?;
     assert_eq!(invite(&ada, crew, "bob").await?.status, 204);
     rooms_changed(&mut bob_socket, "being invited").await?;

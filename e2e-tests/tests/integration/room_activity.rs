@@ -28,14 +28,6 @@ async fn next_activity(
         .await?
 }
 
-async fn private_room(owner: &Api, name: &str) -> anyhow::Result<RoomId> {
-    let created = owner
-        .post("/api/rooms", json!({"name": name, "visibility": "private"}))
-        .await?;
-    ensure!(created.status == 201, "room not created: {}", created.body);
-    Ok(RoomId(created.body["room_id"].as_i64().unwrap_or_default()))
-}
-
 async fn join_over_rest(api: &Api, room: RoomId) -> anyhow::Result<()> {
     let joined = api.post_empty(&format!("/api/rooms/{room}/join")).await?;
     ensure!(joined.status == 200, "join failed: {}", joined.body);
@@ -77,7 +69,7 @@ async fn a_connection_hears_of_activity_in_every_room_of_its_user_across_nodes(
     assert_eq!(got, format!("message {x}"));
 
     // Ada invites bob into a new private room: bob is told his rooms changed, then hears of it.
-    let z = private_room(ada.api()?, "z").await?;
+    let z = ada.api()?.private_room("z").await?;
     let invited = ada
         .api()?
         .post(

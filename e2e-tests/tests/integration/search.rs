@@ -2,9 +2,8 @@
 //! never deleted ones, newest first and paged, with the matched words marked.
 
 use chat_protocol::search::SearchPage;
-use chat_protocol::{ClientFrame, RoomId, Seq, ServerFrame};
+use chat_protocol::{ClientFrame, Seq, ServerFrame};
 use e2e_tests::{Api, TestEnv};
-use serde_json::json;
 
 async fn search(api: &Api, query: &str) -> anyhow::Result<SearchPage> {
     let answer = api.get(&format!("/api/search?{query}")).await?;
@@ -27,17 +26,7 @@ async fn a_message_sent_on_one_node_is_found_on_the_other_only_by_members() -> a
     let mut ada = node_a.user("ada").await?;
     let ada_api = ada.api()?.clone();
     let (lobby, _) = ada.join("lobby").await?;
-    let private = RoomId(
-        ada_api
-            .post(
-                "/api/rooms",
-                json!({"name": "plans", "visibility": "private"}),
-            )
-            .await?
-            .body["room_id"]
-            .as_i64()
-            .unwrap_or(-1),
-    );
+    let private = ada_api.private_room("plans").await?;
     ada.subscribe(private).await?;
     let sent = [
         (lobby, "l1", "Deploy on Friday? No deploys on Fridays."),
