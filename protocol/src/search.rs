@@ -114,14 +114,10 @@ pub fn terms(query: &str) -> Vec<String> {
     terms
 }
 
-/// How many words the query has, `or` and excluded ones included: what the server bounds.
-pub fn word_count(query: &str) -> usize {
-    words(query).count()
-}
-
-/// True when the query has no more words than a search takes.
+/// True when the query has no more words (`or` and excluded ones included) than a search
+/// takes.
 pub fn within_terms(query: &str) -> bool {
-    word_count(query) <= MAX_SEARCH_TERMS
+    words(query).count() <= MAX_SEARCH_TERMS
 }
 
 /// The words of `body` that are among `terms`, in order.

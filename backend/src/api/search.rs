@@ -102,9 +102,11 @@ async fn search(request: Request, query: HashMap<String, String>) -> Result<Resp
             limit: limit as i64,
         })
         .await?;
-    let next = (messages.len() == limit)
-        .then(|| messages.last().map(|last| Cursor::of(last).encode()))
-        .flatten();
+    // A full page may have more after it; a shorter one is the last.
+    let next = messages
+        .last()
+        .filter(|_| messages.len() == limit)
+        .map(|last| Cursor::of(last).encode());
     let hits = messages
         .into_iter()
         .map(|message| SearchHit {
